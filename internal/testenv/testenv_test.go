@@ -1,0 +1,51 @@
+package testenv
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestPostgresPrimaryAndReplica(t *testing.T) {
+	primary := StartPostgres(t, PostgresOptions{})
+	replica := StartReplica(t, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pc, err := pgx.Connect(ctx, primary.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx)
+	if _, err := pc.Exec(ctx, "CREATE TABLE t (v int); INSERT INTO t VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := pgx.Connect(ctx, replica.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close(ctx)
+	for {
+		var v int
+		err := rc.QueryRow(ctx, "SELECT v FROM t").Scan(&v)
+		if err == nil && v == 42 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("row never reached the replica: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestRedisMemcachedMoto(t *testing.T) {
+	for name, addr := range map[string]string{"redis": Redis(t), "memcached": Memcached(t)} {
+		if err := WaitTCP(addr, time.Second); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if ep := Moto(t); ep == "" {
+		t.Fatal("moto endpoint empty")
+	}
+}

@@ -1,0 +1,205 @@
+package stack
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// decoder walks a YAML node tree into Go values by the fields' json names, recording where each
+// key path was written so that validation errors can point at it, and collecting every error.
+type decoder struct {
+	file string
+	errs Errors
+	pos  map[string]Pos
+}
+
+func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
+	e := &Error{File: d.file, Path: path, Msg: fmt.Sprintf(format, args...)}
+	if n != nil {
+		e.Pos = Pos{Line: n.Line, Column: n.Column}
+	}
+	d.errs = append(d.errs, e)
+}
+
+var (
+	durationType = reflect.TypeOf(time.Duration(0))
+	addrType     = reflect.TypeOf(netip.Addr{})
+	rolesType    = reflect.TypeOf([]Role{})
+)
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	if n.Tag == "!!null" {
+		return "nothing"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	d.pos[path] = Pos{Line: n.Line, Column: n.Column}
+	switch {
+	case v.Type() == rolesType:
+		d.decodeRoles(n, path, v)
+		return
+	case v.Type() == durationType:
+		dur, err := time.ParseDuration(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			d.errorf(n, path, "expected a duration such as 30s or 5m, found %s", kindName(n))
+			return
+		}
+		v.SetInt(int64(dur))
+		return
+	case v.Type() == addrType:
+		a, err := netip.ParseAddr(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			d.errorf(n, path, "expected an IP address such as 127.0.10.1, found %s", kindName(n))
+			return
+		}
+		v.Set(reflect.ValueOf(a))
+		return
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		d.decodeStruct(n, path, v)
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+			d.errorf(n, path, "expected a string, found %s", kindName(n))
+			return
+		}
+		v.SetString(n.Value)
+	case reflect.Int, reflect.Int64:
+		i, err := strconv.ParseInt(n.Value, 10, 64)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			d.errorf(n, path, "expected a whole number, found %s", kindName(n))
+			return
+		}
+		v.SetInt(i)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			d.errorf(n, path, "expected true or false, found %s", kindName(n))
+			return
+		}
+		v.SetBool(b)
+	case reflect.Slice:
+		d.decodeStrings(n, path, v)
+	default:
+		d.errorf(n, path, "internal: cannot decode into %s", v.Type())
+	}
+}
+
+// decodeStrings accepts a list of scalars or one comma-separated scalar ("1,10%,100%").
+func (d *decoder) decodeStrings(n *yaml.Node, path string, v reflect.Value) {
+	var items []string
+	switch n.Kind {
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			d.pos[fmt.Sprintf("%s[%d]", path, i)] = Pos{Line: c.Line, Column: c.Column}
+			if c.Kind != yaml.ScalarNode {
+				d.errorf(c, fmt.Sprintf("%s[%d]", path, i), "expected a scalar, found %s", kindName(c))
+				continue
+			}
+			items = append(items, c.Value)
+		}
+	case yaml.ScalarNode:
+		for _, s := range strings.Split(n.Value, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				items = append(items, s)
+			}
+		}
+	default:
+		d.errorf(n, path, "expected a list, found %s", kindName(n))
+		return
+	}
+	v.Set(reflect.ValueOf(items))
+}
+
+func (d *decoder) decodeStruct(n *yaml.Node, path string, v reflect.Value) {
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "expected a mapping of keys, found %s", kindName(n))
+		return
+	}
+	fields := map[string]int{}
+	var names []string
+	for i := 0; i < v.NumField(); i++ {
+		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+		if name == "" || name == "-" || name == "name" && v.Type() == reflect.TypeOf(Role{}) {
+			continue
+		}
+		fields[name] = i
+		names = append(names, name)
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		kp := join(path, k.Value)
+		if seen[k.Value] {
+			d.errorf(k, kp, "key is given twice; keep one")
+			continue
+		}
+		seen[k.Value] = true
+		idx, ok := fields[k.Value]
+		if !ok {
+			d.unknownKey(k, kp, names)
+			continue
+		}
+		d.decode(val, kp, v.Field(idx))
+	}
+}
+
+func (d *decoder) unknownKey(k *yaml.Node, path string, names []string) {
+	sort.Strings(names)
+	if s := suggest(k.Value, names); s != "" {
+		d.errorf(k, path, "unknown key %q; did you mean %q?", k.Value, s)
+		return
+	}
+	d.errorf(k, path, "unknown key %q; expected one of: %s", k.Value, strings.Join(names, ", "))
+}
+
+// decodeRoles reads the roles mapping (name -> role) in file order.
+func (d *decoder) decodeRoles(n *yaml.Node, path string, v reflect.Value) {
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "expected a mapping of role name to role, found %s", kindName(n))
+		return
+	}
+	var roles []Role
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		kp := join(path, k.Value)
+		if seen[k.Value] {
+			d.errorf(k, kp, "role is declared twice; keep one")
+			continue
+		}
+		seen[k.Value] = true
+		d.pos[kp+".name"] = Pos{Line: k.Line, Column: k.Column}
+		r := Role{Name: k.Value}
+		d.decode(val, kp, reflect.ValueOf(&r).Elem())
+		roles = append(roles, r)
+	}
+	v.Set(reflect.ValueOf(roles))
+}

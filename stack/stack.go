@@ -1,0 +1,175 @@
+package stack
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Stack is one declarative stack file: everything instactl provisions, deploys, backs up and
+// shards. It is a plain value; Parse fills it from YAML and applies defaults, Validate checks it.
+type Stack struct {
+	// Name tags every resource the stack owns; it is the only state (no state file).
+	Name string `json:"name"`
+	// Provider is "aws" or "sandbox".
+	Provider string `json:"provider"`
+	// Region is the AWS region (also recorded on sandbox resources for symmetry).
+	Region string `json:"region"`
+	// Zone is the availability zone instances and volumes are placed in.
+	Zone string `json:"zone"`
+	// Image is the AMI id for AWS instances; ignored by the sandbox.
+	Image string `json:"image"`
+	SSH   SSH    `json:"ssh"`
+	// Roles in file order; role names are unique.
+	Roles        []Role       `json:"roles"`
+	LoadBalancer LoadBalancer `json:"load_balancer"`
+	Deploy       Deploy       `json:"deploy"`
+	Shards       Shards       `json:"shards"`
+	Backup       Backup       `json:"backup"`
+	Sandbox      Sandbox      `json:"sandbox"`
+	// Path is the file the stack was read from, for error messages.
+	Path string `json:"-"`
+}
+
+// SSH says how instactl reaches hosts.
+type SSH struct {
+	User string `json:"user"`
+	// Key is the private key file; on the sandbox it is generated under the sandbox directory.
+	Key string `json:"key"`
+	// KnownHosts is the known_hosts file used for strict host key checking.
+	KnownHosts string `json:"known_hosts"`
+	Port       int    `json:"port"`
+	// AdminCIDR is where SSH is allowed from (security group rule on AWS).
+	AdminCIDR string `json:"admin_cidr"`
+}
+
+// Role is a group of identical hosts.
+type Role struct {
+	Name         string `json:"name"`
+	InstanceType string `json:"instance_type"`
+	Count        int    `json:"count"`
+	// Port is the role's service port (app HTTP, postgres, redis, memcached); 0 for none.
+	Port int `json:"port"`
+	// Replicas is, for pg and redis, how many replicas follow each primary. Hosts are grouped
+	// primary first: with count 4 and replicas 1, node 0 is hosts 0 (primary) and 1 (replica).
+	Replicas int       `json:"replicas"`
+	Volumes  VolumeSet `json:"volumes"`
+}
+
+// VolumeSet is the data volumes every host of a role gets (RAID 0 over them on AWS).
+type VolumeSet struct {
+	Count      int    `json:"count"`
+	SizeGiB    int    `json:"size_gib"`
+	Type       string `json:"type"`
+	Filesystem string `json:"filesystem"`
+	Mount      string `json:"mount"`
+}
+
+// LoadBalancer fronts the app role.
+type LoadBalancer struct {
+	ListenerPort int    `json:"listener_port"`
+	TargetRole   string `json:"target_role"`
+	TargetPort   int    `json:"target_port"`
+	HealthCheck  string `json:"health_check"`
+	// DrainTimeout is how long a deregistered host keeps serving in-flight requests.
+	DrainTimeout time.Duration `json:"drain_timeout"`
+}
+
+// Deploy holds rolling deploy defaults.
+type Deploy struct {
+	Role          string        `json:"role"`
+	Path          string        `json:"path"`
+	Service       string        `json:"service"`
+	KeepReleases  int           `json:"keep_releases"`
+	Batches       []string      `json:"batches"`
+	MaxFail       string        `json:"max_fail"`
+	HealthTimeout time.Duration `json:"health_timeout"`
+	HealthPasses  int           `json:"health_passes"`
+	Parallel      int           `json:"parallel"`
+}
+
+// Shards configures logical sharding.
+type Shards struct {
+	// Logical is the number of logical shards (Postgres schemas); fixed for the life of the stack.
+	Logical int `json:"logical"`
+	// Role is the Postgres role whose primaries are the physical nodes.
+	Role string `json:"role"`
+	// Database is the database holding the shard schemas on every node.
+	Database string `json:"database"`
+	// ControlDatabase holds the shard map, on physical node 0.
+	ControlDatabase string `json:"control_database"`
+}
+
+// Backup configures snapshots and retention.
+type Backup struct {
+	Targets       []string      `json:"targets"`
+	MaxLagBytes   int64         `json:"max_lag_bytes"`
+	MaxLagSeconds time.Duration `json:"max_lag_seconds"`
+	FreezeBudget  time.Duration `json:"freeze_budget"`
+	Retention     Retention     `json:"retention"`
+}
+
+// Retention is grandfather-father-son retention.
+type Retention struct {
+	Hourly      int `json:"hourly"`
+	Daily       int `json:"daily"`
+	Weekly      int `json:"weekly"`
+	Monthly     int `json:"monthly"`
+	MinVerified int `json:"min_verified"`
+}
+
+// Sandbox configures the local cloud.
+type Sandbox struct {
+	// Dir holds all sandbox state; `sandbox down` removes what it made there.
+	Dir string `json:"dir"`
+	// AddressBase is the first loopback address; host i gets AddressBase+i.
+	AddressBase netip.Addr `json:"address_base"`
+	// VolumeSizeMiB overrides volume sizes on the sandbox (GiB-sized loop images are wasteful).
+	VolumeSizeMiB int `json:"volume_size_mib"`
+	// LBPort is the port the sandbox load balancer (nginx) listens on.
+	LBPort int `json:"lb_port"`
+	// MotoPort is where moto_server is started for S3 and the AWS API.
+	MotoPort int `json:"moto_port"`
+}
+
+// Role returns the role named name, or nil.
+func (s *Stack) Role(name string) *Role {
+	for i := range s.Roles {
+		if s.Roles[i].Name == name {
+			return &s.Roles[i]
+		}
+	}
+	return nil
+}
+
+// HostName is the canonical name of host index of role: "app-0".
+func HostName(role string, index int) string { return fmt.Sprintf("%s-%d", role, index) }
+
+// Hosts lists every host the stack declares, in role order.
+func (s *Stack) Hosts() []HostRef {
+	var out []HostRef
+	for _, r := range s.Roles {
+		for i := 0; i < r.Count; i++ {
+			out = append(out, HostRef{Role: r.Name, Index: i})
+		}
+	}
+	return out
+}
+
+// HostRef identifies a host by role and index.
+type HostRef struct {
+	Role  string `json:"role"`
+	Index int    `json:"index"`
+}
+
+// Name is the host's canonical name.
+func (h HostRef) Name() string { return HostName(h.Role, h.Index) }
+
+// IsPrimary reports whether host index of a role with the given replica count is a primary.
+func (r Role) IsPrimary(index int) bool { return index%(r.Replicas+1) == 0 }
+
+// PrimaryOf returns the primary's index for host index.
+func (r Role) PrimaryOf(index int) int { return index - index%(r.Replicas+1) }
+
+// Nodes returns the number of primary groups (physical nodes) of the role.
+func (r Role) Nodes() int { return r.Count / (r.Replicas + 1) }

@@ -1,0 +1,269 @@
+package stack
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// validator checks a decoded, defaulted stack and records errors at the position of the key
+// they are about (or the nearest written parent, for defaults that conflict).
+type validator struct {
+	d    *decoder
+	st   *Stack
+	skip map[string]bool
+}
+
+func (v *validator) errorf(keyPath, format string, args ...any) {
+	if v.skip[keyPath] {
+		return
+	}
+	// A key that was never written (a default) points at its nearest written parent; a missing
+	// top-level key has no position.
+	p, ok := v.d.pos[keyPath]
+	for probe := keyPath; !ok; {
+		i := strings.LastIndex(probe, ".")
+		if i < 0 {
+			break
+		}
+		probe = probe[:i]
+		p, ok = v.d.pos[probe]
+	}
+	n := &yaml.Node{Line: p.Line, Column: p.Column}
+	if !ok {
+		n = nil
+	}
+	v.d.errorf(n, keyPath, format, args...)
+}
+
+var (
+	nameRe      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
+	batchRe     = regexp.MustCompile(`^([0-9]+)(%?)$`)
+	replicaRole = map[string]bool{"pg": true, "redis": true}
+)
+
+func (v *validator) validate() {
+	s := v.st
+	if s.Name == "" {
+		v.errorf("name", "is required: a short name such as \"instagram\" that tags every resource")
+	} else if !nameRe.MatchString(s.Name) {
+		v.errorf("name", "must be lowercase letters, digits and dashes, starting with a letter, at most 31 characters (got %q)", s.Name)
+	}
+	switch s.Provider {
+	case "sandbox":
+	case "aws":
+		if !strings.HasPrefix(s.Image, "ami-") {
+			v.errorf("image", "provider aws needs an AMI id such as ami-0abcdef1234567890 (got %q)", s.Image)
+		}
+	default:
+		v.errorf("provider", "must be \"aws\" or \"sandbox\" (got %q)", s.Provider)
+	}
+	if !strings.HasPrefix(s.Zone, s.Region) {
+		v.errorf("zone", "must be in region %s, e.g. %sa (got %q)", s.Region, s.Region, s.Zone)
+	}
+	if s.SSH.Port < 1 || s.SSH.Port > 65535 {
+		v.errorf("ssh.port", "must be a TCP port 1-65535 (got %d)", s.SSH.Port)
+	}
+	if _, err := parseCIDR(s.SSH.AdminCIDR); err != nil {
+		v.errorf("ssh.admin_cidr", "must be a CIDR such as 203.0.113.0/24 (got %q)", s.SSH.AdminCIDR)
+	}
+	v.roles()
+	v.loadBalancer()
+	v.deploy()
+	v.shards()
+	v.backup()
+	if s.Provider == "sandbox" {
+		v.sandbox()
+	}
+}
+
+func (v *validator) roles() {
+	s := v.st
+	if len(s.Roles) == 0 {
+		v.errorf("roles", "declare at least one role, for example app: {count: 2}")
+	}
+	for _, r := range s.Roles {
+		p := "roles." + r.Name
+		if !nameRe.MatchString(r.Name) {
+			v.errorf(p+".name", "role names are lowercase letters, digits and dashes (got %q)", r.Name)
+		}
+		if r.Count < 1 {
+			v.errorf(p+".count", "must be >= 1 (got %d)", r.Count)
+		}
+		if r.Port < 0 || r.Port > 65535 {
+			v.errorf(p+".port", "must be a TCP port 1-65535 (got %d)", r.Port)
+		}
+		if r.Replicas < 0 {
+			v.errorf(p+".replicas", "must be >= 0 (got %d)", r.Replicas)
+		} else if r.Replicas > 0 && !replicaRole[r.Name] {
+			v.errorf(p+".replicas", "only pg and redis roles have replicas")
+		} else if r.Count > 0 && r.Count%(r.Replicas+1) != 0 {
+			v.errorf(p+".count", "must be a multiple of replicas+1 = %d, so every primary has its replicas (got %d)", r.Replicas+1, r.Count)
+		}
+		vs := r.Volumes
+		if vs.Count < 0 || vs.Count > 8 {
+			v.errorf(p+".volumes.count", "must be 0-8 (got %d)", vs.Count)
+		}
+		if vs.Count > 0 {
+			if vs.SizeGiB < 1 || vs.SizeGiB > 16384 {
+				v.errorf(p+".volumes.size_gib", "must be 1-16384 (got %d)", vs.SizeGiB)
+			}
+			if vs.Filesystem != "xfs" {
+				v.errorf(p+".volumes.filesystem", "only xfs is supported (xfs_freeze makes snapshots consistent) (got %q)", vs.Filesystem)
+			}
+			if !path.IsAbs(vs.Mount) || path.Clean(vs.Mount) == "/" {
+				v.errorf(p+".volumes.mount", "must be an absolute directory other than / such as /var/lib/postgresql (got %q)", vs.Mount)
+			}
+			switch vs.Type {
+			case "gp2", "gp3", "io1", "io2", "st1", "sc1", "standard":
+			default:
+				v.errorf(p+".volumes.type", "must be an EBS volume type: gp3, gp2, io1, io2, st1, sc1 or standard (got %q)", vs.Type)
+			}
+			if v.st.Provider == "sandbox" && vs.Count > 1 {
+				v.errorf(p+".volumes.count", "the sandbox has no md RAID: use count 1 (got %d)", vs.Count)
+			}
+		}
+	}
+}
+
+func (v *validator) loadBalancer() {
+	lb := v.st.LoadBalancer
+	if v.st.Role(lb.TargetRole) == nil {
+		v.errorf("load_balancer.target_role", "names no role; declared roles: %s", v.roleNames())
+	}
+	if lb.ListenerPort < 1 || lb.ListenerPort > 65535 {
+		v.errorf("load_balancer.listener_port", "must be a TCP port 1-65535 (got %d)", lb.ListenerPort)
+	}
+	if lb.TargetPort < 1 || lb.TargetPort > 65535 {
+		v.errorf("load_balancer.target_port", "must be a TCP port 1-65535 (got %d)", lb.TargetPort)
+	}
+	if !strings.HasPrefix(lb.HealthCheck, "/") {
+		v.errorf("load_balancer.health_check", "must be an HTTP path starting with / (got %q)", lb.HealthCheck)
+	}
+	if lb.DrainTimeout < 0 {
+		v.errorf("load_balancer.drain_timeout", "must not be negative")
+	}
+}
+
+func (v *validator) deploy() {
+	dp := v.st.Deploy
+	if v.st.Role(dp.Role) == nil {
+		v.errorf("deploy.role", "names no role; declared roles: %s", v.roleNames())
+	}
+	if !path.IsAbs(dp.Path) {
+		v.errorf("deploy.path", "must be an absolute path such as /opt/instagram (got %q)", dp.Path)
+	}
+	if dp.KeepReleases < 2 {
+		v.errorf("deploy.keep_releases", "must be >= 2 so a rollback target is always kept (got %d)", dp.KeepReleases)
+	}
+	for i, b := range dp.Batches {
+		if _, _, err := ParseCount(b); err != nil {
+			v.errorf(fmt.Sprintf("deploy.batches[%d]", i), "%v", err)
+		}
+	}
+	if _, _, err := ParseCount(dp.MaxFail); err != nil && dp.MaxFail != "0" {
+		v.errorf("deploy.max_fail", "%v", err)
+	}
+	if dp.HealthTimeout <= 0 {
+		v.errorf("deploy.health_timeout", "must be positive such as 30s")
+	}
+	if dp.HealthPasses < 1 {
+		v.errorf("deploy.health_passes", "must be >= 1 (got %d)", dp.HealthPasses)
+	}
+	if dp.Parallel < 1 {
+		v.errorf("deploy.parallel", "must be >= 1 (got %d)", dp.Parallel)
+	}
+}
+
+// ParseCount parses a host count "N" or a percentage "N%" as used by batches and max_fail.
+func ParseCount(s string) (n int, percent bool, err error) {
+	m := batchRe.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		return 0, false, fmt.Errorf("expected a host count such as 1 or a percentage such as 25%% (got %q)", s)
+	}
+	n, _ = strconv.Atoi(m[1])
+	percent = m[2] == "%"
+	if percent && (n < 1 || n > 100) {
+		return 0, false, fmt.Errorf("a percentage must be 1%%-100%% (got %q)", s)
+	}
+	if !percent && n < 0 {
+		return 0, false, fmt.Errorf("a count must be >= 0 (got %q)", s)
+	}
+	return n, percent, nil
+}
+
+func (v *validator) shards() {
+	sh := v.st.Shards
+	if sh.Logical < 1 || sh.Logical > 8192 {
+		v.errorf("shards.logical", "must be 1-8192: ids hold 13 bits of shard id (got %d)", sh.Logical)
+	}
+	r := v.st.Role(sh.Role)
+	if r == nil {
+		if v.st.Role("pg") != nil || sh.Role != "pg" {
+			v.errorf("shards.role", "names no role; declared roles: %s", v.roleNames())
+		}
+		return
+	}
+	if sh.Logical < r.Nodes() {
+		v.errorf("shards.logical", "must be at least the number of physical nodes (%d)", r.Nodes())
+	}
+	ident := regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+	if !ident.MatchString(sh.Database) {
+		v.errorf("shards.database", "must be a plain lowercase SQL identifier (got %q)", sh.Database)
+	}
+	if !ident.MatchString(sh.ControlDatabase) {
+		v.errorf("shards.control_database", "must be a plain lowercase SQL identifier (got %q)", sh.ControlDatabase)
+	}
+}
+
+func (v *validator) backup() {
+	b := v.st.Backup
+	for i, t := range b.Targets {
+		r := v.st.Role(t)
+		switch {
+		case r == nil:
+			v.errorf(fmt.Sprintf("backup.targets[%d]", i), "names no role; declared roles: %s", v.roleNames())
+		case r.Volumes.Count == 0:
+			v.errorf(fmt.Sprintf("backup.targets[%d]", i), "role %s has no data volumes to snapshot; add roles.%s.volumes", t, t)
+		case r.Replicas == 0:
+			v.errorf(fmt.Sprintf("backup.targets[%d]", i), "role %s has no replica: backups are taken from replicas so the primary never freezes; set roles.%s.replicas: 1", t, t)
+		}
+	}
+	rt := b.Retention
+	for name, n := range map[string]int{"hourly": rt.Hourly, "daily": rt.Daily, "weekly": rt.Weekly, "monthly": rt.Monthly, "min_verified": rt.MinVerified} {
+		if n < 0 {
+			v.errorf("backup.retention."+name, "must be >= 0 (got %d)", n)
+		}
+	}
+	if b.FreezeBudget <= 0 {
+		v.errorf("backup.freeze_budget", "must be positive such as 30s")
+	}
+}
+
+func (v *validator) sandbox() {
+	sb := v.st.Sandbox
+	if !path.IsAbs(sb.Dir) {
+		v.errorf("sandbox.dir", "must be an absolute path (got %q)", sb.Dir)
+	}
+	if !sb.AddressBase.Is4() || sb.AddressBase.As4()[0] != 127 {
+		v.errorf("sandbox.address_base", "must be a loopback address in 127.0.0.0/8 (got %s)", sb.AddressBase)
+	}
+	if sb.VolumeSizeMiB < 300 {
+		v.errorf("sandbox.volume_size_mib", "must be >= 300 (XFS needs room) (got %d)", sb.VolumeSizeMiB)
+	}
+}
+
+func (v *validator) roleNames() string {
+	var names []string
+	for _, r := range v.st.Roles {
+		names = append(names, r.Name)
+	}
+	if len(names) == 0 {
+		return "(none)"
+	}
+	return strings.Join(names, ", ")
+}

@@ -43,13 +43,16 @@ type Instance struct {
 
 // InstanceSpec asks for a new instance.
 type InstanceSpec struct {
-	Name     string
-	Role     string
-	Index    int
-	Type     string
-	Image    string
-	Zone     string
-	KeyName  string
+	Name    string
+	Role    string
+	Index   int
+	Type    string
+	Image   string
+	Zone    string
+	KeyName string
+	// Address optionally requests the private address (AWS: PrivateIpAddress in the subnet;
+	// sandbox: the loopback address). Deterministic addresses let user-data name its primary.
+	Address  string
 	UserData string
 	// SecurityGroupIDs to attach.
 	SecurityGroupIDs []string

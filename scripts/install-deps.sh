@@ -22,6 +22,7 @@ check nsenter util-linux
 check /usr/lib/postgresql/15/bin/postgres postgresql-15
 check psql postgresql-client-15
 check curl curl
+check shellcheck shellcheck
 
 if [ ${#need[@]} -gt 0 ]; then
   # shellcheck disable=SC2207

@@ -1,0 +1,50 @@
+package templates
+
+import (
+	"fmt"
+
+	"github.com/instactl/instactl/stack"
+)
+
+// Sandbox conventions shared with cloud/sandbox.
+const (
+	// SandboxDeviceDir is where the sandbox places one symlink per attached volume, named like
+	// the requested device (sdf -> /dev/loop7).
+	SandboxDeviceDir = "/run/instactl/dev"
+	// SandboxTrustCIDR is trusted by postgres on sandbox hosts (everything stays on loopback).
+	SandboxTrustCIDR = "127.0.0.0/8"
+)
+
+// FromStack builds the Data of host index of role from a parsed stack: the flavour follows
+// st.Provider, and volumes, port, replication topology and app path follow the role and deploy
+// sections. address is the host's private address, primaryAddress its primary's (ignored on a
+// primary). Passwords and AppEnv are left to the caller; the result is validated.
+func FromStack(st *stack.Stack, role string, index int, address, primaryAddress string) (Data, error) {
+	r := st.Role(role)
+	if r == nil {
+		return Data{}, fmt.Errorf("templates: stack %s has no role %s", st.Name, role)
+	}
+	d := Data{
+		Stack: st.Name, Role: role, Index: index, HostName: stack.HostName(role, index),
+		Address: address, Port: r.Port, IsPrimary: r.IsPrimary(index),
+		Devices: DeviceNames(r.Volumes.Count), Filesystem: r.Volumes.Filesystem, Mount: r.Volumes.Mount,
+		AppPath: st.Deploy.Path,
+	}
+	if !d.IsPrimary {
+		d.PrimaryAddress, d.PrimaryPort = primaryAddress, r.Port
+	}
+	if st.Provider == "sandbox" {
+		d.ServiceManager = ServiceManagerSandbox
+		d.DeviceDir = SandboxDeviceDir
+		d.ClientCIDR, d.TrustCIDR = SandboxTrustCIDR, SandboxTrustCIDR
+		// Sandbox volumes are small loop images.
+		d.WALKeepMB = 64
+	} else {
+		d.ServiceManager = ServiceManagerSystemd
+		d.DeviceDir = "/dev"
+		d.InstallPackages = true
+		d.PgBouncer = role == RolePostgres
+	}
+	d = d.withDefaults()
+	return d, d.Validate()
+}

@@ -1,0 +1,143 @@
+#!/bin/bash
+# instactl bootstrap for app-0: role app, stack prod, systemd flavour.
+# Rendered by instactl (`instactl render app`); do not edit on the host.
+# Idempotent: every step checks before it changes anything, so a failed run can simply be re-run.
+# Ends by writing /var/lib/instagram/bootstrap.done, or bootstrap.failed (exit status, line, command).
+set -euo pipefail
+set -o errtrace
+umask 022
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C
+cd /
+
+readonly DONE=/var/lib/instagram/bootstrap.done FAILED=/var/lib/instagram/bootstrap.failed
+# shellcheck disable=SC2034 # not every role uses every one
+readonly HOST_NAME=app-0 ADDRESS=10.0.1.10 PORT=8080
+
+# cloud-init keeps its own copy in /var/log/cloud-init-output.log.
+mkdir -p /var/log/instagram
+exec > >(tee -a /var/log/instagram/bootstrap.log) 2>&1
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$HOST_NAME" "$*"; }
+
+# die records a failure the script itself detected (the ERR trap records the others).
+die() {
+	log "ERROR: $*"
+	printf 'line %s: %s\n' "${BASH_LINENO[0]}" "$*" >"$FAILED"
+	exit 1
+}
+
+on_error() {
+	local rc=$1 line=$2 cmd=$3
+	# Keep the first failure: a failing subshell also fails the line that ran it.
+	if [ ! -e "$FAILED" ]; then
+		printf 'exit %s at line %s: %s\n' "$rc" "$line" "$cmd" >"$FAILED"
+	fi
+	log "FAILED: exit $rc at line $line: $cmd"
+}
+
+# write_file PATH MODE OWNER: install stdin at PATH atomically.
+write_file() {
+	local path=$1 mode=$2 owner=$3 tmp
+	mkdir -p "$(dirname "$path")"
+	tmp=$(mktemp "$path.XXXXXX")
+	cat >"$tmp"
+	chmod "$mode" "$tmp"
+	chown "$owner" "$tmp"
+	mv -f "$tmp" "$path"
+}
+
+# wait_for WHAT SECONDS COMMAND...: run COMMAND until it succeeds, at most SECONDS.
+wait_for() {
+	local what=$1 limit=$2 deadline
+	shift 2
+	deadline=$((SECONDS + limit))
+	until "$@"; do
+		if ((SECONDS >= deadline)); then
+			die "$what not ready after ${limit}s"
+		fi
+		sleep 0.5
+	done
+	log "$what is ready"
+}
+
+mkdir -p /var/lib/instagram /var/log/instagram /etc/instagram/services /run/instagram
+# One bootstrap at a time; fd 9 is closed for every service started below.
+exec 9>/var/lib/instagram/bootstrap.lock
+if ! flock -n 9; then
+	log "another bootstrap is running on this host; not starting a second one"
+	exit 75
+fi
+rm -f "$DONE" "$FAILED"
+trap 'on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
+log "bootstrap of $HOST_NAME (app, $ADDRESS) starting"
+
+write_file /etc/instagram/host.env 0644 root:root <<'INSTACTL_EOF'
+# Identity of this host, written by instactl bootstrap.
+INSTACTL_STACK='prod'
+INSTACTL_ROLE='app'
+INSTACTL_INDEX=0
+INSTACTL_HOST='app-0'
+INSTACTL_ADDRESS='10.0.1.10'
+INSTACTL_SERVICE_MANAGER='systemd'
+INSTACTL_EOF
+
+# ---- packages ----
+export DEBIAN_FRONTEND=noninteractive
+apt_install() {
+	local attempt
+	for attempt in 1 2 3 4 5; do
+		if apt-get -q update && apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends "$@"; then
+			return 0
+		fi
+		log "apt-get failed (attempt $attempt); retrying in 10s"
+		sleep 10
+	done
+	die "apt-get install $* failed 5 times"
+}
+apt_install xfsprogs util-linux
+
+# ---- app server (the binary arrives with deploy into /opt/instagram/current/) ----
+if ! id -u instagram >/dev/null 2>&1; then
+	useradd --system --user-group --home-dir /opt/instagram --no-create-home --shell /usr/sbin/nologin instagram
+fi
+install -d -m 0755 /opt/instagram /opt/instagram/releases
+write_file /etc/instagram/app.env 0640 root:instagram <<'INSTACTL_EOF'
+# Environment of the app server on app-0, rendered by instactl; instagram-app reads it
+# (its default -config) and systemd loads it too.
+INSTAGRAM_LISTEN='10.0.1.10:8080'
+INSTAGRAM_CONTROL_DSN='postgres://app@10.0.1.10:5432/instagram_control'
+INSTAGRAM_REDIS_ADDR='10.0.1.30:6379'
+INSTACTL_EOF
+
+write_file /etc/systemd/system/instagram-app.service 0644 root:root <<'INSTACTL_EOF'
+# instagram-app.service on app-0, rendered by instactl.
+[Unit]
+Description=Instagram app server
+Wants=network-online.target
+After=network-online.target
+# Until the first deploy there is nothing to run.
+ConditionPathExists=/opt/instagram/current/instagram-app
+
+[Service]
+Type=simple
+User=instagram
+WorkingDirectory=/opt/instagram
+EnvironmentFile=/etc/instagram/app.env
+ExecStart=/opt/instagram/current/instagram-app
+KillSignal=SIGTERM
+KillMode=mixed
+TimeoutStopSec=30
+Restart=on-failure
+RestartSec=2
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+INSTACTL_EOF
+systemctl daemon-reload
+# Enabled but not started: its binary arrives with the first deploy.
+systemctl enable instagram-app.service
+
+date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
+log "bootstrap of app-0 done"

@@ -1,0 +1,164 @@
+#!/bin/bash
+# instactl bootstrap for worker-0: role worker, stack prod, systemd flavour.
+# Rendered by instactl (`instactl render worker`); do not edit on the host.
+# Idempotent: every step checks before it changes anything, so a failed run can simply be re-run.
+# Ends by writing /var/lib/instagram/bootstrap.done, or bootstrap.failed (exit status, line, command).
+set -euo pipefail
+set -o errtrace
+umask 022
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C
+cd /
+
+readonly DONE=/var/lib/instagram/bootstrap.done FAILED=/var/lib/instagram/bootstrap.failed
+# shellcheck disable=SC2034 # not every role uses every one
+readonly HOST_NAME=worker-0 ADDRESS=10.0.1.10 PORT=0
+
+# cloud-init keeps its own copy in /var/log/cloud-init-output.log.
+mkdir -p /var/log/instagram
+exec > >(tee -a /var/log/instagram/bootstrap.log) 2>&1
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$HOST_NAME" "$*"; }
+
+# die records a failure the script itself detected (the ERR trap records the others).
+die() {
+	log "ERROR: $*"
+	printf 'line %s: %s\n' "${BASH_LINENO[0]}" "$*" >"$FAILED"
+	exit 1
+}
+
+on_error() {
+	local rc=$1 line=$2 cmd=$3
+	# Keep the first failure: a failing subshell also fails the line that ran it.
+	if [ ! -e "$FAILED" ]; then
+		printf 'exit %s at line %s: %s\n' "$rc" "$line" "$cmd" >"$FAILED"
+	fi
+	log "FAILED: exit $rc at line $line: $cmd"
+}
+
+# write_file PATH MODE OWNER: install stdin at PATH atomically.
+write_file() {
+	local path=$1 mode=$2 owner=$3 tmp
+	mkdir -p "$(dirname "$path")"
+	tmp=$(mktemp "$path.XXXXXX")
+	cat >"$tmp"
+	chmod "$mode" "$tmp"
+	chown "$owner" "$tmp"
+	mv -f "$tmp" "$path"
+}
+
+# wait_for WHAT SECONDS COMMAND...: run COMMAND until it succeeds, at most SECONDS.
+wait_for() {
+	local what=$1 limit=$2 deadline
+	shift 2
+	deadline=$((SECONDS + limit))
+	until "$@"; do
+		if ((SECONDS >= deadline)); then
+			die "$what not ready after ${limit}s"
+		fi
+		sleep 0.5
+	done
+	log "$what is ready"
+}
+
+mkdir -p /var/lib/instagram /var/log/instagram /etc/instagram/services /run/instagram
+# One bootstrap at a time; fd 9 is closed for every service started below.
+exec 9>/var/lib/instagram/bootstrap.lock
+if ! flock -n 9; then
+	log "another bootstrap is running on this host; not starting a second one"
+	exit 75
+fi
+rm -f "$DONE" "$FAILED"
+trap 'on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
+log "bootstrap of $HOST_NAME (worker, $ADDRESS) starting"
+
+write_file /etc/instagram/host.env 0644 root:root <<'INSTACTL_EOF'
+# Identity of this host, written by instactl bootstrap.
+INSTACTL_STACK='prod'
+INSTACTL_ROLE='worker'
+INSTACTL_INDEX=0
+INSTACTL_HOST='worker-0'
+INSTACTL_ADDRESS='10.0.1.10'
+INSTACTL_SERVICE_MANAGER='systemd'
+INSTACTL_EOF
+
+# ---- packages ----
+export DEBIAN_FRONTEND=noninteractive
+apt_install() {
+	local attempt
+	for attempt in 1 2 3 4 5; do
+		if apt-get -q update && apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends "$@"; then
+			return 0
+		fi
+		log "apt-get failed (attempt $attempt); retrying in 10s"
+		sleep 10
+	done
+	die "apt-get install $* failed 5 times"
+}
+apt_install xfsprogs util-linux
+
+# ---- data volume: sdf under /dev, xfs at /data ----
+readonly DEVICE_DIR=/dev MOUNT=/data
+DEVICES=(sdf)
+
+# device_path NAME: the block device behind DEVICE_DIR/NAME (or its Xen name, xvdf for sdf).
+device_path() {
+	local p
+	for p in "$DEVICE_DIR/$1" "$DEVICE_DIR/xvd${1#sd}"; do
+		if [ -b "$p" ]; then
+			readlink -f "$p"
+			return 0
+		fi
+	done
+	return 1
+}
+
+devs=()
+deadline=$((SECONDS + 300))
+for name in "${DEVICES[@]}"; do
+	until dev=$(device_path "$name"); do
+		if ((SECONDS >= deadline)); then
+			die "device $DEVICE_DIR/$name did not appear within 300s"
+		fi
+		sleep 1
+	done
+	log "device $name is $dev"
+	devs+=("$dev")
+done
+DATA_DEV=${devs[0]}
+
+# Format only a device that holds nothing; anything else is somebody's data.
+probe_rc=0
+probe=$(blkid -p -o export "$DATA_DEV") || probe_rc=$?
+case $probe_rc in
+0 | 2) ;;
+*) die "blkid $DATA_DEV failed with exit $probe_rc" ;;
+esac
+fstype=$(sed -n 's/^TYPE=//p' <<<"$probe")
+if grep -q '^PTTYPE=' <<<"$probe"; then
+	die "$DATA_DEV has a partition table; refusing to format it"
+fi
+case $fstype in
+"")
+	log "mkfs.xfs $DATA_DEV"
+	mkfs.xfs -q "$DATA_DEV"
+	;;
+xfs) log "$DATA_DEV already holds xfs" ;;
+*) die "$DATA_DEV holds $fstype, not xfs; refusing to format it (wipe it by hand if it is unused)" ;;
+esac
+
+mkdir -p "$MOUNT"
+if findmnt -rn -S "$DATA_DEV" -M "$MOUNT" >/dev/null; then
+	log "$DATA_DEV already mounted at $MOUNT"
+else
+	mount -t xfs -o noatime "$DATA_DEV" "$MOUNT"
+	log "mounted $DATA_DEV at $MOUNT"
+fi
+fs_uuid=$(blkid -p -o value -s UUID "$DATA_DEV")
+if ! grep -q "^UUID=$fs_uuid " /etc/fstab; then
+	printf 'UUID=%s %s xfs noatime,nofail 0 0\n' "$fs_uuid" "$MOUNT" >>/etc/fstab
+	log "added $MOUNT (UUID=$fs_uuid) to /etc/fstab"
+fi
+
+date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
+log "bootstrap of worker-0 done"

@@ -156,10 +156,13 @@ func applyDefaults(s *Stack) {
 	defInt(&b.Retention.Weekly, 4)
 	defInt(&b.Retention.Monthly, 6)
 	defInt(&b.Retention.MinVerified, 1)
-	sb := &s.Sandbox
-	if !sb.AddressBase.IsValid() {
-		sb.AddressBase = netip.MustParseAddr("127.0.10.1")
+	if !s.Network.AddressBase.IsValid() {
+		s.Network.AddressBase = netip.MustParseAddr("172.31.0.10") // the default VPC's first subnet
+		if s.Provider == "sandbox" {
+			s.Network.AddressBase = netip.MustParseAddr("127.0.10.1")
+		}
 	}
+	sb := &s.Sandbox
 	defInt(&sb.VolumeSizeMiB, 512)
 	defInt(&sb.LBPort, 18080)
 	defInt(&sb.MotoPort, 15000)

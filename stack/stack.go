@@ -20,6 +20,9 @@ type Stack struct {
 	// Image is the AMI id for AWS instances; ignored by the sandbox.
 	Image string `json:"image"`
 	SSH   SSH    `json:"ssh"`
+	// Network fixes every host's private address, so user-data can name a replica's primary
+	// before the primary exists.
+	Network Network `json:"network"`
 	// Roles in file order; role names are unique.
 	Roles        []Role       `json:"roles"`
 	LoadBalancer LoadBalancer `json:"load_balancer"`
@@ -122,14 +125,34 @@ type Retention struct {
 type Sandbox struct {
 	// Dir holds all sandbox state; `sandbox down` removes what it made there.
 	Dir string `json:"dir"`
-	// AddressBase is the first loopback address; host i gets AddressBase+i.
-	AddressBase netip.Addr `json:"address_base"`
 	// VolumeSizeMiB overrides volume sizes on the sandbox (GiB-sized loop images are wasteful).
 	VolumeSizeMiB int `json:"volume_size_mib"`
 	// LBPort is the port the sandbox load balancer (nginx) listens on.
 	LBPort int `json:"lb_port"`
 	// MotoPort is where moto_server is started for S3 and the AWS API.
 	MotoPort int `json:"moto_port"`
+}
+
+// Network places hosts.
+type Network struct {
+	// AddressBase is the first host's private address; the n-th host of the stack (in role
+	// order, then index) gets AddressBase+n. Sandbox: a loopback address; AWS: an address in
+	// the subnet.
+	AddressBase netip.Addr `json:"address_base"`
+	// SubnetID is the AWS subnet instances are placed in (default: the zone's default subnet).
+	SubnetID string `json:"subnet_id"`
+}
+
+// Address returns host h's private address: AddressBase plus h's ordinal in Hosts().
+func (s *Stack) Address(h HostRef) (netip.Addr, error) {
+	a := s.Network.AddressBase
+	for _, ref := range s.Hosts() {
+		if ref == h {
+			return a, nil
+		}
+		a = a.Next()
+	}
+	return netip.Addr{}, fmt.Errorf("stack %s has no host %s", s.Name, h.Name())
 }
 
 // Role returns the role named name, or nil.

@@ -143,3 +143,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestAddresses(t *testing.T) {
+	st, err := Parse("s.yaml", Example())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[HostRef]string{{"app", 0}: "127.0.10.1", {"app", 1}: "127.0.10.2", {"pg", 0}: "127.0.10.3", {"memcached", 0}: "127.0.10.9"}
+	for h, want := range cases {
+		if a, err := st.Address(h); err != nil || a.String() != want {
+			t.Errorf("Address(%s) = %v, %v; want %s", h.Name(), a, err, want)
+		}
+	}
+	if _, err := st.Address(HostRef{"app", 7}); err == nil {
+		t.Error("address of a host that does not exist")
+	}
+}

@@ -249,8 +249,8 @@ func (v *validator) sandbox() {
 	if !path.IsAbs(sb.Dir) {
 		v.errorf("sandbox.dir", "must be an absolute path (got %q)", sb.Dir)
 	}
-	if !sb.AddressBase.Is4() || sb.AddressBase.As4()[0] != 127 {
-		v.errorf("sandbox.address_base", "must be a loopback address in 127.0.0.0/8 (got %s)", sb.AddressBase)
+	if a := v.st.Network.AddressBase; !a.Is4() || a.As4()[0] != 127 {
+		v.errorf("network.address_base", "the sandbox needs a loopback address in 127.0.0.0/8 such as 127.0.10.1 (got %s)", a)
 	}
 	if sb.VolumeSizeMiB < 300 {
 		v.errorf("sandbox.volume_size_mib", "must be >= 300 (XFS needs room) (got %d)", sb.VolumeSizeMiB)

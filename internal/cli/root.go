@@ -83,6 +83,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 		NewCmdVersion(f, out),
 		NewCmdInit(f, nil),
 		NewCmdValidate(f, out),
+		NewCmdRender(f, nil),
 		newHelpTopic("exit-codes", "What instactl's exit codes mean", exitCodesHelp),
 	)
 	addSandboxCommands(cmd, f, out)

@@ -1,0 +1,417 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Mix weighs the operations; zero weights are never chosen. An operation that needs users or
+// photos that do not exist yet becomes a sign-up or an upload.
+type Mix struct {
+	SignUp  int `json:"signup"`
+	Follow  int `json:"follow"`
+	Upload  int `json:"upload"`
+	Like    int `json:"like"`
+	Comment int `json:"comment"`
+	Feed    int `json:"feed"`
+}
+
+// DefaultMix is read-heavy, like the real thing.
+var DefaultMix = Mix{SignUp: 5, Follow: 15, Upload: 10, Like: 20, Comment: 5, Feed: 45}
+
+// Config describes one run.
+type Config struct {
+	// BaseURL of the app (or its load balancer), e.g. http://127.0.0.1:8080.
+	BaseURL string
+	// Rate is the target requests per second, sent open-loop: a slow server does not slow
+	// the schedule down.
+	Rate float64
+	// Duration of the run.
+	Duration time.Duration
+	Mix      Mix
+	// Timeout per request.
+	Timeout time.Duration
+	// MaxInFlight bounds concurrent requests; a request due while the bound is reached is
+	// dropped and counted as an error.
+	MaxInFlight int
+	// PhotoBytes is the size of each uploaded photo.
+	PhotoBytes int
+	// RecordFile receives one JSON line per acknowledged write; empty: no record.
+	RecordFile string
+	// Seed makes the operation sequence repeatable.
+	Seed uint64
+	// Client is the HTTP client; nil means a default one.
+	Client *http.Client
+}
+
+func (c *Config) defaults() error {
+	if c.BaseURL == "" {
+		return errors.New("loadgen: base URL is required")
+	}
+	if c.Rate <= 0 || c.Duration <= 0 {
+		return fmt.Errorf("loadgen: rate (%v) and duration (%v) must be positive", c.Rate, c.Duration)
+	}
+	if c.Mix == (Mix{}) {
+		c.Mix = DefaultMix
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 256
+	}
+	if c.PhotoBytes <= 0 {
+		c.PhotoBytes = 4096
+	}
+	if c.Client == nil {
+		c.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c.MaxInFlight}}
+	}
+	return nil
+}
+
+// Record is one acknowledged write, as stored in the record file.
+type Record struct {
+	// Kind is user, follow, photo, like or comment.
+	Kind string `json:"kind"`
+	// ID is the user, photo or comment id; for follow the follower, for like the photo.
+	ID int64 `json:"id"`
+	// Ref is the related id: followee, photo owner, liking user, commented photo.
+	Ref int64 `json:"ref,omitempty"`
+	// SHA256 is the hex digest of the payload: username, photo bytes, comment body, or
+	// "follower->followee" / "user likes photo".
+	SHA256 string    `json:"sha256"`
+	At     time.Time `json:"at"`
+}
+
+// Bucket is one second of the run, by scheduled send time.
+type Bucket struct {
+	Second   int     `json:"second"`
+	Requests int     `json:"requests"`
+	Errors   int     `json:"errors"`
+	P50Ms    float64 `json:"p50_ms"`
+	P99Ms    float64 `json:"p99_ms"`
+}
+
+// KindStats counts one operation kind.
+type KindStats struct {
+	Requests int `json:"requests"`
+	Errors   int `json:"errors"`
+}
+
+// Result summarises a run.
+type Result struct {
+	Requests int                  `json:"requests"`
+	Errors   int                  `json:"errors"`
+	Dropped  int                  `json:"dropped"`
+	Writes   int                  `json:"acknowledged_writes"`
+	Elapsed  time.Duration        `json:"elapsed"`
+	ByKind   map[string]KindStats `json:"by_kind"`
+	Buckets  []Bucket             `json:"buckets"`
+	// FirstErrors holds up to ten distinct error messages.
+	FirstErrors []string `json:"first_errors,omitempty"`
+}
+
+type runner struct {
+	cfg   Config
+	runID int64
+
+	mu        sync.Mutex
+	rng       *rand.Rand
+	users     []int64
+	photos    []int64
+	nextName  int
+	latencies [][]time.Duration
+	errs      []int
+	res       Result
+
+	recMu sync.Mutex
+	rec   *json.Encoder
+}
+
+// Run sends the configured load until Duration has passed (or ctx ends), waits for in-flight
+// requests (each bounded by Timeout), and returns the summary. Only failing to create the
+// record file or a bad config is an error: request failures are counted.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if err := cfg.defaults(); err != nil {
+		return Result{}, err
+	}
+	r := &runner{cfg: cfg, runID: time.Now().UnixNano(), rng: rand.New(rand.NewPCG(cfg.Seed, 0x1c)),
+		res: Result{ByKind: map[string]KindStats{}}}
+	seconds := int(cfg.Duration/time.Second) + 1
+	r.latencies, r.errs = make([][]time.Duration, seconds), make([]int, seconds)
+	if cfg.RecordFile != "" {
+		f, err := os.OpenFile(cfg.RecordFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return Result{}, fmt.Errorf("loadgen: open record file: %w", err)
+		}
+		defer f.Close()
+		r.rec = json.NewEncoder(f)
+	}
+	sem := make(chan struct{}, cfg.MaxInFlight)
+	var wg sync.WaitGroup
+	interval := time.Duration(float64(time.Second) / cfg.Rate)
+	start := time.Now()
+	for i := 0; ; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		if due.Sub(start) >= cfg.Duration {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Until(due)):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		sec := int(due.Sub(start) / time.Second)
+		select {
+		case sem <- struct{}{}:
+		default:
+			r.done(sec, "dropped", 0, errors.New("dropped: max in-flight reached"))
+			continue
+		}
+		op := r.pick()
+		wg.Go(func() {
+			defer func() { <-sem }()
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Timeout)
+			defer cancel()
+			t0 := time.Now()
+			err := r.do(rctx, op)
+			r.done(sec, op, time.Since(t0), err)
+		})
+	}
+	wg.Wait()
+	r.res.Elapsed = time.Since(start)
+	r.summarise()
+	return r.res, nil
+}
+
+func (r *runner) pick() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.cfg.Mix
+	ops := []struct {
+		name string
+		w    int
+	}{{"signup", m.SignUp}, {"follow", m.Follow}, {"upload", m.Upload}, {"like", m.Like}, {"comment", m.Comment}, {"feed", m.Feed}}
+	total := 0
+	for _, o := range ops {
+		total += o.w
+	}
+	n := r.rng.IntN(total)
+	op := ops[len(ops)-1].name
+	for _, o := range ops {
+		if n < o.w {
+			op = o.name
+			break
+		}
+		n -= o.w
+	}
+	switch {
+	case len(r.users) < 2 && op != "signup":
+		return "signup"
+	case (op == "like" || op == "comment") && len(r.photos) == 0:
+		return "upload"
+	}
+	return op
+}
+
+func (r *runner) done(sec int, op string, lat time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ks := r.res.ByKind[op]
+	ks.Requests++
+	r.res.Requests++
+	if sec >= len(r.errs) {
+		sec = len(r.errs) - 1
+	}
+	if err != nil {
+		ks.Errors++
+		r.res.Errors++
+		r.errs[sec]++
+		if op == "dropped" {
+			r.res.Dropped++
+		}
+		if msg := err.Error(); len(r.res.FirstErrors) < 10 && !slices.Contains(r.res.FirstErrors, msg) {
+			r.res.FirstErrors = append(r.res.FirstErrors, msg)
+		}
+	}
+	if op != "dropped" {
+		r.latencies[sec] = append(r.latencies[sec], lat)
+	}
+	r.res.ByKind[op] = ks
+}
+
+func (r *runner) summarise() {
+	for s := range r.latencies {
+		lat := r.latencies[s]
+		slices.Sort(lat)
+		b := Bucket{Second: s, Requests: len(lat), Errors: r.errs[s]}
+		if len(lat) > 0 {
+			b.P50Ms = ms(lat[(len(lat)-1)*50/100])
+			b.P99Ms = ms(lat[(len(lat)-1)*99/100])
+		}
+		if b.Requests > 0 || b.Errors > 0 {
+			r.res.Buckets = append(r.res.Buckets, b)
+		}
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (r *runner) record(rec Record) {
+	r.mu.Lock()
+	r.res.Writes++
+	r.mu.Unlock()
+	if r.rec == nil {
+		return
+	}
+	rec.At = time.Now().UTC()
+	r.recMu.Lock()
+	defer r.recMu.Unlock()
+	_ = r.rec.Encode(rec)
+}
+
+// randUser returns a known user; randPhoto a known photo.
+func (r *runner) randUser() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.users[r.rng.IntN(len(r.users))]
+}
+
+func (r *runner) randPhoto() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.photos[r.rng.IntN(len(r.photos))]
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func (r *runner) do(ctx context.Context, op string) error {
+	switch op {
+	case "signup":
+		r.mu.Lock()
+		r.nextName++
+		name := fmt.Sprintf("lg%x-%d", r.runID, r.nextName)
+		r.mu.Unlock()
+		var u struct{ ID int64 }
+		if err := r.call(ctx, "POST", "/users", "application/json", []byte(`{"username":"`+name+`"}`), http.StatusCreated, &u); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.users = append(r.users, u.ID)
+		r.mu.Unlock()
+		r.record(Record{Kind: "user", ID: u.ID, SHA256: digest([]byte(name))})
+	case "follow":
+		a, b := r.randUser(), r.randUser()
+		if a == b {
+			return nil
+		}
+		if err := r.call(ctx, "POST", fmt.Sprintf("/users/%d/follow/%d", a, b), "", nil, http.StatusOK, nil); err != nil {
+			return err
+		}
+		r.record(Record{Kind: "follow", ID: a, Ref: b, SHA256: digest(fmt.Appendf(nil, "%d->%d", a, b))})
+	case "upload":
+		owner := r.randUser()
+		img := make([]byte, r.cfg.PhotoBytes)
+		r.mu.Lock()
+		for i := 0; i < len(img); i += 8 {
+			v := r.rng.Uint64()
+			for j := 0; j < 8 && i+j < len(img); j++ {
+				img[i+j] = byte(v >> (8 * j))
+			}
+		}
+		r.mu.Unlock()
+		var p struct{ ID int64 }
+		if err := r.call(ctx, "POST", fmt.Sprintf("/photos?user_id=%d&caption=loadgen", owner), "image/jpeg", img, http.StatusCreated, &p); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.photos = append(r.photos, p.ID)
+		r.mu.Unlock()
+		r.record(Record{Kind: "photo", ID: p.ID, Ref: owner, SHA256: digest(img)})
+	case "like":
+		photo, user := r.randPhoto(), r.randUser()
+		body := fmt.Appendf(nil, `{"user_id":%d}`, user)
+		if err := r.call(ctx, "POST", fmt.Sprintf("/photos/%d/likes", photo), "application/json", body, http.StatusOK, nil); err != nil {
+			return err
+		}
+		r.record(Record{Kind: "like", ID: photo, Ref: user, SHA256: digest(fmt.Appendf(nil, "%d likes %d", user, photo))})
+	case "comment":
+		photo, user := r.randPhoto(), r.randUser()
+		text := fmt.Sprintf("comment %d by %d at %d", photo, user, time.Now().UnixNano())
+		body, _ := json.Marshal(map[string]any{"user_id": user, "body": text})
+		var c struct{ ID int64 }
+		if err := r.call(ctx, "POST", fmt.Sprintf("/photos/%d/comments", photo), "application/json", body, http.StatusCreated, &c); err != nil {
+			return err
+		}
+		r.record(Record{Kind: "comment", ID: c.ID, Ref: photo, SHA256: digest([]byte(text))})
+	case "feed":
+		return r.call(ctx, "GET", fmt.Sprintf("/users/%d/feed?limit=20", r.randUser()), "", nil, http.StatusOK, nil)
+	}
+	return nil
+}
+
+// call does one request and decodes a JSON answer into out when the status is want.
+func (r *runner) call(ctx context.Context, method, path, contentType string, body []byte, want int, out any) error {
+	return call(ctx, r.cfg.Client, r.cfg.BaseURL, method, path, contentType, body, want, out)
+}
+
+func call(ctx context.Context, c *http.Client, base, method, path, contentType string, body []byte, want int, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s %s: read: %w", method, path, err)
+	}
+	if resp.StatusCode != want {
+		return &StatusError{Method: method, Path: path, Code: resp.StatusCode, Body: string(bytes.TrimSpace(raw))}
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// StatusError is an unexpected HTTP status.
+type StatusError struct {
+	Method, Path string
+	Code         int
+	Body         string
+}
+
+// Error describes the request and the answer.
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: HTTP %d: %s", e.Method, e.Path, e.Code, e.Body)
+}

@@ -1,0 +1,201 @@
+package aws
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/instactl/instactl/cloud"
+)
+
+// liveStates are the instance states Describe reports (terminated and shutting-down are gone).
+var liveStates = []string{"pending", "running", "stopping", "stopped"}
+
+func toInstance(in ec2types.Instance) cloud.Instance {
+	tags := fromEC2Tags(in.Tags)
+	out := cloud.Instance{
+		ID: aws.ToString(in.InstanceId), Name: tags[cloud.TagName], Role: tags[cloud.TagRole],
+		Index: atoi(tags[cloud.TagIndex]), Type: string(in.InstanceType), Image: aws.ToString(in.ImageId),
+		PrivateAddress: aws.ToString(in.PrivateIpAddress), PublicAddress: aws.ToString(in.PublicIpAddress),
+		SSHPort: 22, Tags: tags,
+	}
+	if in.Placement != nil {
+		out.Zone = aws.ToString(in.Placement.AvailabilityZone)
+	}
+	if in.State != nil {
+		out.State = string(in.State.Name)
+	}
+	if out.PublicAddress == "" {
+		out.PublicAddress = out.PrivateAddress
+	}
+	for _, g := range in.SecurityGroups {
+		out.SecurityGroups = append(out.SecurityGroups, aws.ToString(g.GroupId))
+	}
+	slices.Sort(out.SecurityGroups)
+	return out
+}
+
+func (p *Provider) describeInstances(ctx context.Context, filters ...ec2types.Filter) ([]cloud.Instance, error) {
+	in := &ec2.DescribeInstancesInput{Filters: append(filters, filter("instance-state-name", liveStates...))}
+	var out []cloud.Instance
+	pg := ec2.NewDescribeInstancesPaginator(p.ec2, in)
+	for pg.HasMorePages() {
+		page, err := pg.NextPage(ctx)
+		if err != nil {
+			return nil, wrap(err, "describe instances")
+		}
+		for _, r := range page.Reservations {
+			for _, i := range r.Instances {
+				out = append(out, toInstance(i))
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b cloud.Instance) int { return cmpStr(a.ID, b.ID) })
+	return out, nil
+}
+
+// instancesByID describes ids, terminated ones included; unknown ids are ErrNotFound.
+func (p *Provider) instancesByID(ctx context.Context, ids []string) (map[string]ec2types.Instance, error) {
+	out, err := p.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: ids})
+	if err != nil {
+		return nil, wrap(err, "describe instances %v", ids)
+	}
+	m := map[string]ec2types.Instance{}
+	for _, r := range out.Reservations {
+		for _, i := range r.Instances {
+			m[aws.ToString(i.InstanceId)] = i
+		}
+	}
+	for _, id := range ids {
+		if _, ok := m[id]; !ok {
+			return nil, fmt.Errorf("instance %s: %w", id, cloud.ErrNotFound)
+		}
+	}
+	return m, nil
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// CreateInstance implements cloud.Provider. Idempotency: an instance already carrying the client
+// token (tag) is returned as is; otherwise RunInstances is called with the token, and if AWS
+// answers with a terminated instance of an earlier life, with the token's next generation.
+func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) (cloud.Instance, error) {
+	stack := spec.Tags[cloud.TagStack]
+	if stack == "" {
+		return cloud.Instance{}, refuse("instance %s has no %s tag", spec.Name, cloud.TagStack)
+	}
+	tags := maps.Clone(spec.Tags)
+	tags[cloud.TagRole] = spec.Role
+	tags[cloud.TagIndex] = strconv.Itoa(spec.Index)
+	tags[cloud.TagName] = spec.Name
+	if spec.ClientToken != "" {
+		tags[tagToken] = spec.ClientToken
+		found, err := p.describeInstances(ctx, stackFilter(stack), filter("tag:"+tagToken, spec.ClientToken))
+		if err != nil {
+			return cloud.Instance{}, fmt.Errorf("create instance %s: %w", spec.Name, err)
+		}
+		if len(found) > 0 {
+			return p.waitRunning(ctx, found[0].ID)
+		}
+	}
+	in := &ec2.RunInstancesInput{
+		ImageId: aws.String(spec.Image), InstanceType: ec2types.InstanceType(spec.Type),
+		MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+		Placement:         &ec2types.Placement{AvailabilityZone: aws.String(spec.Zone)},
+		SecurityGroupIds:  spec.SecurityGroupIDs,
+		TagSpecifications: tagSpec(ec2types.ResourceTypeInstance, tags),
+	}
+	if spec.KeyName != "" {
+		in.KeyName = aws.String(spec.KeyName)
+	}
+	if spec.UserData != "" {
+		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(spec.UserData)))
+	}
+	for gen := 0; gen < 5; gen++ {
+		if spec.ClientToken != "" {
+			in.ClientToken = aws.String(spec.ClientToken)
+			if gen > 0 {
+				in.ClientToken = aws.String(fmt.Sprintf("%s.%d", spec.ClientToken, gen))
+			}
+		}
+		out, err := p.ec2.RunInstances(ctx, in)
+		if err != nil {
+			return cloud.Instance{}, wrap(err, "run instance %s", spec.Name)
+		}
+		if len(out.Instances) == 0 {
+			return cloud.Instance{}, fmt.Errorf("run instance %s: empty answer", spec.Name)
+		}
+		i := out.Instances[0]
+		if st := i.State; st != nil && (st.Name == ec2types.InstanceStateNameTerminated || st.Name == ec2types.InstanceStateNameShuttingDown) {
+			continue
+		}
+		return p.waitRunning(ctx, aws.ToString(i.InstanceId))
+	}
+	return cloud.Instance{}, fmt.Errorf("run instance %s: client token %s used by 5 terminated instances", spec.Name, spec.ClientToken)
+}
+
+func (p *Provider) waitRunning(ctx context.Context, id string) (cloud.Instance, error) {
+	w := ec2.NewInstanceRunningWaiter(p.ec2, func(o *ec2.InstanceRunningWaiterOptions) {
+		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
+	})
+	out, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, p.opts.WaitTimeout)
+	if err != nil {
+		return cloud.Instance{}, wrap(err, "wait for instance %s to run", id)
+	}
+	for _, r := range out.Reservations {
+		for _, i := range r.Instances {
+			return toInstance(i), nil
+		}
+	}
+	return cloud.Instance{}, fmt.Errorf("instance %s: %w", id, cloud.ErrNotFound)
+}
+
+// TerminateInstances implements cloud.Provider. It refuses instances no stack owns, skips the
+// already terminated, and waits until all are terminated.
+func (p *Provider) TerminateInstances(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	m, err := p.instancesByID(ctx, ids)
+	if err != nil {
+		return fmt.Errorf("terminate: %w", err)
+	}
+	var todo []string
+	for _, id := range ids {
+		i := m[id]
+		if fromEC2Tags(i.Tags)[cloud.TagStack] == "" {
+			return refuse("instance %s is not tagged %s: instactl does not own it", id, cloud.TagStack)
+		}
+		if i.State == nil || i.State.Name != ec2types.InstanceStateNameTerminated {
+			todo = append(todo, id)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if _, err := p.ec2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: todo}); err != nil {
+		return wrap(err, "terminate %v", todo)
+	}
+	w := ec2.NewInstanceTerminatedWaiter(p.ec2, func(o *ec2.InstanceTerminatedWaiterOptions) {
+		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
+	})
+	if err := w.Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: todo}, p.opts.WaitTimeout); err != nil {
+		return wrap(err, "wait for %v to terminate", todo)
+	}
+	return nil
+}

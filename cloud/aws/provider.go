@@ -1,0 +1,225 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancing"
+	"github.com/aws/smithy-go"
+
+	"github.com/instactl/instactl/cloud"
+)
+
+// Options tune the provider; the zero value is fine.
+type Options struct {
+	// WaitTimeout bounds each wait for a state (instance running, volume in-use...). Default 10m.
+	WaitTimeout time.Duration
+	// PollMin and PollMax bound the delay between polls of a waiter. Defaults 2s and 20s; the
+	// first poll is immediate.
+	PollMin, PollMax time.Duration
+	// MaxAttempts per API call under the adaptive retryer (throttling, 5xx). Default 10.
+	MaxAttempts int
+}
+
+// Provider is the AWS cloud.Provider.
+type Provider struct {
+	ec2  *ec2.Client
+	elb  *elb.Client
+	opts Options
+}
+
+// tagToken records the client token on an instance: moto ignores ClientToken, and AWS returns a
+// terminated instance for a reused token, so the provider looks instances up by this tag first.
+const tagToken = "instactl:client-token"
+
+// New returns a provider using cfg (from config.LoadDefaultConfig: profiles, AWS_REGION,
+// AWS_ENDPOINT_URL all apply). Calls retry in adaptive mode, which also slows the client down
+// when AWS throttles.
+func New(cfg aws.Config, opts Options) *Provider {
+	if opts.WaitTimeout <= 0 {
+		opts.WaitTimeout = 10 * time.Minute
+	}
+	if opts.PollMin <= 0 {
+		opts.PollMin = 2 * time.Second
+	}
+	if opts.PollMax < opts.PollMin {
+		opts.PollMax = max(20*time.Second, opts.PollMin)
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 10
+	}
+	cfg = cfg.Copy()
+	cfg.Retryer = func() aws.Retryer {
+		return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
+			o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
+				so.MaxAttempts = opts.MaxAttempts
+			})
+		})
+	}
+	return &Provider{ec2: ec2.NewFromConfig(cfg), elb: elb.NewFromConfig(cfg), opts: opts}
+}
+
+// Name implements cloud.Provider.
+func (p *Provider) Name() string { return "aws" }
+
+var _ cloud.Provider = (*Provider)(nil)
+
+// errRefused marks calls instactl refuses before asking AWS.
+var errRefused = errors.New("refused")
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errRefused, fmt.Sprintf(format, args...))
+}
+
+// apiCode returns the AWS error code of err, or "".
+func apiCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// notFound reports whether err says the resource does not exist.
+func notFound(err error) bool {
+	switch apiCode(err) {
+	case "InvalidInstanceID.NotFound", "InvalidVolume.NotFound", "InvalidGroup.NotFound",
+		"InvalidKeyPair.NotFound", "InvalidSnapshot.NotFound", "LoadBalancerNotFound",
+		"AccessPointNotFound", "InvalidInstanceID.Malformed", "InvalidVolumeID.Malformed":
+		return true
+	}
+	return false
+}
+
+// wrap adds context and maps AWS not-found codes to cloud.ErrNotFound.
+func wrap(err error, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if notFound(err) {
+		return fmt.Errorf("%s: %w: %w", msg, cloud.ErrNotFound, err)
+	}
+	return fmt.Errorf("%s: %w", msg, err)
+}
+
+func ec2Tags(m map[string]string) []ec2types.Tag {
+	keys := slices.Sorted(maps.Keys(m))
+	out := make([]ec2types.Tag, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, ec2types.Tag{Key: aws.String(k), Value: aws.String(m[k])})
+	}
+	return out
+}
+
+func tagSpec(rt ec2types.ResourceType, m map[string]string) []ec2types.TagSpecification {
+	return []ec2types.TagSpecification{{ResourceType: rt, Tags: ec2Tags(m)}}
+}
+
+func fromEC2Tags(ts []ec2types.Tag) map[string]string {
+	m := make(map[string]string, len(ts))
+	for _, t := range ts {
+		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return m
+}
+
+func filter(name string, values ...string) ec2types.Filter {
+	return ec2types.Filter{Name: aws.String(name), Values: values}
+}
+
+func stackFilter(stack string) ec2types.Filter { return filter("tag:"+cloud.TagStack, stack) }
+
+// Describe implements cloud.Provider. The five listings run concurrently.
+func (p *Provider) Describe(ctx context.Context, stack string) (*cloud.Resources, error) {
+	r := &cloud.Resources{}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	run := func(f func() error) {
+		wg.Go(func() {
+			if err := f(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	run(func() (err error) { r.Instances, err = p.describeInstances(ctx, stackFilter(stack)); return })
+	run(func() (err error) { r.Volumes, err = p.describeVolumes(ctx, stackFilter(stack)); return })
+	run(func() (err error) { r.SecurityGroups, err = p.describeGroups(ctx, stack); return })
+	run(func() (err error) { r.KeyPairs, err = p.describeKeyPairs(ctx, stack); return })
+	run(func() (err error) { r.LoadBalancers, err = p.describeLoadBalancers(ctx, stack); return })
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("describe stack %s: %w", stack, err)
+	}
+	return r, nil
+}
+
+// EnsureKeyPair implements cloud.Provider.
+func (p *Provider) EnsureKeyPair(ctx context.Context, stack, name, publicKey string) error {
+	out, err := p.ec2.DescribeKeyPairs(ctx, &ec2.DescribeKeyPairsInput{KeyNames: []string{name}})
+	if err == nil && len(out.KeyPairs) > 0 {
+		if s := fromEC2Tags(out.KeyPairs[0].Tags)[cloud.TagStack]; s != stack {
+			return refuse("key pair %s exists and belongs to stack %q, not %q", name, s, stack)
+		}
+		return nil
+	}
+	if err != nil && !notFound(err) {
+		return wrap(err, "describe key pair %s", name)
+	}
+	_, err = p.ec2.ImportKeyPair(ctx, &ec2.ImportKeyPairInput{
+		KeyName: aws.String(name), PublicKeyMaterial: []byte(publicKey),
+		TagSpecifications: tagSpec(ec2types.ResourceTypeKeyPair, map[string]string{cloud.TagStack: stack, cloud.TagName: name}),
+	})
+	if err != nil && apiCode(err) != "InvalidKeyPair.Duplicate" {
+		return wrap(err, "import key pair %s", name)
+	}
+	return nil
+}
+
+// DeleteKeyPair implements cloud.Provider; it refuses a key pair no stack owns.
+func (p *Provider) DeleteKeyPair(ctx context.Context, name string) error {
+	out, err := p.ec2.DescribeKeyPairs(ctx, &ec2.DescribeKeyPairsInput{KeyNames: []string{name}})
+	if notFound(err) || (err == nil && len(out.KeyPairs) == 0) {
+		return nil
+	}
+	if err != nil {
+		return wrap(err, "describe key pair %s", name)
+	}
+	if fromEC2Tags(out.KeyPairs[0].Tags)[cloud.TagStack] == "" {
+		return refuse("key pair %s is not tagged %s: instactl does not own it", name, cloud.TagStack)
+	}
+	if _, err := p.ec2.DeleteKeyPair(ctx, &ec2.DeleteKeyPairInput{KeyName: aws.String(name)}); err != nil && !notFound(err) {
+		return wrap(err, "delete key pair %s", name)
+	}
+	return nil
+}
+
+func (p *Provider) describeKeyPairs(ctx context.Context, stack string) ([]string, error) {
+	out, err := p.ec2.DescribeKeyPairs(ctx, &ec2.DescribeKeyPairsInput{Filters: []ec2types.Filter{stackFilter(stack)}})
+	if err != nil {
+		return nil, wrap(err, "describe key pairs")
+	}
+	var names []string
+	for _, k := range out.KeyPairs {
+		names = append(names, aws.ToString(k.KeyName))
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}

@@ -1,0 +1,117 @@
+package aws
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+
+	"github.com/instactl/instactl/cloud"
+	"github.com/instactl/instactl/internal/testenv"
+)
+
+// slowProxy stands between the SDK and moto and makes moto asynchronous, as EC2 is: the first
+// hold describes of an instance or volume by id answer "pending" or "creating".
+type slowProxy struct {
+	next http.Handler
+	hold int
+
+	mu    sync.Mutex
+	polls map[string]int
+}
+
+func (s *slowProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	form, _ := url.ParseQuery(string(body))
+	rec := httptest.NewRecorder()
+	s.next.ServeHTTP(rec, r)
+	out := rec.Body.Bytes()
+	id := form.Get("InstanceId.1") + form.Get("VolumeId.1")
+	if a := form.Get("Action"); id != "" && (a == "DescribeInstances" || a == "DescribeVolumes") {
+		s.mu.Lock()
+		s.polls[id]++
+		n := s.polls[id]
+		s.mu.Unlock()
+		if n <= s.hold {
+			out = bytes.ReplaceAll(out, []byte("<code>16</code>"), []byte("<code>0</code>"))
+			out = bytes.ReplaceAll(out, []byte("<name>running</name>"), []byte("<name>pending</name>"))
+			out = bytes.ReplaceAll(out, []byte("<status>available</status>"), []byte("<status>creating</status>"))
+		}
+	}
+	for k, v := range rec.Header() {
+		if k != "Content-Length" {
+			w.Header()[k] = v
+		}
+	}
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(out)
+}
+
+func (s *slowProxy) pollsOf(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.polls[id]
+}
+
+func slowMoto(t *testing.T, hold int, opts Options) (*Provider, *slowProxy) {
+	t.Helper()
+	target, err := url.Parse(testenv.Moto(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := &slowProxy{next: httputil.NewSingleHostReverseProxy(target), hold: hold, polls: map[string]int{}}
+	srv := httptest.NewServer(sp) // 127.0.0.1
+	t.Cleanup(srv.Close)
+	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
+	cfg, err := config.LoadDefaultConfig(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(cfg, opts), sp
+}
+
+func TestWaitsUntilReady(t *testing.T) {
+	p, sp := slowMoto(t, 3, Options{PollMin: 20 * time.Millisecond, PollMax: 40 * time.Millisecond})
+	ctx := context.Background()
+	in, err := p.CreateInstance(ctx, cloud.InstanceSpec{Name: "w", Role: "app", Type: "t2.micro", Image: "ami-785db401",
+		Zone: "us-east-1a", Tags: map[string]string{cloud.TagStack: "wait"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.State != "running" || sp.pollsOf(in.ID) != 4 {
+		t.Errorf("CreateInstance returned %s after %d polls; want running after 4", in.State, sp.pollsOf(in.ID))
+	}
+	v, err := p.CreateVolume(ctx, cloud.VolumeSpec{Zone: "us-east-1a", SizeGiB: 1, Tags: map[string]string{cloud.TagStack: "wait"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.State != "available" || sp.pollsOf(v.ID) != 4 {
+		t.Errorf("CreateVolume returned %s after %d polls; want available after 4", v.State, sp.pollsOf(v.ID))
+	}
+}
+
+func TestWaitTimesOut(t *testing.T) {
+	p, _ := slowMoto(t, 1<<30, Options{PollMin: 20 * time.Millisecond, PollMax: 40 * time.Millisecond, WaitTimeout: 300 * time.Millisecond})
+	if _, err := p.Describe(context.Background(), "wait"); err != nil { // moto loads its EC2 backend on first use
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := p.CreateInstance(context.Background(), cloud.InstanceSpec{Name: "w", Role: "app", Type: "t2.micro",
+		Image: "ami-785db401", Zone: "us-east-1a", Tags: map[string]string{cloud.TagStack: "wait"}})
+	if err == nil || !strings.Contains(err.Error(), "wait for instance") {
+		t.Fatalf("err = %v, want a wait timeout", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("timed out after %s, want about 300ms", el)
+	}
+}

@@ -393,7 +393,7 @@ func (ex *executor) createInstance(ctx context.Context, i int, c Change) error {
 	}
 	s := c.Instance
 	spec := cloud.InstanceSpec{Name: s.Name, Role: s.Role, Index: s.Index, Type: s.Type, Image: s.Image,
-		Zone: s.Zone, KeyName: s.KeyName, UserData: s.UserData, ClientToken: s.ClientToken,
+		Zone: s.Zone, KeyName: s.KeyName, UserData: s.UserData, ClientToken: s.ClientToken, Address: s.PrivateAddress,
 		Tags: map[string]string{cloud.TagStack: ex.plan.Stack}}
 	for _, g := range s.Groups {
 		id, err := ex.lookup(ex.groups, g)

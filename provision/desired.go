@@ -49,6 +49,9 @@ type InstanceSpec struct {
 	KeyName  string   `json:"key_name,omitempty"`
 	Groups   []string `json:"groups"`
 	UserData string   `json:"user_data,omitempty"`
+	// PrivateAddress is the host's fixed address from the stack's network.address_base, so
+	// user-data can name a replica's primary before it exists.
+	PrivateAddress string `json:"private_address,omitempty"`
 	// ClientToken is derived from stack, role and index, so a create retried after a crash
 	// finds the instance the first attempt made.
 	ClientToken string `json:"client_token"`
@@ -159,6 +162,13 @@ func desiredInstance(st *stack.Stack, r stack.Role, i int, key *KeyPairSpec, use
 		ClientToken: ClientToken(st.Name, r.Name, i)}
 	if key != nil {
 		in.KeyName = key.Name
+	}
+	if st.Network.AddressBase.IsValid() {
+		addr, err := st.Address(stack.HostRef{Role: r.Name, Index: i})
+		if err != nil {
+			return in, fmt.Errorf("desired state: %w", err)
+		}
+		in.PrivateAddress = addr.String()
 	}
 	if userData != nil {
 		ud, err := userData(stack.HostRef{Role: r.Name, Index: i})

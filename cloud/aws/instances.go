@@ -123,6 +123,9 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	if spec.KeyName != "" {
 		in.KeyName = aws.String(spec.KeyName)
 	}
+	if spec.Address != "" {
+		in.PrivateIpAddress = aws.String(spec.Address)
+	}
 	if spec.UserData != "" {
 		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(spec.UserData)))
 	}

@@ -1,0 +1,22 @@
+// Package shardmove moves logical shards (one PostgreSQL schema each) between physical nodes
+// online, with PostgreSQL 15 logical replication and a short fenced cutover.
+//
+// A move is planned first ([Mover.PlanMove]: pre-checks that refuse with a reason, and the list
+// of steps), then run ([Mover.Move]). Every step is recorded in a journal in the control
+// database (tables shard_moves and shard_move_steps) and is idempotent, so after a crash
+// (kill -9 at any point) [Mover.Resume] finishes the move and [Mover.Abort] undoes it; both
+// converge. The map flip ([shardmap.Flip]) is the commit point: before it the source is
+// authoritative and an abort leaves it unfenced with nothing left on the target; after it the
+// target is, and only [Mover.Rollback] (a move back) returns the shard.
+//
+// The cutover fences the source (statement triggers raising [shardmap.FenceSQLState]) together
+// with a marker row in one transaction with a short lock_timeout, waits for the marker on the
+// target, sets the target sequence past the source's, checks the target clock against the
+// newest id, flips the map and lifts the target's fence. The write-blocked window is measured
+// and bounded: if it would exceed [Options.WindowBound] before the flip, the source is unfenced
+// and nothing has changed.
+//
+// [Rebalance] is a pure planner proposing moves that even out node load.
+//
+// The package never prints; progress goes to [Options.Progress].
+package shardmove

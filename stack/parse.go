@@ -149,7 +149,7 @@ func applyDefaults(s *Stack) {
 	if b.MaxLagBytes == 0 {
 		b.MaxLagBytes = 64 << 20
 	}
-	defDur(&b.MaxLagSeconds, 60*time.Second)
+	defDur(&b.MaxLagTime, 60*time.Second)
 	defDur(&b.FreezeBudget, 30*time.Second)
 	defInt(&b.Retention.Hourly, 24)
 	defInt(&b.Retention.Daily, 7)

@@ -107,7 +107,7 @@ type Shards struct {
 type Backup struct {
 	Targets       []string      `json:"targets"`
 	MaxLagBytes   int64         `json:"max_lag_bytes"`
-	MaxLagSeconds time.Duration `json:"max_lag_seconds"`
+	MaxLagTime time.Duration `json:"max_lag_time"`
 	FreezeBudget  time.Duration `json:"freeze_budget"`
 	Retention     Retention     `json:"retention"`
 }

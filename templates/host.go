@@ -2,6 +2,8 @@ package templates
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/instactl/instactl/stack"
 )
@@ -33,4 +35,55 @@ func ForHost(st *stack.Stack, h stack.HostRef, appEnv map[string]string) (string
 		d.AppEnv = appEnv
 	}
 	return UserData(h.Role, d)
+}
+
+// PhotoBucket is the S3 bucket the stack's photos live in.
+func PhotoBucket(st *stack.Stack) string { return st.Name + "-photos" }
+
+// AppEnv is the app server's environment derived from the stack: the control database (on the
+// first shard node), the first Redis master, every memcached host and the photo bucket. On the
+// sandbox S3 is the local moto_server, so the AWS SDK is pointed there and never looks for
+// instance metadata.
+func AppEnv(st *stack.Stack) (map[string]string, error) {
+	env := map[string]string{"INSTAGRAM_S3_BUCKET": PhotoBucket(st)}
+	hostPort := func(role string, index int) (string, error) {
+		a, err := st.Address(stack.HostRef{Role: role, Index: index})
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s:%d", a, st.Role(role).Port), nil
+	}
+	if r := st.Role(st.Shards.Role); r != nil {
+		pg, err := hostPort(r.Name, 0)
+		if err != nil {
+			return nil, err
+		}
+		env["INSTAGRAM_CONTROL_DSN"] = fmt.Sprintf("postgres://app@%s/%s?sslmode=disable", pg, st.Shards.ControlDatabase)
+	}
+	if st.Role(RoleRedis) != nil {
+		rd, err := hostPort(RoleRedis, 0)
+		if err != nil {
+			return nil, err
+		}
+		env["INSTAGRAM_REDIS_ADDR"] = rd
+	}
+	if r := st.Role(RoleMemcached); r != nil {
+		var addrs []string
+		for i := 0; i < r.Count; i++ {
+			mc, err := hostPort(RoleMemcached, i)
+			if err != nil {
+				return nil, err
+			}
+			addrs = append(addrs, mc)
+		}
+		env["INSTAGRAM_MEMCACHED_ADDRS"] = strings.Join(addrs, ",")
+	}
+	if st.Provider == "sandbox" {
+		env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:" + strconv.Itoa(st.Sandbox.MotoPort)
+		env["AWS_REGION"] = st.Region
+		env["AWS_ACCESS_KEY_ID"] = "sandbox"
+		env["AWS_SECRET_ACCESS_KEY"] = "sandbox"
+		env["AWS_EC2_METADATA_DISABLED"] = "true"
+	}
+	return env, nil
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"io"
 	"strconv"
 	"strings"
@@ -42,7 +41,7 @@ role's services (Postgres primary or replica, Redis master or replica, memcached
 			if err != nil {
 				return err
 			}
-			env, err := appEnv(st)
+			env, err := templates.AppEnv(st)
 			if err != nil {
 				return err
 			}
@@ -71,34 +70,4 @@ func parseHostArg(s string) (stack.HostRef, error) {
 		return stack.HostRef{}, usageErrorf("name a role such as pg or a host such as pg-1")
 	}
 	return stack.HostRef{Role: s}, nil
-}
-
-// appEnv is the app server's environment derived from the stack: where the control database,
-// Redis, memcached and S3 are.
-func appEnv(st *stack.Stack) (map[string]string, error) {
-	env := map[string]string{}
-	addr := func(role string, index int) (string, error) {
-		r := st.Role(role)
-		if r == nil || index >= r.Count {
-			return "", nil
-		}
-		a, err := st.Address(stack.HostRef{Role: role, Index: index})
-		if err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("%s:%d", a, r.Port), nil
-	}
-	var err error
-	if env["INSTAGRAM_REDIS"], err = addr("redis", 0); err != nil {
-		return nil, err
-	}
-	if env["INSTAGRAM_MEMCACHED"], err = addr("memcached", 0); err != nil {
-		return nil, err
-	}
-	for k, v := range env {
-		if v == "" {
-			delete(env, k)
-		}
-	}
-	return env, nil
 }

@@ -87,6 +87,10 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 		newHelpTopic("exit-codes", "What instactl's exit codes mean", exitCodesHelp),
 	)
 	addSandboxCommands(cmd, f, out)
+	addProvisionCommands(cmd, f, out)
+	addDeployCommands(cmd, f, out)
+	addBackupCommands(cmd, f, out)
+	addShardCommands(cmd, f, out)
 	return cmd
 }
 

@@ -1,0 +1,404 @@
+package backup
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/instactl/instactl/cloud"
+	"github.com/instactl/instactl/remote"
+)
+
+// Defaults for settings the stack file leaves zero.
+const (
+	DefaultFreezeBudget  = 30 * time.Second
+	DefaultMaxLagBytes   = 64 << 20
+	DefaultMaxLagTime = 60 * time.Second
+	DefaultSaveTimeout   = 5 * time.Minute
+)
+
+// Options configures Create.
+type Options struct {
+	Env
+	// Target is "pg", "redis" or "all" (the stack's backup targets).
+	Target string
+	// LockWait is how long to wait for another run's lock; zero fails at once with *LockedError.
+	LockWait time.Duration
+	// AllowCrashConsistent lets a failed freeze degrade to an unfrozen snapshot; the set is then
+	// tagged and recorded StateCrashConsistent. Without it a failed freeze aborts the run.
+	AllowCrashConsistent bool
+	// FreezeBudget, MaxLagBytes and MaxLagTime override the stack's backup settings.
+	FreezeBudget  time.Duration
+	MaxLagBytes   int64
+	MaxLagTime time.Duration
+	// SaveTimeout bounds the wait for a Redis BGSAVE (default 5m).
+	SaveTimeout time.Duration
+
+	// testHookFrozen runs once every volume is frozen, before the snapshot call.
+	testHookFrozen func()
+}
+
+// CreateResult is what Create did: one manifest per set taken (partial ones included).
+type CreateResult struct {
+	Sets []*Manifest `json:"sets"`
+}
+
+func (o *Options) budget() time.Duration {
+	switch {
+	case o.FreezeBudget > 0:
+		return o.FreezeBudget
+	case o.Stack.Backup.FreezeBudget > 0:
+		return o.Stack.Backup.FreezeBudget
+	}
+	return DefaultFreezeBudget
+}
+
+func (o *Options) maxLagBytes() int64 {
+	switch {
+	case o.MaxLagBytes > 0:
+		return o.MaxLagBytes
+	case o.Stack.Backup.MaxLagBytes > 0:
+		return o.Stack.Backup.MaxLagBytes
+	}
+	return DefaultMaxLagBytes
+}
+
+func (o *Options) maxLagSeconds() time.Duration {
+	switch {
+	case o.MaxLagTime > 0:
+		return o.MaxLagTime
+	case o.Stack.Backup.MaxLagTime > 0:
+		return o.Stack.Backup.MaxLagTime
+	}
+	return DefaultMaxLagTime
+}
+
+// Create backs up the replicas of the target roles, one set per replica. Each set is taken
+// under the replica's lock, after crash recovery and the safety gate. The result lists every
+// set recorded; the error joins each host's failure (*UnsafeError, *LockedError, *PartialError
+// or another error).
+func Create(ctx context.Context, opts Options) (*CreateResult, error) {
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	targets, err := opts.expandTargets(opts.Target)
+	if err != nil {
+		return nil, err
+	}
+	res := &CreateResult{}
+	var errs []error
+	for _, t := range targets {
+		hosts, err := opts.replicas(ctx, t)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, h := range hosts {
+			m, err := createOne(ctx, &opts, h, kind(t))
+			if m != nil {
+				res.Sets = append(res.Sets, m)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// run is one backup of one replica in progress.
+type run struct {
+	o      *Options
+	h      host
+	c      *remote.Client
+	cmds   commands
+	kind   string
+	m      *Manifest
+	mounts []string
+}
+
+func (r *run) emit(step, format string, args ...any) {
+	r.o.emit(r.m.SetID, r.h.name(), step, format, args...)
+}
+
+func newSetID(now time.Time, hostName string) string {
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102T150405Z") + "-" + hostName + "-" + hex.EncodeToString(b[:])
+}
+
+func createOne(ctx context.Context, o *Options, h host, kind string) (*Manifest, error) {
+	start := o.now()
+	r := &run{o: o, h: h, cmds: o.cmds(), kind: kind, mounts: []string{h.role.Volumes.Mount}}
+	r.m = &Manifest{Format: ManifestFormat, SetID: newSetID(start, h.name()), Stack: o.Stack.Name,
+		Target: kind, Host: h.name(), InstanceID: h.inst.ID, Zone: h.inst.Zone, StartedAt: start.UTC(),
+		FreezeBudget: o.budget(), InstactlVersion: o.Version}
+	if h.role.Volumes.Mount == "" || len(h.volumes) == 0 {
+		return nil, fmt.Errorf("backup %s: it has no data volumes (role %s declares volumes.mount and volumes.count)", h.name(), h.role.Name)
+	}
+	c, err := o.dial(ctx, h.inst)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	r.c = c
+	lock, err := acquireLock(ctx, c, r.cmds, h.name(), holderText(start), o.LockWait)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release() //nolint:errcheck // the lock also ends with the connection
+	r.emit("lock", "lock held")
+	if err := r.recover(ctx); err != nil {
+		return nil, err
+	}
+	var snapErr error
+	switch kind {
+	case TargetPostgres:
+		snapErr = r.postgres(ctx)
+	case TargetRedis:
+		snapErr = r.redis(ctx)
+	default:
+		return nil, fmt.Errorf("backup %s: role %s is neither postgres nor redis", h.name(), h.role.Name)
+	}
+	var unsafe *UnsafeError
+	if errors.As(snapErr, &unsafe) || r.m.SnapshotAt.IsZero() {
+		return nil, snapErr // nothing was snapshotted: no set to record
+	}
+	if err := o.saveManifest(r.m); err != nil {
+		return r.m, errors.Join(snapErr, err)
+	}
+	r.emit("manifest", "set %s recorded as %s", r.m.SetID, r.m.State)
+	return r.m, snapErr
+}
+
+// recover undoes what a killed run may have left: a guardian still armed, a volume frozen, WAL
+// replay paused. What it finds is reported and recorded in the manifest.
+func (r *run) recover(ctx context.Context) error {
+	res, err := runCmd(ctx, r.c, r.cmds.killGuardian())
+	if err != nil {
+		return fmt.Errorf("recover %s: stop stale thaw guardian: %w", r.h.name(), err)
+	}
+	for _, l := range lines(res.Stdout) {
+		if strings.HasPrefix(l, "killed ") {
+			r.note("stopped a thaw guardian left by an earlier run (pid " + strings.TrimPrefix(l, "killed ") + ")")
+		}
+		if l == "fired" {
+			r.note("an earlier run's thaw guardian had fired: that run outlived its freeze budget")
+		}
+	}
+	res, err = runCmd(ctx, r.c, r.cmds.thaw(r.mounts))
+	if err != nil {
+		return fmt.Errorf("recover %s: thaw: %w", r.h.name(), err)
+	}
+	for _, l := range lines(res.Stdout) {
+		r.note(l + " (left frozen by an earlier run)")
+	}
+	if r.kind != TargetPostgres {
+		return nil
+	}
+	st, err := r.pgStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("recover %s: %w", r.h.name(), err)
+	}
+	if st.InRecovery && st.PauseState != "not paused" {
+		if _, err := runCmd(ctx, r.c, r.psql("SELECT pg_wal_replay_resume()")); err != nil {
+			return fmt.Errorf("recover %s: resume wal replay: %w", r.h.name(), err)
+		}
+		r.note("resumed WAL replay left " + st.PauseState + " by an earlier run")
+	}
+	return nil
+}
+
+func (r *run) note(s string) {
+	r.m.Recovered = append(r.m.Recovered, s)
+	r.emit("recover", "%s", s)
+}
+
+// freezeAndSnapshot arms the guardian, runs before (pausing replay, say) under its protection,
+// freezes every mount, snapshots the instance's data volumes as one set and thaws. after runs
+// once thawed, before the guardian is stopped. It fills the manifest's volumes, state and
+// freeze duration.
+func (r *run) freezeAndSnapshot(ctx context.Context, pgPort int, before, after func(context.Context) error) error {
+	budget := r.o.budget()
+	// Cleanup must run even when ctx is cancelled (SIGINT): thaw and stop the guardian with a
+	// context of their own.
+	cleanupCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	}
+	res, err := runCmd(ctx, r.c, r.cmds.armGuardian(budget, r.o.pgBin(), pgPort, r.mounts))
+	if err != nil {
+		return fmt.Errorf("backup %s: arm thaw guardian: %w", r.h.name(), err)
+	}
+	armed := time.Now()
+	r.emit("guardian", "thaw guardian pid %s armed for %s", trimOut(res), budget)
+	thawed, guarded := false, true
+	defer func() {
+		cctx, cancel := cleanupCtx()
+		defer cancel()
+		if !thawed {
+			_, _ = runCmd(cctx, r.c, r.cmds.thaw(r.mounts))
+		}
+		if guarded {
+			_, _ = runCmd(cctx, r.c, r.cmds.killGuardian())
+		}
+	}()
+	if before != nil {
+		if err := before(ctx); err != nil {
+			return err
+		}
+	}
+	consistency := StateComplete
+	var frozenAt time.Time
+	for i, mnt := range r.mounts {
+		if i == 0 {
+			frozenAt = time.Now()
+		}
+		if _, err := runCmd(ctx, r.c, r.cmds.freeze(mnt)); err != nil {
+			if !r.o.AllowCrashConsistent {
+				return fmt.Errorf("backup %s: freeze %s failed, no snapshot taken (pass allow-crash-consistent to snapshot unfrozen): %w", r.h.name(), mnt, err)
+			}
+			cctx, cancel := cleanupCtx()
+			_, _ = runCmd(cctx, r.c, r.cmds.thaw(r.mounts))
+			cancel()
+			consistency = StateCrashConsistent
+			r.emit("freeze", "freeze %s failed (%v); taking a crash-consistent snapshot as allowed", mnt, err)
+			break
+		}
+	}
+	if consistency == StateComplete {
+		r.emit("freeze", "froze %s", strings.Join(r.mounts, ", "))
+	}
+	if r.o.testHookFrozen != nil {
+		r.o.testHookFrozen()
+	}
+	snaps, snapErr := r.snapshot(ctx, consistency, budget-time.Since(armed)-500*time.Millisecond)
+	cctx, cancel := cleanupCtx()
+	defer cancel()
+	if _, err := runCmd(cctx, r.c, r.cmds.thaw(r.mounts)); err != nil {
+		return fmt.Errorf("backup %s: thaw after snapshot: %w (the guardian thaws within %s)", r.h.name(), err, budget)
+	}
+	thawed = true
+	if consistency == StateComplete {
+		r.m.FreezeDuration = time.Since(frozenAt)
+	}
+	r.emit("thaw", "thawed after %s", r.m.FreezeDuration.Round(time.Millisecond))
+	var afterErr error
+	if after != nil {
+		afterErr = after(cctx)
+	}
+	res, err = runCmd(cctx, r.c, r.cmds.killGuardian())
+	if err != nil {
+		return errors.Join(afterErr, fmt.Errorf("backup %s: stop thaw guardian: %w", r.h.name(), err))
+	}
+	guarded = false
+	fired := strings.Contains(string(res.Stdout), "fired")
+	r.recordSnapshots(snaps, consistency)
+	switch {
+	case snapErr != nil:
+		return r.partial(fmt.Sprintf("snapshot call failed: %v", snapErr))
+	case fired:
+		return r.partial(fmt.Sprintf("the freeze outlasted its budget of %s and the guardian thawed before the snapshot call returned", budget))
+	case len(snaps) != len(r.h.volumes):
+		return r.partial(fmt.Sprintf("%d snapshots for %d volumes", len(snaps), len(r.h.volumes)))
+	}
+	return afterErr
+}
+
+func (r *run) partial(reason string) error {
+	r.m.State, r.m.PartialReason = StatePartial, reason
+	return &PartialError{Set: r.m.SetID, Reason: reason}
+}
+
+// snapshot snapshots every data volume of the instance in one call, with the set's tags.
+func (r *run) snapshot(ctx context.Context, consistency string, within time.Duration) ([]cloud.Snapshot, error) {
+	ids := make([]string, len(r.h.volumes))
+	for i, v := range r.h.volumes {
+		ids[i] = v.ID
+	}
+	tags := map[string]string{
+		cloud.TagStack: r.o.Stack.Name, cloud.TagSet: r.m.SetID, TagTarget: r.kind, TagHost: r.h.name(),
+		TagState: consistency, TagVolumes: strconv.Itoa(len(ids)), cloud.TagName: "backup " + r.m.SetID,
+	}
+	r.m.SnapshotAt = r.o.now().UTC()
+	if within <= 0 {
+		return nil, errors.New("no freeze budget left for the snapshot call")
+	}
+	sctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	t0 := time.Now()
+	snaps, err := r.o.Provider.CreateSnapshots(sctx, r.h.inst.ID, ids, tags)
+	if err != nil {
+		return snaps, fmt.Errorf("create snapshots of %s: %w", strings.Join(ids, ", "), err)
+	}
+	r.emit("snapshot", "%d snapshots in %s", len(snaps), time.Since(t0).Round(time.Millisecond))
+	return snaps, nil
+}
+
+func (r *run) recordSnapshots(snaps []cloud.Snapshot, consistency string) {
+	byVol := map[string]string{}
+	for _, s := range snaps {
+		byVol[s.VolumeID] = s.ID
+	}
+	r.m.Volumes = nil
+	for i, v := range r.h.volumes {
+		r.m.Volumes = append(r.m.Volumes, VolumeRecord{Order: i, VolumeID: v.ID, Device: v.Device,
+			SizeGiB: v.SizeGiB, Type: v.Type, SnapshotID: byVol[v.ID]})
+	}
+	r.m.State = consistency
+}
+
+// filesystems records each mount's source, UUID and xfs geometry.
+func (r *run) filesystems(ctx context.Context) error {
+	res, err := runCmd(ctx, r.c, r.cmds.fsInfo(r.mounts))
+	if err != nil {
+		return fmt.Errorf("backup %s: read file system geometry: %w", r.h.name(), err)
+	}
+	r.m.Filesystems = parseFSInfo(string(res.Stdout))
+	return nil
+}
+
+// parseFSInfo parses fsInfo's output.
+func parseFSInfo(out string) []FilesystemRecord {
+	var fss []FilesystemRecord
+	var cur *FilesystemRecord
+	section := ""
+	inInfo := false
+	for _, l := range strings.Split(out, "\n") {
+		switch {
+		case l == "BEGIN":
+			inInfo = true
+		case l == "END":
+			inInfo = false
+		case inInfo && cur != nil:
+			if l != "" && l[0] != ' ' {
+				section, _, _ = strings.Cut(strings.Fields(strings.ReplaceAll(l, "=", " "))[0], " ")
+			}
+			for _, f := range strings.Fields(l) {
+				if k, v, ok := strings.Cut(f, "="); ok && k != "meta-data" && k != "data" && k != "naming" && k != "log" && k != "realtime" && v != "" {
+					cur.Geometry[section+"."+k] = strings.TrimSuffix(v, ",")
+				}
+			}
+		case strings.Count(l, "|") == 3:
+			p := strings.Split(l, "|")
+			fss = append(fss, FilesystemRecord{Mount: p[0], Source: p[1], Type: p[2], UUID: p[3], Geometry: map[string]string{}})
+			cur = &fss[len(fss)-1]
+		}
+	}
+	return fss
+}
+
+// underMount reports whether file p lies on one of mounts.
+func underMount(p string, mounts []string) bool {
+	for _, m := range mounts {
+		if p == m || strings.HasPrefix(path.Clean(p), strings.TrimSuffix(m, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,438 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/instactl/instactl/cloud"
+	"github.com/instactl/instactl/cloud/sandbox"
+	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/remote"
+	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/templates"
+)
+
+// Sandbox address base of this package's tests: 127.0.50.x.
+const testBase = "127.0.50.0"
+
+// Hosts of the test stack, by requested address.
+var testHosts = []struct {
+	role  string
+	index int
+	addr  string
+}{
+	{"pg", 0, "127.0.50.1"}, {"pg", 1, "127.0.50.2"}, {"redis", 0, "127.0.50.3"}, {"redis", 1, "127.0.50.4"},
+	{"scratch", 0, "127.0.50.5"},
+}
+
+func testStack() *stack.Stack {
+	return &stack.Stack{
+		Name: "bk", Provider: "sandbox", Zone: sandbox.DefaultZone, SSH: stack.SSH{User: "root", Port: sandbox.DefaultSSHPort},
+		Roles: []stack.Role{
+			{Name: "pg", Count: 2, Replicas: 1, Port: 5432, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/postgresql"}},
+			{Name: "redis", Count: 2, Replicas: 1, Port: 6379, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/redis"}},
+			{Name: "scratch", Count: 1},
+		},
+		Backup: stack.Backup{Targets: []string{"pg", "redis"}, MaxLagBytes: 64 << 20, MaxLagTime: 60 * time.Second,
+			FreezeBudget: 10 * time.Second, Retention: stack.Retention{Hourly: 24, MinVerified: 1}},
+	}
+}
+
+type sandboxEnv struct {
+	p     *sandbox.Provider
+	env   Env
+	hosts map[string]cloud.Instance
+	d     *remote.SSHDialer
+}
+
+func requireSandbox(t *testing.T) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	for bin, pkg := range map[string]string{"sshd": "openssh-server", "mkfs.xfs": "xfsprogs", "xfs_freeze": "xfsprogs",
+		"losetup": "mount", "unshare": "util-linux", "nsenter": "util-linux", "flock": "util-linux",
+		"redis-server": "redis-server", "redis-check-rdb": "redis-tools", "/usr/lib/postgresql/15/bin/initdb": "postgresql-15"} {
+		testenv.Require(t, bin, pkg)
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		testenv.Missing(t, "no loop devices (/dev/loop-control)")
+	}
+}
+
+func newSandboxEnv(t *testing.T, dir string) *sandboxEnv {
+	t.Helper()
+	p, err := sandbox.New(sandbox.Config{Dir: dir, AddressBase: netip.MustParseAddr(testBase), LBPort: testenv.FreePort(t, "127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.NewDialer(remote.Config{User: "root", IdentityFiles: []string{p.KeyPath()}, KnownHostsFile: p.KnownHostsPath(),
+		Port: sandbox.DefaultSSHPort, KeepAliveInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &sandboxEnv{p: p, d: d, hosts: map[string]cloud.Instance{},
+		env: Env{Stack: testStack(), Provider: p, Dialer: d, StateDir: dir + "-state", Version: "test"}}
+}
+
+// bringUp creates the stack's hosts with the templates' user-data and waits for bootstrap.
+func (s *sandboxEnv) bringUp(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	st := s.env.Stack
+	for _, h := range testHosts {
+		role := st.Role(h.role)
+		spec := cloud.InstanceSpec{Role: h.role, Index: h.index, Address: h.addr, Name: stack.HostName(h.role, h.index),
+			ClientToken: "bk/" + h.role + "/" + strconv.Itoa(h.index), Tags: map[string]string{cloud.TagStack: st.Name}}
+		if h.role != "scratch" {
+			primary := testHosts[0].addr
+			if h.role == "redis" {
+				primary = testHosts[2].addr
+			}
+			d, err := templates.FromStack(st, h.role, h.index, h.addr, primary)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spec.UserData, err = templates.UserData(h.role, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		in, err := s.p.CreateInstance(ctx, spec)
+		if err != nil {
+			t.Fatalf("create %s: %v", spec.Name, err)
+		}
+		s.hosts[in.Name] = in
+		if role.Volumes.Count > 0 {
+			v, err := s.p.CreateVolume(ctx, cloud.VolumeSpec{SizeGiB: 1, Tags: map[string]string{cloud.TagStack: st.Name, cloud.TagDevice: "/dev/sdf"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.p.AttachVolume(ctx, v.ID, in.ID, "/dev/sdf"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	for _, h := range testHosts[:4] {
+		in := s.hosts[stack.HostName(h.role, h.index)]
+		if err := s.p.WaitBootstrap(wctx, in.ID); err != nil {
+			log, _ := s.p.HostPath(ctx, in.ID, templates.LogFile)
+			b, _ := os.ReadFile(log)
+			t.Fatalf("bootstrap %s: %v\n%s", in.Name, err, tail(string(b), 3000))
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// sh runs a script on a host and returns stdout, failing the test on error.
+func (s *sandboxEnv) sh(t *testing.T, host, script string) string {
+	t.Helper()
+	out, err := s.try(host, script)
+	if err != nil {
+		t.Fatalf("%s: %s: %v", host, script, err)
+	}
+	return out
+}
+
+func (s *sandboxEnv) try(host, script string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := s.d.Dial(ctx, s.env.target(s.hosts[host]))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	res, err := c.Run(ctx, remote.Script(script), nil)
+	if err != nil {
+		return "", err
+	}
+	if err := res.Err(); err != nil {
+		return string(res.Stdout), err
+	}
+	return strings.TrimSpace(string(res.Stdout)), nil
+}
+
+func psqlOn(db, sql string) string {
+	return "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v ON_ERROR_STOP=1 -h /run/postgresql -p 5432 -d " + db + " -c " + remote.Quote(sql)
+}
+
+func (s *sandboxEnv) waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// writable reports whether the mount accepts a write within a second (a frozen XFS blocks it).
+func (s *sandboxEnv) writable(host, mount string) bool {
+	_, err := s.try(host, "timeout 1 touch "+mount+"/.instactl-probe")
+	return err == nil
+}
+
+func TestSandboxBackup(t *testing.T) {
+	if os.Getenv("INSTACTL_BACKUP_KILL_HELPER") != "" {
+		t.Skip("helper process")
+	}
+	requireSandbox(t)
+	dir := t.TempDir()
+	s := newSandboxEnv(t, dir+"/sandbox")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := s.p.Down(ctx); err != nil {
+			t.Errorf("sandbox down: %v", err)
+		}
+	})
+	s.bringUp(t)
+	ctx := context.Background()
+	var events []Event
+	s.env.Progress = func(e Event) { events = append(events, e) }
+
+	// Rows on the primary, replicated.
+	s.sh(t, "pg-0", psqlOn("instagram", "CREATE TABLE photos (id bigserial PRIMARY KEY, caption text); INSERT INTO photos (caption) SELECT 'p' || g FROM generate_series(1, 1000) g"))
+	s.waitFor(t, "replica has the rows", 30*time.Second, func() bool {
+		out, _ := s.try("pg-1", psqlOn("instagram", "SELECT count(*) FROM photos"))
+		return out == "1000"
+	})
+	s.sh(t, "redis-0", "for i in $(seq 1 50); do echo \"SET k$i v$i\"; done | redis-cli -h 127.0.50.3 -p 6379 >/dev/null")
+	s.waitFor(t, "redis replica has the keys", 30*time.Second, func() bool {
+		out, _ := s.try("redis-1", "redis-cli -h 127.0.50.4 -p 6379 DBSIZE")
+		return out == "50"
+	})
+
+	var pgSet string
+	t.Run("create pg", func(t *testing.T) {
+		res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		m := res.Sets[0]
+		pgSet = m.SetID
+		if m.State != StateComplete || m.FreezeDuration <= 0 || m.Postgres == nil || m.Postgres.ReplayLSN == "" ||
+			len(m.Volumes) != 1 || m.Volumes[0].SnapshotID == "" || len(m.Filesystems) != 1 || m.Filesystems[0].UUID == "" {
+			t.Fatalf("manifest %+v", m)
+		}
+		t.Logf("freeze %s, replay lsn %s, lag %d bytes", m.FreezeDuration, m.Postgres.ReplayLSN, m.Postgres.LagBytes)
+		if !s.writable("pg-1", "/var/lib/postgresql") {
+			t.Fatal("replica volume not writable after backup")
+		}
+		// Replay runs again: new rows arrive.
+		s.sh(t, "pg-0", psqlOn("instagram", "INSERT INTO photos (caption) VALUES ('after')"))
+		s.waitFor(t, "replay resumed", 30*time.Second, func() bool {
+			out, _ := s.try("pg-1", psqlOn("instagram", "SELECT count(*) FROM photos"))
+			return out == "1001"
+		})
+	})
+
+	t.Run("verify pg", func(t *testing.T) {
+		res, err := Verify(ctx, VerifyOptions{Env: s.env, Set: pgSet, ScratchHost: "scratch-0"})
+		if err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+		if got := res.RowCounts["instagram.public.photos"]; got != 1000 {
+			t.Fatalf("restored photos: %d rows, want 1000 (%v)", got, res.RowCounts)
+		}
+		sets, err := List(ctx, s.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sets[0].ID != pgSet || sets[0].State != StateVerified {
+			t.Fatalf("after verify, list: %+v", sets[0])
+		}
+		vols, _ := s.p.Describe(ctx, "bk")
+		for _, v := range vols.Volumes {
+			if v.Tags[TagRestoredFrom] != "" {
+				t.Errorf("scratch volume %s left behind", v.ID)
+			}
+		}
+	})
+
+	t.Run("create and verify redis", func(t *testing.T) {
+		res, err := Create(ctx, Options{Env: s.env, Target: TargetRedis})
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		m := res.Sets[0]
+		if m.Redis == nil || m.Redis.Keys != 50 || m.Redis.RDBSHA256 == "" || m.State != StateComplete {
+			t.Fatalf("manifest %+v redis %+v", m, m.Redis)
+		}
+		vr, err := Verify(ctx, VerifyOptions{Env: s.env, Set: m.SetID, ScratchHost: "scratch-0"})
+		if err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+		if vr.Keys != 50 {
+			t.Fatalf("restored redis holds %d keys", vr.Keys)
+		}
+	})
+
+	t.Run("overlapping run is locked", func(t *testing.T) {
+		c, err := s.d.Dial(ctx, s.env.target(s.hosts["pg-1"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		l, err := acquireLock(ctx, c, commands{}, "pg-1", "test holder", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+		var locked *LockedError
+		if !errors.As(err, &locked) || !strings.Contains(locked.Holder, "test holder") {
+			t.Fatalf("create under a held lock: %v, want *LockedError naming the holder", err)
+		}
+		if err := l.Release(); err != nil {
+			t.Fatal(err)
+		}
+		// A lock wait outlasting the holder succeeds; a dropped connection frees the lock.
+		c2, err := s.d.Dial(ctx, s.env.target(s.hosts["pg-1"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := acquireLock(ctx, c2, commands{}, "pg-1", "dropped", 0); err != nil {
+			t.Fatal(err)
+		}
+		go func() { time.Sleep(time.Second); c2.Close() }()
+		if _, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres, LockWait: 20 * time.Second}); err != nil {
+			t.Fatalf("create with lock wait after the holder's connection dropped: %v", err)
+		}
+	})
+
+	t.Run("non-streaming replica is unsafe", func(t *testing.T) {
+		orig := s.sh(t, "pg-1", psqlOn("postgres", "SHOW primary_conninfo"))
+		s.sh(t, "pg-1", psqlOn("postgres", "ALTER SYSTEM SET primary_conninfo = 'host=127.0.50.1 port=1 user=replicator'")+" && "+psqlOn("postgres", "SELECT pg_reload_conf()"))
+		defer s.sh(t, "pg-1", psqlOn("postgres", "ALTER SYSTEM SET primary_conninfo = "+sqlLiteral(orig))+" && "+psqlOn("postgres", "SELECT pg_reload_conf()"))
+		s.waitFor(t, "wal receiver stops", 30*time.Second, func() bool {
+			out, _ := s.try("pg-1", psqlOn("postgres", "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'"))
+			return out == "0"
+		})
+		_, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+		var unsafe *UnsafeError
+		if !errors.As(err, &unsafe) || !strings.Contains(unsafe.Reason, "not streaming") {
+			t.Fatalf("create from a non-streaming replica: %v, want *UnsafeError", err)
+		}
+	})
+
+	t.Run("lagging replica is unsafe", func(t *testing.T) {
+		s.waitFor(t, "replica streams again", 30*time.Second, func() bool {
+			out, _ := s.try("pg-1", psqlOn("postgres", "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'"))
+			return out == "1"
+		})
+		// A steady writer on the primary: the replica is always some bytes behind, more than
+		// the threshold of one byte.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = s.try("pg-0", "for i in $(seq 1 100); do "+psqlOn("instagram", "INSERT INTO photos (caption) SELECT 'lag' FROM generate_series(1, 20)")+" >/dev/null; done")
+		}()
+		time.Sleep(300 * time.Millisecond)
+		_, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres, MaxLagBytes: 1})
+		<-done
+		var unsafe *UnsafeError
+		if !errors.As(err, &unsafe) || !strings.Contains(unsafe.Reason, "bytes behind") {
+			t.Fatalf("create from a lagging replica: %v, want *UnsafeError on lag", err)
+		}
+	})
+
+	t.Run("guardian thaws after SIGKILL", func(t *testing.T) {
+		want := s.sh(t, "pg-0", psqlOn("instagram", "SELECT count(*) FROM photos"))
+		s.waitFor(t, "replica catches up", 30*time.Second, func() bool {
+			out, _ := s.try("pg-1", psqlOn("instagram", "SELECT count(*) FROM photos"))
+			return out == want
+		})
+		budget := 3 * time.Second
+		cmd := exec.Command(os.Args[0], "-test.run=^TestKillHelper$", "-test.v")
+		cmd.Env = append(os.Environ(), "INSTACTL_BACKUP_KILL_HELPER="+dir+"/sandbox", "INSTACTL_BACKUP_STATE="+s.env.StateDir,
+			"INSTACTL_BACKUP_BUDGET="+budget.String())
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
+		}
+		killed := time.Now()
+		if s.writable("pg-1", "/var/lib/postgresql") {
+			t.Fatalf("volume is writable right after the kill; the helper did not freeze it\n%s", out)
+		}
+		s.waitFor(t, "guardian thaw", budget+3*time.Second, func() bool { return s.writable("pg-1", "/var/lib/postgresql") })
+		t.Logf("thawed %s after the kill (budget %s)", time.Since(killed).Round(10*time.Millisecond), budget)
+		// The guardian resumed replay too; the next run finds nothing to recover but the marker.
+		res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+		if err != nil {
+			t.Fatalf("create after the kill: %v", err)
+		}
+		t.Logf("recovered: %v", res.Sets[0].Recovered)
+	})
+
+	t.Run("prune keeps the rules", func(t *testing.T) {
+		before, err := List(ctx, s.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan, err := Prune(ctx, PruneOptions{Env: s.env, Retention: &stack.Retention{MinVerified: 1}, Apply: true})
+		if err != nil {
+			t.Fatalf("prune: %v", err)
+		}
+		after, err := List(ctx, s.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := map[string]Set{}
+		for _, st := range after {
+			left[st.ID] = st
+		}
+		// Per series: the newest complete and the newest verified survive.
+		for _, series := range []string{"pg/pg-1", "redis/redis-1"} {
+			var newest, newestVer string
+			for _, st := range before {
+				if st.Series() != series {
+					continue
+				}
+				if newest == "" && (st.State == StateComplete || st.State == StateVerified) {
+					newest = st.ID
+				}
+				if newestVer == "" && st.State == StateVerified {
+					newestVer = st.ID
+				}
+			}
+			if _, ok := left[newest]; !ok {
+				t.Errorf("%s: newest complete set %s pruned", series, newest)
+			}
+			if _, ok := left[newestVer]; newestVer != "" && !ok {
+				t.Errorf("%s: newest verified set %s pruned", series, newestVer)
+			}
+		}
+		if len(plan.Deletes()) == 0 || len(after) != len(before)-len(plan.Deletes()) {
+			t.Errorf("before %d sets, %d deletes planned, after %d", len(before), len(plan.Deletes()), len(after))
+		}
+	})
+}
+
+// TestKillHelper is the process TestSandboxBackup SIGKILLs while the replica's volume is frozen.
+func TestKillHelper(t *testing.T) {
+	dir := os.Getenv("INSTACTL_BACKUP_KILL_HELPER")
+	if dir == "" {
+		t.Skip("only run as TestSandboxBackup's helper")
+	}
+	budget, _ := time.ParseDuration(os.Getenv("INSTACTL_BACKUP_BUDGET"))
+	s := newSandboxEnv(t, dir)
+	s.env.StateDir = os.Getenv("INSTACTL_BACKUP_STATE")
+	_, err := Create(context.Background(), Options{Env: s.env, Target: TargetPostgres, FreezeBudget: budget,
+		testHookFrozen: func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); time.Sleep(time.Minute) }})
+	t.Fatalf("create returned instead of being killed: %v", err)
+}

@@ -1,0 +1,207 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/instactl/instactl/remote"
+)
+
+// VerifyOptions configures Verify.
+type VerifyOptions struct {
+	Env
+	// Set is the set to drill; empty means the newest complete set of Target.
+	Set    string
+	Target string
+	// ScratchHost is the host (name or id) the set is restored onto; it must have the role's
+	// mount point free.
+	ScratchHost string
+	// Mount and Port override where the copy is mounted and listens (RestoreOptions).
+	Mount string
+	Port  int
+	// SkipAmcheck skips pg_amcheck (for very large sets).
+	SkipAmcheck bool
+}
+
+// VerifyResult is a drill's outcome.
+type VerifyResult struct {
+	Set          string        `json:"set"`
+	Verification *Verification `json:"verification"`
+	// RowCounts maps "database.schema.table" to its row count in the restored copy (pg).
+	RowCounts map[string]int64 `json:"row_counts,omitempty"`
+	// Keys is DBSIZE of the restored copy (redis).
+	Keys int64 `json:"keys,omitempty"`
+}
+
+// SnapshotTagger is implemented by providers that can add tags to existing snapshots (AWS
+// CreateTags). Verify uses it to mark verified sets on the snapshots themselves; without it the
+// mark lives in the manifest only.
+type SnapshotTagger interface {
+	TagSnapshots(ctx context.Context, snapshotIDs []string, tags map[string]string) error
+}
+
+// Verify is a restore drill: it restores the set onto the scratch host, waits for a consistent
+// open, runs the checks (Postgres: queries answer, the system identifier matches the manifest,
+// row counts of every user table, pg_amcheck; Redis: DBSIZE equals the RDB's key count), records
+// the outcome on the set and tears the scratch volumes down. A failed check is returned as an
+// error, and recorded.
+func Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, error) {
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	set, err := findSet(ctx, opts.Env, opts.Set, opts.Target)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	out := &VerifyResult{Set: set.ID}
+	v := &Verification{Time: opts.now().UTC(), Host: opts.ScratchHost}
+	r, err := Restore(ctx, RestoreOptions{Env: opts.Env, Set: set.ID, To: opts.ScratchHost, Mount: opts.Mount, Port: opts.Port})
+	if err == nil {
+		v.Checks = append(v.Checks, "restored and started")
+		err = runChecks(ctx, &opts, r, v, out)
+	}
+	if r != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		if terr := Teardown(cctx, opts.Env, r); terr != nil {
+			err = errors.Join(err, terr)
+		}
+		cancel()
+	}
+	v.Duration = time.Since(start)
+	v.OK = err == nil
+	if err != nil {
+		v.Error = err.Error()
+	}
+	out.Verification = v
+	if rerr := recordVerification(ctx, &opts.Env, set, v); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	opts.emit(set.ID, opts.ScratchHost, "verify", "drill %s in %s", map[bool]string{true: "passed", false: "failed"}[v.OK], v.Duration.Round(time.Millisecond))
+	return out, err
+}
+
+func runChecks(ctx context.Context, o *VerifyOptions, r *Restored, v *Verification, out *VerifyResult) error {
+	res, err := o.Provider.Describe(ctx, o.Stack.Name)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", r.Set, err)
+	}
+	for _, in := range res.Instances {
+		if in.ID != r.InstanceID {
+			continue
+		}
+		c, err := o.dial(ctx, in)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if r.Target == TargetRedis {
+			return checkRedis(ctx, c, r, v, out)
+		}
+		return checkPostgres(ctx, o, c, r, v, out)
+	}
+	return fmt.Errorf("verify %s: scratch host %s is gone", r.Set, r.Host)
+}
+
+func checkRedis(ctx context.Context, c *remote.Client, r *Restored, v *Verification, out *VerifyResult) error {
+	res, err := runCmd(ctx, c, redisCLI(r.Address, r.Port, "DBSIZE"))
+	if err != nil {
+		return fmt.Errorf("verify %s: dbsize: %w", r.Set, err)
+	}
+	out.Keys = redisInt(trimOut(res))
+	if r.Manifest == nil || r.Manifest.Redis == nil {
+		v.Checks = append(v.Checks, fmt.Sprintf("redis loaded %d keys (no manifest to compare)", out.Keys))
+		return nil
+	}
+	if want := r.Manifest.Redis.Keys; out.Keys != want {
+		return fmt.Errorf("verify %s: restored redis holds %d keys, the RDB had %d", r.Set, out.Keys, want)
+	}
+	v.Checks = append(v.Checks, fmt.Sprintf("redis loaded %d keys, as recorded", out.Keys))
+	return nil
+}
+
+// rowCountSQL emits one "schema.table|count" line per user table of the database it runs in.
+const rowCountSQL = `SELECT format('SELECT %L || ''|'' || count(*) FROM %I.%I', n.nspname || '.' || c.relname, n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+ORDER BY 1 \gexec
+`
+
+func checkPostgres(ctx context.Context, o *VerifyOptions, c *remote.Client, r *Restored, v *Verification, out *VerifyResult) error {
+	cmds := o.cmds()
+	psql := func(db, sql string) remote.Command { return cmds.psql(o.pgBin(), r.Port, db, sql) }
+	res, err := runCmd(ctx, c, psql("postgres", "SELECT system_identifier FROM pg_control_system()"))
+	if err != nil {
+		return fmt.Errorf("verify %s: query: %w", r.Set, err)
+	}
+	if m := r.Manifest; m != nil && m.Postgres != nil && m.Postgres.SystemID != trimOut(res) {
+		return fmt.Errorf("verify %s: system identifier %s, manifest says %s", r.Set, trimOut(res), m.Postgres.SystemID)
+	}
+	v.Checks = append(v.Checks, "postgres accepts queries, read-write, system identifier "+trimOut(res))
+	res, err = runCmd(ctx, c, psql("postgres", "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"))
+	if err != nil {
+		return fmt.Errorf("verify %s: list databases: %w", r.Set, err)
+	}
+	out.RowCounts = map[string]int64{}
+	for _, db := range lines(res.Stdout) {
+		cmd := cmds.asPostgres(o.pgBin()+"/psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", pgSocketDir,
+			"-p", strconv.Itoa(r.Port), "-d", db, "-f", "-")
+		cres, err := c.Run(ctx, cmd, strings.NewReader(rowCountSQL))
+		if err == nil {
+			err = cres.Err()
+		}
+		if err != nil {
+			return fmt.Errorf("verify %s: count rows in %s: %w", r.Set, db, err)
+		}
+		for _, l := range lines(cres.Stdout) {
+			if t, n, ok := strings.Cut(l, "|"); ok {
+				cnt, _ := strconv.ParseInt(n, 10, 64)
+				out.RowCounts[db+"."+t] = cnt
+			}
+		}
+	}
+	v.Checks = append(v.Checks, fmt.Sprintf("counted rows of %d tables", len(out.RowCounts)))
+	if o.SkipAmcheck {
+		return nil
+	}
+	am := cmds.asPostgres(o.pgBin()+"/pg_amcheck", "-h", pgSocketDir, "-p", strconv.Itoa(r.Port), "-U", "postgres",
+		"--all", "--install-missing")
+	if _, err := runCmd(ctx, c, am); err != nil {
+		return fmt.Errorf("verify %s: pg_amcheck: %w", r.Set, err)
+	}
+	v.Checks = append(v.Checks, "pg_amcheck passed")
+	return nil
+}
+
+// recordVerification stores v in the set's manifest (creating a minimal one when this machine
+// has none) and, on providers that can, tags the set's snapshots.
+func recordVerification(ctx context.Context, env *Env, set Set, v *Verification) error {
+	m := set.Manifest
+	if m == nil {
+		m = &Manifest{Format: ManifestFormat, SetID: set.ID, Stack: env.Stack.Name, Target: set.Target, Host: set.Host,
+			State: StateComplete, InstactlVersion: env.Version}
+		if set.CrashConsistent {
+			m.State = StateCrashConsistent
+		}
+	}
+	m.Verification = v
+	if err := env.saveManifest(m); err != nil {
+		return err
+	}
+	tagger, ok := env.Provider.(SnapshotTagger)
+	if !ok || !v.OK {
+		return nil
+	}
+	var ids []string
+	for _, sn := range set.Snapshots {
+		ids = append(ids, sn.ID)
+	}
+	if err := tagger.TagSnapshots(ctx, ids, map[string]string{TagVerified: v.Time.Format(time.RFC3339)}); err != nil {
+		return fmt.Errorf("mark set %s verified: %w", set.ID, err)
+	}
+	return nil
+}

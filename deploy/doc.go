@@ -1,0 +1,39 @@
+// Package deploy ships the app server to the fleet: build or take an artifact, stage it on
+// every host in parallel over SSH, activate it batch by batch behind the load balancer with a
+// health gate, roll back automatically when too many hosts fail, and record everything.
+//
+// A run is planned first: [NewPlan] is pure and returns a [Plan] value listing the batches,
+// the failure policy and the exact remote command of every step ([Plan.Render] is
+// --dry-run). A [Deployer] then executes it:
+//
+//   - lock: a stack-wide lock, mkdir(2) of <path>/.instactl/lock on the first host of the
+//     role with info.json (holder, time, release, message, run id); a second run gets a
+//     [*LockedError] (exit 4);
+//   - stage (deploy only): one SSH connection per host, reused for every step; a probe skips
+//     hosts whose releases/<id>/ is sealed with the right sha256 and size, the others get
+//     the artifact streamed with remote.Upload (sha256 checked on the host, renamed into
+//     place) and the release sealed;
+//   - activate, per batch: deregister from the LB and wait until it reports the hosts out
+//     (at most DrainTimeout), flip current atomically (symlink + rename), restart through the
+//     service manager, health-gate over HTTP from instactl, register the healthy hosts back,
+//     write a per-host marker;
+//   - failure policy: failed hosts are rolled back to the release they ran before; when more
+//     hosts failed than max-fail allows, every host of the batch is rolled back and the run
+//     stops before the next batch with a [*MaxFailError];
+//   - prune releases beyond keep_releases (never current nor the rollback target), append
+//     the [Report] as one JSON line to the local audit log and to each host's, unlock.
+//
+// Every run has a run id and a journal (<state dir>/runs/<run-id>.json: the plan and the
+// report so far, rewritten on every host change), plus per-host markers
+// (<path>/.instactl/runs/<run-id>); [Deployer.Resume] finishes an interrupted run touching
+// only unfinished hosts. An interrupted run (its context ended) keeps the lock, so nobody
+// deploys over a half-done run by accident.
+//
+// Release ids come from the artifact's content (the first 12 hex digits of its sha256), so
+// the same artifact is the same release and a redeploy uploads nothing. Each host keeps a
+// history of activated releases (<path>/.instactl/history) used as a stack: a rollback
+// without a named release pops back to the one before.
+//
+// The package never prints: progress is a stream of typed [Event]s through
+// [Deployer.OnEvent], results are values.
+package deploy

@@ -1,0 +1,108 @@
+package deploy
+
+import (
+	"strings"
+	"sync"
+	"time"
+)
+
+// Stage names a step of a run, as events and reports carry it.
+type Stage string
+
+// Stages of a run.
+const (
+	StageLock       Stage = "lock"
+	StageConnect    Stage = "connect"
+	StageProbe      Stage = "probe"
+	StageUpload     Stage = "upload"
+	StageBatch      Stage = "batch"
+	StageDeregister Stage = "deregister"
+	StageDrain      Stage = "drain"
+	StageFlip       Stage = "flip"
+	StageRestart    Stage = "restart"
+	StageHealth     Stage = "health"
+	StageRegister   Stage = "register"
+	StageRollback   Stage = "rollback"
+	StagePrune      Stage = "prune"
+	StageAudit      Stage = "audit"
+	StageDone       Stage = "done"
+)
+
+// Status is where an event is within its stage.
+type Status string
+
+// Statuses of an event.
+const (
+	StatusStart    Status = "start"
+	StatusProgress Status = "progress"
+	StatusOK       Status = "ok"
+	StatusSkip     Status = "skip"
+	StatusFail     Status = "fail"
+)
+
+// Event is one thing that happened during a run, for the CLI to render (a live view on a
+// terminal, one line per event otherwise, JSON for CI). The library never prints.
+type Event struct {
+	Time  time.Time `json:"time"`
+	RunID string    `json:"run_id"`
+	// Host is empty for run-wide events (lock, batch).
+	Host   string `json:"host,omitempty"`
+	Batch  int    `json:"batch,omitempty"`
+	Stage  Stage  `json:"stage"`
+	Status Status `json:"status"`
+	// Bytes and Total count upload progress.
+	Bytes int64 `json:"bytes,omitempty"`
+	Total int64 `json:"total,omitempty"`
+	// Message is a short detail ("release 3f2a9c0d1e2b already staged", "previous v1").
+	Message string `json:"message,omitempty"`
+	// Err is set on StatusFail.
+	Err error `json:"-"`
+}
+
+// emitter calls the user's callback one event at a time, so the callback needs no locking.
+type emitter struct {
+	mu    sync.Mutex
+	fn    func(Event)
+	runID string
+	now   func() time.Time
+}
+
+func (e *emitter) emit(ev Event) {
+	if e == nil || e.fn == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ev.RunID = e.runID
+	if ev.Time.IsZero() {
+		ev.Time = e.now()
+	}
+	if ev.Err != nil && ev.Message == "" {
+		ev.Message = ErrorLine(ev.Err)
+	}
+	e.fn(ev)
+}
+
+// FirstLine is the first line of s: what a per-host summary shows of an error.
+func FirstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// ErrorLine renders err on one line for per-host summaries: errors from remote quote
+// multi-line scripts, whose first line alone would hide the cause at the end, so line breaks
+// are folded and the middle of an over-long message is elided.
+func ErrorLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := strings.Join(strings.Fields(err.Error()), " ")
+	const max = 400
+	if len(s) > max {
+		s = s[:max/2-2] + " ... " + s[len(s)-max/2+3:]
+	}
+	return s
+}

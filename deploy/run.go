@@ -1,0 +1,315 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/instactl/instactl/remote"
+)
+
+// run is one execution of a plan: its connections, its report and its journal.
+type run struct {
+	d    *Deployer
+	plan *Plan
+	cfg  Config
+	pool *remote.Pool
+	ev   *emitter
+
+	mu     sync.Mutex // guards rep and its hosts
+	rep    *Report
+	byName map[string]*HostReport
+	hosts  map[string]Host
+	locked bool
+}
+
+func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
+	r := &run{d: d, plan: p, cfg: p.Config, pool: pool,
+		byName: map[string]*HostReport{}, hosts: map[string]Host{}}
+	r.ev = &emitter{fn: d.OnEvent, runID: p.RunID, now: d.now}
+	r.rep = prior
+	if r.rep == nil {
+		r.rep = &Report{RunID: p.RunID, Kind: p.Kind, Stack: r.cfg.Stack, Role: r.cfg.Role,
+			Operator: r.cfg.Operator, Message: r.cfg.Message, Release: p.Release,
+			Version: p.Artifact.Version, Commit: p.Artifact.Commit, SHA256: p.Artifact.SHA256,
+			Started: d.now()}
+		for _, b := range p.Batches {
+			for _, h := range b.Hosts {
+				r.rep.Hosts = append(r.rep.Hosts, HostReport{Host: h, Batch: b.Index, State: OutcomePending})
+			}
+		}
+	}
+	r.rep.Result, r.rep.Error = "", ""
+	for i := range r.rep.Hosts {
+		h := &r.rep.Hosts[i]
+		if h.State == OutcomeNotStarted {
+			h.State = OutcomePending
+		}
+		r.byName[h.Host] = h
+	}
+	for _, h := range p.Hosts {
+		r.hosts[h.Name] = h
+	}
+	return r
+}
+
+// update changes one host's report under the lock and saves the journal.
+func (r *run) update(host string, fn func(h *HostReport)) {
+	r.mu.Lock()
+	fn(r.byName[host])
+	r.mu.Unlock()
+	r.save()
+}
+
+// save writes the journal; a failure is reported as an event, not fatal (the hosts' markers
+// still let Resume converge).
+func (r *run) save() {
+	r.mu.Lock()
+	b, err := json.Marshal(r.rep)
+	r.mu.Unlock()
+	if err == nil {
+		var rep Report
+		if err = json.Unmarshal(b, &rep); err == nil {
+			err = saveJournal(r.cfg.StateDir, journal{Plan: r.plan, Report: &rep})
+		}
+	}
+	if err != nil {
+		r.ev.emit(Event{Stage: StageDone, Status: StatusFail, Err: err})
+	}
+}
+
+// hostFailed records a failure of host at stage.
+func (r *run) hostFailed(host string, stage Stage, err error) {
+	r.update(host, func(h *HostReport) {
+		h.State, h.Stage, h.Error = OutcomeFailed, stage, ErrorLine(err)
+	})
+	r.ev.emit(Event{Host: host, Batch: r.byName[host].Batch, Stage: stage, Status: StatusFail, Err: err})
+}
+
+// failedCount counts hosts that failed so far.
+func (r *run) failedCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, h := range r.rep.Hosts {
+		if h.failed() {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *run) state(host string) Outcome {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byName[host].State
+}
+
+// do is the whole run up to, not including, prune/audit/unlock.
+func (r *run) do(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.save()
+	if err := r.lock(ctx); err != nil {
+		return err
+	}
+	if r.plan.Kind == KindDeploy {
+		start := time.Now()
+		err := r.stage(ctx)
+		r.rep.StageMS += time.Since(start).Milliseconds()
+		if err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	defer func() { r.rep.ActivateMS += time.Since(start).Milliseconds() }()
+	for _, b := range r.plan.Batches {
+		if err := r.batch(ctx, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lock takes the stack-wide lock on the lock host.
+func (r *run) lock(ctx context.Context) error {
+	lh, err := lockHostOf(r.plan.LockHost, r.plan.Hosts)
+	if err != nil {
+		return err
+	}
+	r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusStart})
+	c, err := r.pool.Get(ctx, lh.Target())
+	if err == nil {
+		err = acquireLock(ctx, c, r.cfg.Path, LockInfo{Holder: r.cfg.Operator, Time: r.d.now().UTC(),
+			Kind: r.plan.Kind, Release: r.plan.Release, Message: r.cfg.Message, RunID: r.plan.RunID, Stack: r.cfg.Stack})
+	}
+	if err != nil {
+		r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusFail, Err: err})
+		var le *LockedError
+		if errors.As(err, &le) {
+			return err
+		}
+		return fmt.Errorf("deploy lock on %s: %w", lh.Name, err)
+	}
+	r.locked = true
+	r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusOK})
+	return nil
+}
+
+// fanOut runs fn on the named hosts over the pool, at most Config.Parallel at a time. A host
+// whose connection cannot be opened is recorded failed at StageConnect.
+func (r *run) fanOut(ctx context.Context, names []string, fn func(ctx context.Context, c *remote.Client, h Host) error) {
+	targets := make([]remote.Target, len(names))
+	byTarget := map[remote.Target]Host{}
+	for i, n := range names {
+		h := r.hosts[n]
+		targets[i] = h.Target()
+		byTarget[targets[i]] = h
+	}
+	results := r.pool.FanOut(ctx, targets, r.cfg.Parallel, func(ctx context.Context, c *remote.Client, t remote.Target) error {
+		return fn(ctx, c, byTarget[t])
+	})
+	for i, res := range results {
+		// fn records its own failures; what is left is a failure to connect or to start.
+		if res.Err != nil && !errors.Is(res.Err, errRecorded) {
+			r.hostFailed(names[i], StageConnect, res.Err)
+		}
+	}
+}
+
+// errRecorded tells fanOut that fn already recorded the host's failure.
+var errRecorded = errors.New("failure recorded")
+
+// finish prunes and audits what finished, releases the lock unless interrupted, and returns
+// the report with the run's error.
+func (r *run) finish(ctx context.Context, err error) (*Report, error) {
+	interrupted := err != nil && ctx.Err() != nil
+	r.mu.Lock()
+	for i := range r.rep.Hosts {
+		h := &r.rep.Hosts[i]
+		if !interrupted && (h.State == OutcomePending || h.State == OutcomeStaged) {
+			h.State = OutcomeNotStarted
+		}
+	}
+	r.mu.Unlock()
+	switch {
+	case interrupted:
+		r.rep.Result = ResultInterrupted
+		err = fmt.Errorf("%w: %w; the lock stays held: finish with --resume %s", ErrInterrupted, err, r.plan.RunID)
+	case err != nil:
+		r.rep.Result = ResultFailed
+	case r.failedCount() > 0:
+		r.rep.Result = ResultPartial
+	default:
+		r.rep.Result = ResultOK
+	}
+	if err != nil {
+		r.rep.Error = ErrorLine(err)
+	}
+	if !r.locked {
+		// Refused or failed before doing anything: no audit line, and no journal that
+		// Resume could pick up.
+		_ = os.Remove(JournalPath(r.cfg.StateDir, r.plan.RunID))
+		return r.rep, err
+	}
+	bg := context.WithoutCancel(ctx)
+	if !interrupted && r.plan.Kind == KindDeploy {
+		r.prune(bg)
+	}
+	r.rep.Finished = r.d.now()
+	r.save()
+	if !interrupted {
+		r.audit(bg)
+	}
+	if r.locked && !interrupted {
+		r.unlock(bg)
+	}
+	r.ev.emit(Event{Stage: StageDone, Status: statusOf(err), Message: string(r.rep.Result), Err: err})
+	return r.rep, err
+}
+
+func statusOf(err error) Status {
+	if err != nil {
+		return StatusFail
+	}
+	return StatusOK
+}
+
+func (r *run) unlock(ctx context.Context) {
+	lh, err := lockHostOf(r.plan.LockHost, r.plan.Hosts)
+	if err == nil {
+		var c *remote.Client
+		if c, err = r.pool.Get(ctx, lh.Target()); err == nil {
+			err = releaseLock(ctx, c, r.cfg.Path, r.plan.RunID)
+		}
+	}
+	if err != nil {
+		r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusFail,
+			Err: fmt.Errorf("release deploy lock on %s: %w (release it with: instactl lock release --force)", lh.Name, err)})
+		return
+	}
+	r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusOK, Message: "released"})
+}
+
+// prune removes old releases on the hosts that took the release.
+func (r *run) prune(ctx context.Context) {
+	var names []string
+	for _, h := range r.rep.Hosts {
+		if h.State == OutcomeActivated {
+			names = append(names, h.Host)
+		}
+	}
+	cmd := PruneCommand(r.cfg.Path, r.cfg.Binary, r.cfg.KeepReleases)
+	r.pool.FanOut(ctx, targetsOf(r, names), r.cfg.Parallel, func(ctx context.Context, c *remote.Client, t remote.Target) error {
+		out, err := runOK(ctx, c, cmd)
+		if err != nil {
+			r.ev.emit(Event{Host: t.Name, Stage: StagePrune, Status: StatusFail, Err: fmt.Errorf("prune on %s: %w", t.Name, err)})
+			return nil
+		}
+		if n := countPrefix(out, "pruned "); n > 0 {
+			r.ev.emit(Event{Host: t.Name, Stage: StagePrune, Status: StatusOK, Message: fmt.Sprintf("%d old releases removed", n)})
+		}
+		return nil
+	})
+}
+
+// audit appends the report as one JSON line locally and on every host that was reached.
+func (r *run) audit(ctx context.Context) {
+	line, err := json.Marshal(r.rep)
+	if err == nil {
+		err = appendAuditLocal(r.cfg.StateDir, line)
+	}
+	if err != nil {
+		r.ev.emit(Event{Stage: StageAudit, Status: StatusFail, Err: err})
+	}
+	var names []string
+	for _, h := range r.rep.Hosts {
+		if h.Stage != StageConnect {
+			names = append(names, h.Host)
+		}
+	}
+	cmd := AppendCommand(r.cfg.AuditPath)
+	r.pool.FanOut(ctx, targetsOf(r, names), r.cfg.Parallel, func(ctx context.Context, c *remote.Client, t remote.Target) error {
+		res, err := c.Run(ctx, cmd, bytesReader(append(line, '\n')))
+		if err == nil {
+			err = res.Err()
+		}
+		if err != nil {
+			r.ev.emit(Event{Host: t.Name, Stage: StageAudit, Status: StatusFail, Err: fmt.Errorf("audit log on %s: %w", t.Name, err)})
+		}
+		return nil
+	})
+}
+
+func targetsOf(r *run, names []string) []remote.Target {
+	out := make([]remote.Target, len(names))
+	for i, n := range names {
+		out[i] = r.hosts[n].Target()
+	}
+	return out
+}

@@ -1,0 +1,150 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/instactl/instactl/remote"
+)
+
+// stage puts the artifact on every host not yet staged, in parallel, and stops the run if
+// more hosts failed than max-fail allows (nothing has been flipped then).
+func (r *run) stage(ctx context.Context) error {
+	var names []string
+	for _, h := range r.plan.Hosts {
+		if r.state(h.Name) == OutcomePending {
+			names = append(names, h.Name)
+		}
+	}
+	r.fanOut(ctx, names, r.stageHost)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if failed := r.failedCount(); failed > r.plan.MaxFailAllowed {
+		return &MaxFailError{Failed: failed, Allowed: r.plan.MaxFailAllowed, Hosts: r.rep.Failed()}
+	}
+	return nil
+}
+
+// stageHost probes one host and uploads the artifact unless it already holds it.
+func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
+	a, cfg := r.plan.Artifact, r.cfg
+	start := time.Now()
+	fail := func(stage Stage, err error) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.hostFailed(h.Name, stage, fmt.Errorf("%s on %s: %w", stage, h.Name, err))
+		return errRecorded
+	}
+	r.ev.emit(Event{Host: h.Name, Stage: StageProbe, Status: StatusStart})
+	out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size))
+	if err != nil {
+		return fail(StageProbe, err)
+	}
+	probe := parseLines(out)
+	if _, ok := probe["present"]; ok {
+		r.update(h.Name, func(hr *HostReport) {
+			hr.State, hr.StageMS, hr.WasCurrent = OutcomeStaged, time.Since(start).Milliseconds(), probe["current"] == a.ID
+		})
+		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusSkip, Message: "release " + a.ID + " already staged"})
+		return nil
+	}
+	if err := r.upload(ctx, c, h); err != nil {
+		return fail(StageUpload, err)
+	}
+	if _, err := runOK(ctx, c, SealCommand(cfg.Path, a.ID, a.SHA256)); err != nil {
+		return fail(StageUpload, err)
+	}
+	r.update(h.Name, func(hr *HostReport) {
+		hr.State, hr.Uploaded, hr.Bytes, hr.StageMS = OutcomeStaged, true, a.Size, time.Since(start).Milliseconds()
+	})
+	r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusOK, Bytes: a.Size, Total: a.Size})
+	return nil
+}
+
+// upload streams the artifact with progress events.
+func (r *run) upload(ctx context.Context, c *remote.Client, h Host) error {
+	a := r.plan.Artifact
+	f, err := os.Open(a.Path)
+	if err != nil {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	if st.Size() != a.Size {
+		return fmt.Errorf("artifact %s changed since it was hashed (%d bytes, planned %d)", a.Path, st.Size(), a.Size)
+	}
+	r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusStart, Total: a.Size})
+	pr := &progressReader{r: f, remaining: a.Size, total: a.Size, every: 4 << 20, report: func(n int64) {
+		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusProgress, Bytes: n, Total: a.Size})
+	}}
+	sum, err := c.Upload(ctx, pr, BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary), 0o755)
+	if err != nil {
+		return err
+	}
+	if sum != a.SHA256 {
+		return fmt.Errorf("uploaded content has sha256 %s, planned %s: the artifact changed during the deploy", sum, a.SHA256)
+	}
+	return nil
+}
+
+// progressReader counts bytes read and reports every `every` bytes. Its Len lets
+// remote.Upload know the size without spooling.
+type progressReader struct {
+	r         io.Reader
+	remaining int64
+	total     int64
+	every     int64
+	next      int64
+	read      atomic.Int64
+	report    func(n int64)
+}
+
+func (p *progressReader) Len() int { return int(p.remaining) }
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.remaining -= int64(n)
+	done := p.read.Add(int64(n))
+	if p.report != nil && done >= p.next && done < p.total {
+		p.next = done + p.every
+		p.report(done)
+	}
+	return n, err
+}
+
+// parseLines maps the first word of every output line to the rest of the line.
+func parseLines(out []byte) map[string]string {
+	m := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+		if k != "" {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+func countPrefix(out []byte, prefix string) int {
+	n := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

@@ -441,6 +441,7 @@ func (p *Provider) TerminateInstances(ctx context.Context, ids []string) error {
 
 // terminate ends one host; it reports whether a load balancer lost the instance.
 func (p *Provider) terminate(s *state, in *instanceRec) (bool, error) {
+	p.thawVolumes(s, in)
 	if err := killHost(in.ID, p.sshdPID(in)); err != nil {
 		return false, err
 	}
@@ -499,4 +500,23 @@ func (p *Provider) HostPath(ctx context.Context, instanceID, path string) (strin
 		return "", err
 	}
 	return filepath.Join("/proc", strconv.Itoa(pid), "root", path), nil
+}
+
+// thawVolumes unfreezes every file system of the host's volumes before its processes are
+// killed: a process blocked on a frozen file system cannot die, and a host torn down mid-backup
+// (its guardian gone with it) would otherwise leave unkillable processes and a busy loop device.
+// Thawing a file system that is not frozen fails harmlessly.
+func (p *Provider) thawVolumes(s *state, in *instanceRec) {
+	pid := p.sshdPID(in)
+	if pid == 0 {
+		return
+	}
+	for _, v := range s.Volumes {
+		if v.InstanceID != in.ID || v.Loop == "" {
+			continue
+		}
+		if mp := mountedAt(pid, v.Loop); mp != "" {
+			_, _ = run("nsenter", "--target", strconv.Itoa(pid), "--mount", "--", "xfs_freeze", "-u", mp)
+		}
+	}
 }

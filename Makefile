@@ -33,8 +33,7 @@ test-short: lint
 	$(GO) test -short ./...
 
 demo: deps build
-	./bin/instactl --stack $(STACK) sandbox up
-	./bin/instactl --stack $(STACK) sandbox status
+	./bin/instactl --stack $(STACK) demo
 
 demo-down: build
 	./bin/instactl --stack $(STACK) sandbox down

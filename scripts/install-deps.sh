@@ -23,6 +23,7 @@ check /usr/lib/postgresql/15/bin/postgres postgresql-15
 check psql postgresql-client-15
 check curl curl
 check shellcheck shellcheck
+check chromium chromium
 
 if [ ${#need[@]} -gt 0 ]; then
   # shellcheck disable=SC2207

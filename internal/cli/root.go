@@ -84,6 +84,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 		NewCmdInit(f, nil),
 		NewCmdValidate(f, out),
 		NewCmdRender(f, nil),
+		NewCmdDemo(f, out),
 		newHelpTopic("exit-codes", "What instactl's exit codes mean", exitCodesHelp),
 	)
 	addSandboxCommands(cmd, f, out)
@@ -91,6 +92,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addDeployCommands(cmd, f, out)
 	addBackupCommands(cmd, f, out)
 	addShardCommands(cmd, f, out)
+	addLoadgenCommands(cmd, f, out)
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"fmt"
+	"github.com/instactl/instactl/stack"
 	"strconv"
 	"strings"
 	"time"
@@ -83,7 +84,9 @@ func (r *run) primaryView(ctx context.Context) (primaryView, error) {
 	}
 	defer c.Close()
 	res, err := runCmd(ctx, c, r.cmds.psql(r.o.pgBin(), r.h.role.Port, "postgres",
-		primaryQuery(r.h.name(), r.h.inst.PrivateAddress)))
+		// The bootstrap names a standby's connection after its stack host name (pg-1), not
+		// the instance name (stack-pg-1).
+		primaryQuery(stack.HostName(r.h.inst.Role, r.h.inst.Index), r.h.inst.PrivateAddress)))
 	if err != nil {
 		return primaryView{}, fmt.Errorf("query primary %s: %w", r.h.primary.Name, err)
 	}

@@ -44,6 +44,7 @@ func newSandbox(st *stack.Stack) (*sandbox.Provider, error) {
 		Dir:           st.Sandbox.Dir,
 		Region:        st.Region,
 		Zone:          st.Zone,
+		AddressBase:   st.Network.AddressBase,
 		SSHPort:       st.SSH.Port,
 		VolumeSizeMiB: st.Sandbox.VolumeSizeMiB,
 		LBPort:        st.Sandbox.LBPort,

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"fmt"
+	"github.com/instactl/instactl/provision"
 	"net"
 	"os"
 	"os/user"
@@ -100,7 +101,7 @@ func ConfigFromStack(st *stack.Stack, stateDir string) Config {
 		c.HealthPort = r.Port
 	}
 	if st.LoadBalancer.TargetRole == st.Deploy.Role {
-		c.LoadBalancer = st.Name
+		c.LoadBalancer = provision.LoadBalancerName(st.Name)
 		c.HealthPath = st.LoadBalancer.HealthCheck
 		c.DrainTimeout = st.LoadBalancer.DrainTimeout
 		if st.LoadBalancer.TargetPort != 0 {

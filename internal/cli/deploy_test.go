@@ -1,0 +1,455 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/instactl/instactl/deploy"
+	"github.com/instactl/instactl/internal/loadgen"
+	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/stack"
+)
+
+func TestDeployOptionsCaptured(t *testing.T) {
+	var got *DeployOptions
+	f := NewFactory(&IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}, new(string))
+	cmd := NewCmdDeploy(f, func() Output { return OutputText }, func(o *DeployOptions) error { got = o; return nil })
+	cmd.SetArgs([]string{"--batch", "1,10%,100%", "--max-fail", "10%", "-m", "canary", "--dry-run", "--role", "app"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || strings.Join(got.Batches, ",") != "1,10%,100%" || got.MaxFail != "10%" || got.Message != "canary" || !got.DryRun || got.Role != "app" {
+		t.Fatalf("options: %+v", got)
+	}
+}
+
+func TestDeployUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"deploy", "--batch", "0"}, "--batch"},
+		{[]string{"deploy", "--batch", "x%"}, "--batch"},
+		{[]string{"deploy", "--max-fail", "many"}, "--max-fail"},
+		{[]string{"deploy", "--resume", "R1", "--batch", "1"}, "drop --batch"},
+		{[]string{"deploy", "--artifact", "a", "--source", "."}, "--source"},
+		{[]string{"run", "--role", "app"}, "after --"},
+		{[]string{"run", "--role", "app", "--hosts", "app-0", "--", "true"}, "exclude"},
+		{[]string{"lock", "release"}, "--force"},
+	} {
+		_, stderr, code := run(t, tc.args...)
+		if code != ExitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, %q; want 2 mentioning %q", tc.args, code, stderr, tc.want)
+		}
+	}
+}
+
+func TestDeployRunCommand(t *testing.T) {
+	if got := deployRunCommand([]string{"df -h | tail -1"}).String(); got != `sh -c 'df -h | tail -1'` {
+		t.Errorf("script: %s", got)
+	}
+	if got := deployRunCommand([]string{"echo", "it's"}).String(); got != `echo 'it'\''s'` {
+		t.Errorf("argv: %s", got)
+	}
+}
+
+func TestDeployRenderReport(t *testing.T) {
+	rep := &deploy.Report{RunID: "R1", Kind: deploy.KindDeploy, Role: "app", Release: "abc", Version: "v2", Result: deploy.ResultPartial,
+		Hosts: []deploy.HostReport{
+			{Host: "app-0", Batch: 1, State: deploy.OutcomeActivated, Uploaded: true, Bytes: 3 << 20},
+			{Host: "app-1", Batch: 2, State: deploy.OutcomeActivated},
+			{Host: "app-2", Batch: 2, State: deploy.OutcomeRolledBack, Stage: deploy.StageHealth, Error: "health: 503 after 30s\nmore"},
+			{Host: "app-3", Batch: 2, State: deploy.OutcomeActivated},
+		}}
+	var b bytes.Buffer
+	if err := deployRenderReport(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded (3.0 MB), 3 already had it",
+		"batch 1  1   hosts app-0", "batch 2  3   hosts app-1..app-3", "activated 2, rolled-back 1",
+		"app-2  2      rolled-back  health  health: 503 after 30s\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// The sandbox test runs the real stack at 127.0.70.x: app hosts behind nginx, a PostgreSQL
+// node, Redis and memcached, and the real app server built from cmd/instagram-app.
+const (
+	deployTestLBPort   = 18170
+	deployTestMotoPort = 15070
+)
+
+func deployTestStack(t *testing.T) (path string, st *stack.Stack) {
+	t.Helper()
+	dir := t.TempDir()
+	data := fmt.Sprintf(`name: deploycli
+provider: sandbox
+network:
+  address_base: 127.0.70.1
+roles:
+  app:
+    count: 3
+  pg:
+    count: 1
+    volumes: {count: 1, size_gib: 10, mount: /var/lib/postgresql}
+  redis:
+    count: 1
+    volumes: {count: 1, size_gib: 10, mount: /var/lib/redis}
+  memcached:
+    count: 1
+deploy:
+  batches: [1, 100%%]
+  health_timeout: 60s
+shards:
+  logical: 8
+sandbox:
+  dir: %s
+  volume_size_mib: 300
+  lb_port: %d
+  moto_port: %d
+`, filepath.Join(dir, "sandbox"), deployTestLBPort, deployTestMotoPort)
+	path = filepath.Join(dir, "stack.yaml")
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := stack.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, st
+}
+
+// deploySandboxUp brings the stack up and registers its removal, checking nothing is left.
+func deploySandboxUp(t *testing.T, path string, st *stack.Stack) {
+	t.Helper()
+	t.Cleanup(func() {
+		if _, stderr, code := run(t, "--stack", path, "sandbox", "down"); code != 0 {
+			t.Errorf("sandbox down: exit %d: %s", code, stderr)
+		}
+		out, _ := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").CombinedOutput()
+		if strings.Contains(string(out), st.Sandbox.Dir) {
+			t.Errorf("after down, loop devices still map sandbox images:\n%s", out)
+		}
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if _, err := strconv.Atoi(e.Name()); err != nil {
+				continue
+			}
+			cl, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if bytes.Contains(cl, []byte(st.Sandbox.Dir)) || bytes.Contains(cl, []byte("127.0.70.")) {
+				t.Errorf("after down, pid %s is alive: %s", e.Name(), bytes.ReplaceAll(cl, []byte{0}, []byte{' '}))
+			}
+		}
+	})
+	if _, stderr, code := run(t, "--stack", path, "sandbox", "up"); code != 0 {
+		t.Fatalf("sandbox up: exit %d:\n%s", code, stderr)
+	}
+}
+
+// deployInitShards creates the control database and the shard schemas the app needs, with
+// the shard family's `instactl shard init`.
+func deployInitShards(t *testing.T, path string) {
+	t.Helper()
+	if stdout, stderr, code := run(t, "--stack", path, "shard", "init"); code != 0 {
+		t.Fatalf("shard init: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// deployVersions GETs /healthz on every app host and returns the bodies.
+func deployVersions(t *testing.T, st *stack.Stack) []string {
+	t.Helper()
+	app := st.Role("app")
+	var out []string
+	for i := range app.Count {
+		a, _ := st.Address(stack.HostRef{Role: "app", Index: i})
+		resp, err := http.Get(fmt.Sprintf("http://%s:%d/healthz", a, app.Port))
+		if err != nil {
+			out = append(out, "down: "+err.Error())
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		out = append(out, string(b))
+	}
+	return out
+}
+
+func TestDeploySandbox(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sandbox integration test")
+	}
+	testenv.RequireRoot(t)
+	for bin, pkg := range map[string]string{"sshd": "openssh-server", "nginx": "nginx", "unshare": "util-linux",
+		"losetup": "mount", "moto_server": "python3-moto", "pg_ctl": "postgresql-15", "redis-server": "redis-server", "memcached": "memcached"} {
+		testenv.Require(t, bin, pkg)
+	}
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	start := time.Now()
+	path, st := deployTestStack(t)
+	deploySandboxUp(t, path, st)
+	t.Logf("sandbox up in %s", time.Since(start).Round(time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cli := func(args ...string) (string, string, int) {
+		return run(t, append([]string{"--stack", path}, args...)...)
+	}
+	app1, _ := st.Address(stack.HostRef{Role: "app", Index: 1})
+
+	t.Run("run on a role, prefixed, with a failing host in the summary", func(t *testing.T) {
+		script := fmt.Sprintf(`set -- $SSH_CONNECTION; echo "serving on $3"; if [ "$3" = %s ]; then echo broken >&2; exit 3; fi`, app1)
+		stdout, stderr, code := cli("run", "--role", "app", "--", script)
+		if code != ExitPartial {
+			t.Fatalf("exit %d, want 5\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+		}
+		for i := range 3 {
+			a, _ := st.Address(stack.HostRef{Role: "app", Index: i})
+			if want := fmt.Sprintf("app-%d | serving on %s\n", i, a); !strings.Contains(stdout, want) {
+				t.Errorf("stdout lacks %q:\n%s", want, stdout)
+			}
+		}
+		for _, want := range []string{"app-1 | broken\n", "3 hosts: 2 ok, 1 failed"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, stderr)
+			}
+		}
+		for _, re := range []string{`(?m)^HOST +EXIT +TIME +ERROR$`, `(?m)^deploycli-app-1 +3 +`, `(?m)^deploycli-app-0 +0 +`} {
+			if !regexp.MustCompile(re).MatchString(stderr) {
+				t.Errorf("summary does not match %s:\n%s", re, stderr)
+			}
+		}
+		if strings.Contains(stdout, "pg-0") {
+			t.Errorf("--role app ran on pg-0:\n%s", stdout)
+		}
+		if _, _, code := cli("run", "--role", "app", "--", "false"); code != ExitError {
+			t.Errorf("all hosts failing: exit %d, want 1", code)
+		}
+	})
+
+	t.Run("unknown host key is refused with the fix", func(t *testing.T) {
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		os.WriteFile(kh, nil, 0o600)
+		data, _ := os.ReadFile(path)
+		alt := filepath.Join(t.TempDir(), "stack.yaml")
+		os.WriteFile(alt, []byte(strings.Replace(string(data), "provider: sandbox\n", "provider: sandbox\nssh:\n  known_hosts: "+kh+"\n", 1)), 0o644)
+		_, stderr, code := run(t, "--stack", alt, "run", "--role", "app", "--", "true")
+		if code != ExitError || !strings.Contains(stderr, "is unknown") || !strings.Contains(stderr, "--accept-new-host-keys") ||
+			!strings.Contains(stderr, "ssh-keyscan") {
+			t.Fatalf("run with an empty known_hosts: exit %d, want 1 and the fix:\n%s", code, stderr)
+		}
+		_, stderr, code = run(t, "--stack", alt, "deploy", "--artifact", "/bin/true")
+		if code != ExitError || !strings.Contains(stderr, "--accept-new-host-keys") {
+			t.Fatalf("deploy with an empty known_hosts: exit %d, want 1 and the fix:\n%s", code, stderr)
+		}
+		if _, stderr, code = run(t, "--stack", alt, "run", "--role", "app", "--accept-new-host-keys", "--", "true"); code != 0 {
+			t.Fatalf("--accept-new-host-keys: exit %d:\n%s", code, stderr)
+		}
+		if b, _ := os.ReadFile(kh); bytes.Count(b, []byte("\n")) < 3 {
+			t.Fatalf("known_hosts after --accept-new-host-keys:\n%s", b)
+		}
+	})
+
+	t.Run("dry run changes nothing", func(t *testing.T) {
+		stdout, stderr, code := cli("deploy", "--dry-run", "--version", "v1", "--batch", "1,100%")
+		t.Logf("dry run:\n%s", stdout)
+		if code != 0 {
+			t.Fatalf("exit %d:\n%s", code, stderr)
+		}
+		for _, want := range []string{"app-0", "app-2", "ln -s", "instagram-app"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("plan lacks %q:\n%s", want, stdout)
+			}
+		}
+		if !strings.Contains(stderr, "nothing was changed") {
+			t.Errorf("stderr: %s", stderr)
+		}
+		stdout, stderr, code = cli("releases")
+		if code != 0 || strings.Count(stdout, "nothing deployed") != 3 {
+			t.Fatalf("releases after a dry run: exit %d\n%s%s", code, stdout, stderr)
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Fatalf("lock after a dry run: exit %d %s", code, stdout)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(st.Sandbox.Dir, "state", "artifacts")); len(ents) != 0 {
+			t.Errorf("a dry run left builds behind: %v", ents)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	deployInitShards(t, path)
+
+	var v1 deploy.Report
+	t.Run("deploy v1 of the real app", func(t *testing.T) {
+		stdout, stderr, code := cli("deploy", "--version", "v1")
+		t.Logf("deploy v1:\n%s", stdout)
+		m := regexp.MustCompile(`(?m)^deploy \S+: release (\w+) \(v1\) on 3 app hosts: OK$`).FindStringSubmatch(stdout)
+		if code != 0 || m == nil {
+			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+		}
+		v1.Release = m[1]
+		for _, want := range []string{"3 hosts uploaded", "batch 1  1   hosts deploycli-app-0", "activated 1", "activated 2"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("summary lacks %q", want)
+			}
+		}
+		for i, b := range deployVersions(t, st) {
+			if !strings.Contains(b, `"version":"v1"`) {
+				t.Errorf("app-%d /healthz after v1: %s", i, b)
+			}
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("rolling v2 under load, a concurrent deploy is locked out", func(t *testing.T) {
+		lctx, stopLoad := context.WithCancel(ctx)
+		loadDone := make(chan loadgen.Result, 1)
+		go func() {
+			res, _ := loadgen.Run(lctx, loadgen.Config{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", deployTestLBPort),
+				Rate: 40, Duration: 3 * time.Minute, Mix: loadgen.DefaultMix, Timeout: 10 * time.Second, MaxInFlight: 200,
+				PhotoBytes: 2048, Seed: 7})
+			loadDone <- res
+		}()
+		time.Sleep(2 * time.Second) // load is flowing before the deploy starts
+
+		type result struct {
+			stdout, stderr string
+			code           int
+		}
+		done := make(chan result, 1)
+		go func() {
+			o, e, c := cli("deploy", "--version", "v2", "--message", "ship v2", "-o", "json")
+			done <- result{o, e, c}
+		}()
+		// As soon as v2 holds the lock, a second deploy must be refused with the holder.
+		var locked bool
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline) && !locked; {
+			select {
+			case r := <-done:
+				done <- r
+				deadline = time.Time{}
+				continue
+			default:
+			}
+			if _, _, code := cli("lock", "status"); code == ExitLocked {
+				locked = true
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !locked {
+			t.Error("never saw the v2 deploy holding the lock")
+		} else {
+			_, stderr, code := cli("deploy", "--artifact", filepath.Join(st.Sandbox.Dir, "state", "artifacts", v1.Release, "instagram-app"))
+			t.Logf("concurrent deploy (exit %d):\n%s", code, stderr)
+			for _, want := range []string{"held by", "ship v2", "lock release --force", "--resume"} {
+				if code != ExitLocked || !strings.Contains(stderr, want) {
+					t.Errorf("concurrent deploy: exit %d, want 4 and %q:\n%s", code, want, stderr)
+				}
+			}
+		}
+		r := <-done
+		time.Sleep(time.Second)
+		stopLoad()
+		load := <-loadDone
+		t.Logf("deploy v2 progress:\n%s", r.stderr)
+		var rep deploy.Report
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 || rep.Result != deploy.ResultOK {
+			t.Fatalf("deploy v2: exit %d, %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
+		}
+		if load.Requests < 50 || load.Errors != 0 || load.Dropped != 0 {
+			t.Errorf("load through the LB during the deploy: %d requests, %d errors, %d dropped: %v",
+				load.Requests, load.Errors, load.Dropped, load.FirstErrors)
+		} else {
+			t.Logf("load through the LB during the deploy: %d requests, 0 failed", load.Requests)
+		}
+		for _, want := range []string{"app-0 | lock ok", "batch 1/2 | ok", "== batch 2/2 ok: 2 hosts done, 0 failed", "app-2 | health ok"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("progress lacks %q:\n%s", want, r.stderr)
+			}
+		}
+		for i, b := range deployVersions(t, st) {
+			if !strings.Contains(b, `"version":"v2"`) {
+				t.Errorf("app-%d /healthz after v2: %s", i, b)
+			}
+		}
+		stdout, _, code := cli("releases")
+		cur := regexp.MustCompile(`(?m)^deploycli-app-\d +\* +` + rep.Release + ` .* current$`)
+		prev := regexp.MustCompile(`(?m)^deploycli-app-\d +` + v1.Release + ` .* previous`)
+		if code != 0 || len(cur.FindAllString(stdout, -1)) != 3 || len(prev.FindAllString(stdout, -1)) != 3 {
+			t.Errorf("releases after v2 (want %s current on 3 hosts, %s previous): exit %d\n%s", rep.Release, v1.Release, code, stdout)
+		}
+		audit, _ := os.ReadFile(deploy.AuditLogPath(filepath.Join(st.Sandbox.Dir, "state")))
+		if !bytes.Contains(audit, []byte(rep.RunID)) || !bytes.Contains(audit, []byte(`"version":"v2"`)) {
+			t.Errorf("local audit log lacks run %s:\n%s", rep.RunID, audit)
+		}
+		stdout, stderr, code := cli("run", "--role", "app", "--", "tail -n 1 "+deploy.DefaultAuditPath)
+		if code != 0 || strings.Count(stdout, rep.RunID) != 3 {
+			t.Errorf("hosts' audit logs lack run %s: exit %d\n%s%s", rep.RunID, code, stdout, stderr)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("rollback to v1 and back", func(t *testing.T) {
+		if stdout, stderr, code := cli("rollback", "--dry-run"); code != 0 || !strings.Contains(stdout, "rollback") {
+			t.Fatalf("rollback --dry-run: exit %d\n%s%s", code, stdout, stderr)
+		}
+		stdout, stderr, code := cli("rollback", "--message", "back to v1")
+		if code != 0 || !strings.Contains(stdout, "OK") {
+			t.Fatalf("rollback: exit %d\n%s%s", code, stdout, stderr)
+		}
+		for i, b := range deployVersions(t, st) {
+			if !strings.Contains(b, `"version":"v1"`) {
+				t.Errorf("app-%d /healthz after rollback: %s", i, b)
+			}
+		}
+		var rels []deploy.HostReleases
+		stdout, _, code = cli("releases", "-o", "json")
+		if err := json.Unmarshal([]byte(stdout), &rels); err != nil || code != 0 || len(rels) != 3 || rels[0].Current != v1.Release {
+			t.Fatalf("releases -o json after rollback: exit %d %v\n%s", code, err, stdout)
+		}
+	})
+
+	t.Run("lock status and a forced release", func(t *testing.T) {
+		var ls deployLockState
+		stdout, _, code := cli("lock", "status", "-o", "json")
+		if err := json.Unmarshal([]byte(stdout), &ls); err != nil || code != 0 || ls.Held {
+			t.Fatalf("lock status: exit %d %v %s", code, err, stdout)
+		}
+		// A dead run's lock, left behind on the lock host.
+		dir := deploy.LockDir("/opt/instagram")
+		info := `{"holder":"ghost@laptop","time":"2024-05-01T10:15:00Z","kind":"deploy","release":"abc","message":"died","run_id":"R-dead"}`
+		if _, stderr, code := cli("run", "--hosts", "app-0", "--", "mkdir -p "+dir+" && echo '"+info+"' > "+dir+"/info.json"); code != 0 {
+			t.Fatalf("plant a lock: %s", stderr)
+		}
+		stdout, _, code = cli("lock", "status")
+		if code != ExitLocked || !strings.Contains(stdout, "ghost@laptop") || !strings.Contains(stdout, "died") {
+			t.Fatalf("lock status of a held lock: exit %d\n%s", code, stdout)
+		}
+		if _, stderr, code := cli("lock", "release", "--force"); code != 0 {
+			t.Fatalf("lock release --force: exit %d %s", code, stderr)
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Fatalf("after release: exit %d %s", code, stdout)
+		}
+	})
+	t.Logf("whole test %s", time.Since(start).Round(time.Second))
+}

@@ -337,6 +337,9 @@ max_wal_senders = 16
 max_replication_slots = 16
 max_worker_processes = 16
 max_logical_replication_workers = 8
+# Start a new subscription's apply worker within a second, not the default 5 s: shard moves
+# create subscriptions and wait for them.
+wal_retrieve_retry_interval = 1s
 max_sync_workers_per_subscription = 2
 wal_keep_size = 64MB
 hot_standby = on

@@ -105,11 +105,11 @@ type Shards struct {
 
 // Backup configures snapshots and retention.
 type Backup struct {
-	Targets       []string      `json:"targets"`
-	MaxLagBytes   int64         `json:"max_lag_bytes"`
-	MaxLagTime time.Duration `json:"max_lag_time"`
-	FreezeBudget  time.Duration `json:"freeze_budget"`
-	Retention     Retention     `json:"retention"`
+	Targets      []string      `json:"targets"`
+	MaxLagBytes  int64         `json:"max_lag_bytes"`
+	MaxLagTime   time.Duration `json:"max_lag_time"`
+	FreezeBudget time.Duration `json:"freeze_budget"`
+	Retention    Retention     `json:"retention"`
 }
 
 // Retention is grandfather-father-son retention.

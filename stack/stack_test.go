@@ -84,6 +84,8 @@ func TestErrors(t *testing.T) {
 		{"duplicate key", "name: x\nname: y\nroles:\n  app: {count: 1}\n", []string{"s.yaml:2:1: name: key is given twice"}},
 		{"empty", "", []string{"s.yaml: the file is empty"}},
 		{"aws needs image", "name: x\nprovider: aws\nroles:\n  app: {count: 1}\n", []string{"s.yaml: image: provider aws needs an AMI id"}},
+		{"data role without volumes", "name: x\nroles:\n  app: {count: 1}\n  redis: {count: 1}\n",
+			[]string{"s.yaml:4:10: roles.redis.volumes: role redis keeps its data on volumes"}},
 		{"sandbox raid", "name: x\nroles:\n  app: {count: 1}\n  pg: {count: 1, volumes: {count: 2, size_gib: 1, mount: /data}}\n",
 			[]string{"roles.pg.volumes.count: the sandbox has no md RAID"}},
 	}

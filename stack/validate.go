@@ -44,6 +44,9 @@ var (
 	nameRe      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
 	batchRe     = regexp.MustCompile(`^([0-9]+)(%?)$`)
 	replicaRole = map[string]bool{"pg": true, "redis": true}
+	// dataMounts are the roles whose services keep data on the role's volumes, with the
+	// conventional mount point.
+	dataMounts = map[string]string{"pg": "/var/lib/postgresql", "redis": "/var/lib/redis"}
 )
 
 func (v *validator) validate() {
@@ -105,6 +108,9 @@ func (v *validator) roles() {
 			v.errorf(p+".count", "must be a multiple of replicas+1 = %d, so every primary has its replicas (got %d)", r.Replicas+1, r.Count)
 		}
 		vs := r.Volumes
+		if mount, ok := dataMounts[r.Name]; ok && vs.Count == 0 {
+			v.errorf(p+".volumes", "role %s keeps its data on volumes (snapshots back it up); add volumes: {count: 1, size_gib: 10, mount: %s}", r.Name, mount)
+		}
 		if vs.Count < 0 || vs.Count > 8 {
 			v.errorf(p+".volumes.count", "must be 0-8 (got %d)", vs.Count)
 		}

@@ -73,7 +73,7 @@ func TestShardBadInput(t *testing.T) {
 
 func TestShardNodesFromStack(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "stack.yaml")
-	data := "name: n\nprovider: sandbox\nnetwork:\n  address_base: 127.0.91.1\nroles:\n  app: {count: 1}\n  pg: {count: 4, replicas: 1}\n"
+	data := "name: n\nprovider: sandbox\nnetwork:\n  address_base: 127.0.91.1\nroles:\n  app: {count: 1}\n  pg: {count: 4, replicas: 1, volumes: {count: 1, size_gib: 1, mount: /var/lib/postgresql}}\n"
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -106,3 +106,20 @@ func TestHTMLRendersInChromium(t *testing.T) {
 		_ = exec.Command("cp", png, os.Getenv("INSTACTL_KEEP_SCREENSHOT")).Run()
 	}
 }
+
+func TestFindDuration(t *testing.T) {
+	js := `{"sets":[{"manifest":{"freeze_duration_ns":61870538}},{"manifest":{"freeze_duration_ns":120000000}}],"moves":[{"window_ms":12.5}]}`
+	if d, ok := findDurationMs(js, "freeze_duration_ns"); !ok || d != 120*time.Millisecond {
+		t.Errorf("freeze = %s, %v", d, ok)
+	}
+	if d, ok := findDurationMs(js, "window_ns", "window_ms"); !ok || d != 12500*time.Microsecond {
+		t.Errorf("window = %s, %v", d, ok)
+	}
+	if _, ok := findDurationMs("not json", "x"); ok {
+		t.Error("found a duration in garbage")
+	}
+	owners := shardOwners(`{"shards":[{"shard":0,"node":"pg-0"},{"shard":1,"node":"pg-2"}]}`)
+	if len(owners) != 2 || owners[1] != "pg-2" {
+		t.Errorf("owners = %v", owners)
+	}
+}

@@ -171,19 +171,21 @@ func (s *story) tell(ctx context.Context) error {
 	// 4. Backups of the replicas, then a restore drill.
 	if err := s.op("backup", func() (string, error) {
 		out, err := s.cmd(ctx, "backup", "create", "--target", "all", "-o", "json")
-		if ms, ok := findDurationMs(out, "freeze_ms", "freeze_duration", "freeze"); ok {
+		if ms, ok := findDurationMs(out, "freeze_duration_ns"); ok {
 			s.sum.FreezeWindow = ms
 		}
 		return fmt.Sprintf("freeze %s", s.sum.FreezeWindow.Round(time.Millisecond)), err
 	}); err != nil {
 		return err
 	}
-	if err := s.op("backup verify", func() (string, error) {
-		_, err := s.cmd(ctx, "backup", "verify")
-		s.sum.BackupVerified = err == nil
-		return "restore drill passed", err
-	}); err != nil {
-		return err
+	for _, target := range s.st.Backup.Targets {
+		if err := s.op("verify "+target+" backup", func() (string, error) {
+			_, err := s.cmd(ctx, "backup", "verify", "--target", target)
+			s.sum.BackupVerified = err == nil
+			return "restore drill passed", err
+		}); err != nil {
+			return err
+		}
 	}
 	settle()
 
@@ -195,7 +197,7 @@ func (s *story) tell(ctx context.Context) error {
 	for _, sh := range shards {
 		if err := s.op(fmt.Sprintf("move shard %d", sh), func() (string, error) {
 			out, err := s.cmd(ctx, "shard", "move", fmt.Sprint(sh), "--to", to, "-o", "json")
-			if ms, ok := findDurationMs(out, "window_ms", "window"); ok {
+			if ms, ok := findDurationMs(out, "window_ns", "window_ms"); ok {
 				s.sum.MoveWindow = max(s.sum.MoveWindow, ms)
 			}
 			return fmt.Sprintf("to %s, window %s", to, s.sum.MoveWindow.Round(time.Millisecond)), err
@@ -252,6 +254,15 @@ func (s *story) busiest(ctx context.Context) ([]int, string, error) {
 	owners := shardOwners(out)
 	if len(owners) == 0 {
 		return nil, "", fmt.Errorf("shard map -o json listed no shards:\n%s", out)
+	}
+	// A shard whose earlier move is still open (moved, old copy kept for rollback) cannot move
+	// again until that move completes; a re-run of the story moves others.
+	moves, err := s.cmd(ctx, "shard", "status", "-o", "json")
+	if err != nil {
+		return nil, "", err
+	}
+	for sh := range openMoves(moves) {
+		delete(owners, sh)
 	}
 	count := map[string][]int{}
 	for sh, node := range owners {
@@ -313,8 +324,29 @@ func shardOwners(js string) map[int]string {
 	return out
 }
 
+// openMoves returns the shards with a move that is not finished, from `shard status -o json`.
+func openMoves(js string) map[int]bool {
+	var moves []struct {
+		Shard int    `json:"shard"`
+		State string `json:"state"`
+	}
+	open := map[int]bool{}
+	if json.Unmarshal([]byte(js), &moves) != nil {
+		return open
+	}
+	for _, m := range moves {
+		switch m.State {
+		case "completed", "aborted", "rolled_back":
+		default:
+			open[m.Shard] = true
+		}
+	}
+	return open
+}
+
 // findDurationMs finds the largest value of any of keys in a JSON document: numbers named *_ms
-// are milliseconds, other numbers nanoseconds (Go durations), strings are parsed as durations.
+// are milliseconds, other numbers nanoseconds (Go durations, *_ns), strings are parsed as
+// durations.
 func findDurationMs(js string, keys ...string) (time.Duration, bool) {
 	var v any
 	if json.Unmarshal([]byte(js), &v) != nil {

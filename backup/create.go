@@ -17,10 +17,10 @@ import (
 
 // Defaults for settings the stack file leaves zero.
 const (
-	DefaultFreezeBudget  = 30 * time.Second
-	DefaultMaxLagBytes   = 64 << 20
-	DefaultMaxLagTime = 60 * time.Second
-	DefaultSaveTimeout   = 5 * time.Minute
+	DefaultFreezeBudget = 30 * time.Second
+	DefaultMaxLagBytes  = 64 << 20
+	DefaultMaxLagTime   = 60 * time.Second
+	DefaultSaveTimeout  = 5 * time.Minute
 )
 
 // Options configures Create.
@@ -34,9 +34,9 @@ type Options struct {
 	// tagged and recorded StateCrashConsistent. Without it a failed freeze aborts the run.
 	AllowCrashConsistent bool
 	// FreezeBudget, MaxLagBytes and MaxLagTime override the stack's backup settings.
-	FreezeBudget  time.Duration
-	MaxLagBytes   int64
-	MaxLagTime time.Duration
+	FreezeBudget time.Duration
+	MaxLagBytes  int64
+	MaxLagTime   time.Duration
 	// SaveTimeout bounds the wait for a Redis BGSAVE (default 5m).
 	SaveTimeout time.Duration
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/provision"
@@ -34,12 +36,17 @@ type Host struct {
 	Services  []Service `json:"services,omitempty"`
 	// Release is the app release `current` points at ("" before the first deploy).
 	Release string `json:"release,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// Replication is, for a replica, how far it is behind its primary as the primary sees it.
+	Replication *Replication `json:"replication,omitempty"`
+	Error       string       `json:"error,omitempty"`
 }
 
 // Healthy says the host is reachable, bootstrapped and runs every service it should.
 func (h Host) Healthy() bool {
 	if !h.Reachable || h.Bootstrap != "done" {
+		return false
+	}
+	if h.Replication != nil && h.Replication.State == "absent" {
 		return false
 	}
 	for _, s := range h.Services {
@@ -48,6 +55,14 @@ func (h Host) Healthy() bool {
 		}
 	}
 	return true
+}
+
+// Replication is one replica's state seen from its primary.
+type Replication struct {
+	Primary    string  `json:"primary"`
+	State      string  `json:"state"` // streaming, online, ... or "absent" when the primary does not list it
+	LagBytes   int64   `json:"lag_bytes"`
+	LagSeconds float64 `json:"lag_seconds"`
 }
 
 // Report is the whole stack.
@@ -97,6 +112,8 @@ func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remot
 			rep.Missing = append(rep.Missing, ref.Name())
 		}
 	}
+	var mu sync.Mutex
+	replicas := map[string]replicaLine{}
 	results := pool.FanOut(ctx, targets, 32, func(ctx context.Context, c *remote.Client, t remote.Target) error {
 		h := byTarget[t.Name]
 		cmd, err := hostCommand(st, h)
@@ -108,7 +125,9 @@ func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remot
 			return err
 		}
 		h.Reachable = true
-		parse(h, string(res.Stdout))
+		mu.Lock()
+		defer mu.Unlock()
+		parse(h, string(res.Stdout), replicas)
 		return nil
 	})
 	for _, r := range results {
@@ -116,6 +135,7 @@ func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remot
 			byTarget[r.Target.Name].Error = firstLine(r.Err.Error())
 		}
 	}
+	attachReplication(st, rep.Hosts, replicas)
 	sort.Slice(rep.Hosts, func(i, j int) bool { return less(st, rep.Hosts[i], rep.Hosts[j]) })
 	rep.Healthy = len(rep.Missing) == 0 && len(rep.Hosts) > 0
 	for _, h := range rep.Hosts {
@@ -140,13 +160,33 @@ func hostCommand(st *stack.Stack, h *Host) (remote.Command, error) {
 		fmt.Fprintf(&b, "if %s >/dev/null 2>&1; then echo service.%s=running; else echo service.%s=stopped; fi\n",
 			remote.Quote(templates.StatusCommand(d.ServiceManager, s.Name)...), s.Name, s.Name)
 	}
+	if r := st.Role(h.Role); r != nil && r.Replicas > 0 && r.IsPrimary(h.Index) {
+		switch h.Role {
+		case templates.RolePostgres:
+			// One line per standby, named by the application_name the bootstrap gives it (its
+			// host name): state, bytes behind, seconds behind. Shard-move walsenders are listed
+			// too, under their subscription names, and match no host.
+			sql := "SELECT 'replica.' || application_name || '=' || state || ',' || coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint || ',' || coalesce(extract(epoch FROM replay_lag), 0)::numeric(12,3) FROM pg_stat_replication"
+			fmt.Fprintf(&b, "runuser -u postgres -- psql -X -At -h /run/postgresql -p %d -c %s 2>/dev/null || true\n", r.Port, remote.Quote(sql))
+		case templates.RoleRedis:
+			// master_repl_offset, then slaveN:ip=...,state=...,offset=...,lag=...
+			fmt.Fprintf(&b, "redis-cli -h %s -p %d info replication 2>/dev/null | tr -d '\\r' | sed -n 's/^master_repl_offset:/redis.offset=/p; s/^slave[0-9]*:/redis.replica=/p' || true\n", remote.Quote(h.Address), r.Port)
+		}
+	}
 	if h.Role == st.Deploy.Role {
 		fmt.Fprintf(&b, "echo release=$(basename \"$(readlink %s)\" 2>/dev/null)\n", remote.Quote(path.Join(st.Deploy.Path, "current")))
 	}
 	return remote.Script(b.String()), nil
 }
 
-func parse(h *Host, out string) {
+// replicaLine is what a primary reported about one replica, keyed by the replica's address.
+type replicaLine struct {
+	primary string
+	rep     Replication
+}
+
+func parse(h *Host, out string, replicas map[string]replicaLine) {
+	var redisOffset int64
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), "=")
@@ -158,9 +198,50 @@ func parse(h *Host, out string) {
 			h.Bootstrap = v
 		case k == "release":
 			h.Release = v
+		case strings.HasPrefix(k, "replica."):
+			f := strings.Split(v, ",")
+			if len(f) == 3 {
+				lb, _ := strconv.ParseInt(f[1], 10, 64)
+				ls, _ := strconv.ParseFloat(f[2], 64)
+				replicas[strings.TrimPrefix(k, "replica.")] = replicaLine{h.Name, Replication{Primary: h.Name, State: f[0], LagBytes: lb, LagSeconds: ls}}
+			}
+		case k == "redis.offset":
+			redisOffset, _ = strconv.ParseInt(v, 10, 64)
+		case k == "redis.replica":
+			kv := map[string]string{}
+			for _, part := range strings.Split(v, ",") {
+				if a, b, ok := strings.Cut(part, "="); ok {
+					kv[a] = b
+				}
+			}
+			off, _ := strconv.ParseInt(kv["offset"], 10, 64)
+			lag, _ := strconv.ParseFloat(kv["lag"], 64)
+			replicas[kv["ip"]] = replicaLine{h.Name, Replication{Primary: h.Name, State: kv["state"], LagBytes: max(redisOffset-off, 0), LagSeconds: lag}}
 		case strings.HasPrefix(k, "service."):
 			h.Services = append(h.Services, Service{Name: strings.TrimPrefix(k, "service."), Running: v == "running"})
 		}
+	}
+}
+
+// attachReplication gives every replica host what its primary said about it; a replica its
+// primary does not list is "absent", which the operator must see.
+func attachReplication(st *stack.Stack, hosts []Host, replicas map[string]replicaLine) {
+	for i := range hosts {
+		h := &hosts[i]
+		r := st.Role(h.Role)
+		if r == nil || r.Replicas == 0 || r.IsPrimary(h.Index) {
+			continue
+		}
+		rl, ok := replicas[h.Name] // postgres: by application_name
+		if !ok {
+			rl, ok = replicas[h.Address] // redis: by announced address
+		}
+		if ok {
+			rep := rl.rep
+			h.Replication = &rep
+			continue
+		}
+		h.Replication = &Replication{Primary: stack.HostName(h.Role, r.PrimaryOf(h.Index)), State: "absent"}
 	}
 }
 

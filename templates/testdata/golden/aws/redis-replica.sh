@@ -184,6 +184,9 @@ rdbchecksum yes
 tcp-keepalive 300
 maxclients 10000
 replicaof 10.0.1.10 6379
+# Announce this host's own address: on the sandbox every connection comes from 127.0.0.1, and
+# the master's INFO must name its replicas for status and backups.
+replica-announce-ip 10.0.1.11
 replica-read-only yes
 replica-serve-stale-data yes
 INSTACTL_EOF

@@ -301,6 +301,9 @@ rdbchecksum yes
 tcp-keepalive 300
 maxclients 10000
 replicaof 127.0.77.1 6379
+# Announce this host's own address: on the sandbox every connection comes from 127.0.0.1, and
+# the master's INFO must name its replicas for status and backups.
+replica-announce-ip 127.0.77.2
 replica-read-only yes
 replica-serve-stale-data yes
 INSTACTL_EOF

@@ -85,6 +85,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 		NewCmdValidate(f, out),
 		NewCmdRender(f, nil),
 		NewCmdDemo(f, out),
+		NewCmdStatus(f, out),
 		newHelpTopic("exit-codes", "What instactl's exit codes mean", exitCodesHelp),
 	)
 	addSandboxCommands(cmd, f, out)

@@ -147,8 +147,11 @@ func renderStatus(w io.Writer, rep *status.Report) error {
 		health := "ok"
 		if !h.Healthy() {
 			health = "UNHEALTHY"
-			if h.Error != "" {
+			switch {
+			case h.Error != "":
 				health += ": " + h.Error
+			case h.Replication != nil && h.Replication.State == "absent":
+				health += ": " + h.Replication.Primary + " lists no replication from it"
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Address, h.State, h.Bootstrap,

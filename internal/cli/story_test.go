@@ -52,6 +52,23 @@ deploy:
 			t.Errorf("story has no %q operation: %v", want, names)
 		}
 	}
+	// The one-screen status sees what the story did.
+	stdout, stderr, code = run(t, "--stack", path, "status", "-o", "json")
+	var ss StackStatus
+	if err := json.Unmarshal([]byte(stdout), &ss); err != nil || code != 0 {
+		t.Fatalf("status: exit %d, %v\n%s\n%s", code, err, stdout, stderr)
+	}
+	if !ss.Healthy || len(ss.Backups) != 2 || len(ss.Shards) != 2 || ss.Lock != nil {
+		t.Errorf("status after the story: healthy %v, backups %+v, shards %+v, lock %+v", ss.Healthy, ss.Backups, ss.Shards, ss.Lock)
+	}
+	for _, h := range ss.Hosts {
+		if h.Role == "app" && h.Release == "" {
+			t.Errorf("%s runs no release after the story", h.Name)
+		}
+		if r := h.Replication; r != nil && r.State != "streaming" && r.State != "online" {
+			t.Errorf("%s replication %+v", h.Name, r)
+		}
+	}
 	html, err := os.ReadFile(filepath.Join(work, "report.html"))
 	if err != nil {
 		t.Fatal(err)

@@ -38,6 +38,9 @@ func MotoFor(st *stack.Stack) Moto {
 // progress receives one line per phase.
 func Up(ctx context.Context, st *stack.Stack, p *sandbox.Provider, progress func(string)) (*UpReport, error) {
 	start := time.Now()
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
 	rep := &UpReport{Stack: st.Name, Dir: st.Sandbox.Dir}
 	// Hosts left from an earlier session whose processes are gone come back first.
 	restarted, err := p.StartStopped(ctx)

@@ -22,4 +22,3 @@ func TestPreflightNamesMissingPackages(t *testing.T) {
 		}
 	}
 }
-

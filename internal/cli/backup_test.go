@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -145,7 +143,7 @@ func TestBackupSandbox(t *testing.T) {
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(backupTestStack, filepath.Join(dir, "sandbox"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	st := backupSandboxUp(t, path)
+	st := sandboxUp(t, path)
 	t.Logf("sandbox up in %s", time.Since(start).Round(time.Second))
 	bk := func(args ...string) (string, string, int) {
 		t.Helper()
@@ -172,12 +170,12 @@ func TestBackupSandbox(t *testing.T) {
 
 	// Rows on the primary, streamed to the replica; keys on the Redis master.
 	must("pg-0", psql("pg-0", "instagram", "CREATE TABLE backup_probe (id int PRIMARY KEY, v text); INSERT INTO backup_probe SELECT g, 'row ' || g FROM generate_series(1, 500) g"))
-	backupWait(t, 30*time.Second, "rows on the pg replica", func() bool {
+	waitFor(t, 30*time.Second, "rows on the pg replica", func() bool {
 		out, _ := sh("pg-1", psql("pg-1", "instagram", "SELECT count(*) FROM backup_probe"))
 		return out == "500"
 	})
 	must("redis-0", "for i in $(seq 1 20); do echo \"SET probe-$i v$i\"; done | redis-cli -h "+backupAddr(t, st, "redis-0")+" >/dev/null")
-	backupWait(t, 30*time.Second, "keys on the redis replica", func() bool {
+	waitFor(t, 30*time.Second, "keys on the redis replica", func() bool {
 		out, _ := sh("redis-1", "redis-cli -h "+backupAddr(t, st, "redis-1")+" GET probe-20")
 		return out == "v20"
 	})
@@ -278,7 +276,7 @@ func TestBackupSandbox(t *testing.T) {
 	n := len(backupList(t, bk))
 	must("pg-1", psql("pg-1", "postgres", "ALTER SYSTEM SET primary_conninfo = 'host=127.0.80.1 port=1 user=replicator'")+
 		" && "+psql("pg-1", "postgres", "SELECT pg_reload_conf()"))
-	backupWait(t, 30*time.Second, "the replica stops streaming", func() bool {
+	waitFor(t, 30*time.Second, "the replica stops streaming", func() bool {
 		out, _ := sh("pg-1", psql("pg-1", "postgres", "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'"))
 		return out == "0"
 	})
@@ -297,47 +295,15 @@ func TestBackupSandbox(t *testing.T) {
 	t.Logf("backup family test body done in %s", time.Since(start).Round(time.Second))
 }
 
+// backupRequireSandbox is requireSandbox plus what backups and drills run on the hosts.
 func backupRequireSandbox(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("sandbox integration test; -short")
-	}
-	testenv.RequireRoot(t)
-	for bin, pkg := range map[string]string{"sshd": "openssh-server", "nginx": "nginx-light", "mkfs.xfs": "xfsprogs",
-		"xfs_freeze": "xfsprogs", "flock": "util-linux", "redis-server": "redis-server", "redis-check-rdb": "redis-tools",
-		"memcached": "memcached", "moto_server": "python3-moto", "psql": "postgresql-client-15",
-		"/usr/lib/postgresql/15/bin/postgres": "postgresql-15", "/usr/lib/postgresql/15/bin/pg_amcheck": "postgresql-15"} {
+	requireSandbox(t)
+	for bin, pkg := range map[string]string{"xfs_freeze": "xfsprogs", "flock": "util-linux",
+		"redis-check-rdb": "redis-tools", "psql": "postgresql-client-15",
+		"/usr/lib/postgresql/15/bin/pg_amcheck": "postgresql-15"} {
 		testenv.Require(t, bin, pkg)
 	}
-	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		testenv.Missing(t, "no loop devices (/dev/loop-control)")
-	}
-}
-
-// backupSandboxUp runs `sandbox up` and, at cleanup, `sandbox down`, checking nothing is left:
-// no loop device on the sandbox's images, no process naming its directory.
-func backupSandboxUp(t *testing.T, path string) *stack.Stack {
-	t.Helper()
-	st, err := stack.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, stderr, code := run(t, "--stack", path, "sandbox", "down"); code != 0 {
-			t.Errorf("sandbox down: exit %d: %s", code, stderr)
-		}
-		out, _ := exec.Command("losetup", "-a").Output()
-		if strings.Contains(string(out), st.Sandbox.Dir) {
-			t.Errorf("loop devices left attached after down:\n%s", out)
-		}
-		if left := backupProcsMentioning(st.Sandbox.Dir); len(left) > 0 {
-			t.Errorf("processes of the sandbox left running:\n%s", strings.Join(left, "\n"))
-		}
-	})
-	if _, stderr, code := run(t, "--stack", path, "sandbox", "up"); code != 0 {
-		t.Fatalf("sandbox up: exit %d:\n%s", code, stderr)
-	}
-	return st
 }
 
 func backupAddr(t *testing.T, st *stack.Stack, host string) string {
@@ -475,30 +441,3 @@ func backupDescribe(t *testing.T, f *Factory, st *stack.Stack) ([]string, error)
 	return roles, nil
 }
 
-// backupProcsMentioning lists the processes (other than this one) whose command line names s.
-func backupProcsMentioning(s string) []string {
-	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, []byte(s)) {
-			out = append(out, fmt.Sprintf("pid %d: %s", pid, bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
-		}
-	}
-	return out
-}
-
-func backupWait(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}

@@ -440,4 +440,3 @@ func backupDescribe(t *testing.T, f *Factory, st *stack.Stack) ([]string, error)
 	}
 	return roles, nil
 }
-

@@ -9,6 +9,16 @@
 // authoritative and an abort leaves it unfenced with nothing left on the target; after it the
 // target is, and only [Mover.Rollback] (a move back) returns the shard.
 //
+// Data is copied one of two ways (MovePlan.Copy, chosen by size or by Options.Copy):
+// CopyLogical lets the subscription do its built-in initial sync; CopySnapshot, for large
+// shards, creates the slot on a replication connection with an exported snapshot, copies every
+// table with parallel binary COPY under that snapshot into bare tables, builds the indexes,
+// then subscribes to the existing slot without a copy. Its steps are journaled like the
+// others: a crash mid-copy makes the next run drop the slot and truncate and copy again.
+//
+// Verification compares chunked row-hash digests of both sides with VerifyWorkers session
+// pairs, until the chunks converge.
+//
 // The cutover fences the source (statement triggers raising [shardmap.FenceSQLState]) together
 // with a marker row in one transaction with a short lock_timeout, waits for the marker on the
 // target, sets the target sequence past the source's, checks the target clock against the

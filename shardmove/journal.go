@@ -33,7 +33,9 @@ const (
 	StepPrepare      = "prepare_source"        // marker table on the source, map state "moving"
 	StepCopySchema   = "copy_schema"           // shard DDL on the target, its fence enabled
 	StepPublication  = "create_publication"    // FOR TABLES IN SCHEMA on the source
-	StepSubscription = "create_subscription"   // on the target; creates the slot on the source
+	StepCopyData     = "copy_data"             // CopySnapshot: slot + exported snapshot, parallel binary COPY
+	StepIndexes      = "build_indexes"         // CopySnapshot: the target's indexes and key constraints
+	StepSubscription = "create_subscription"   // on the target; creates the slot on the source (CopyLogical)
 	StepWaitSync     = "wait_sync"             // every table in state 'r'
 	StepVerify       = "verify"                // chunked checksums, source vs target
 	StepSyncCommit   = "sync_commit_on"        // subscription synchronous_commit=on, then a lead time
@@ -228,7 +230,7 @@ func lockMove(ctx context.Context, ctl *pgx.Conn, id int64) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("move %d is being run by another process right now (wait for it, or stop it first)", id)
+			return &LockedError{MoveID: id}
 		}
 		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
 			return err

@@ -41,10 +41,14 @@ func (r *runner) steps() []namedStep {
 	if r.st.Kind == KindRollback {
 		s = append(s, namedStep{StepDropStale, r.dropStale})
 	}
-	return append(s,
+	s = append(s,
 		namedStep{StepPrepare, r.prepare},
 		namedStep{StepCopySchema, r.copySchema},
-		namedStep{StepPublication, r.publication},
+		namedStep{StepPublication, r.publication})
+	if r.st.Plan.Copy == CopySnapshot {
+		s = append(s, namedStep{StepCopyData, r.copyData}, namedStep{StepIndexes, r.buildIndexes})
+	}
+	return append(s,
 		namedStep{StepSubscription, r.subscription},
 		namedStep{StepWaitSync, r.waitSync},
 		namedStep{StepVerify, r.verify},
@@ -76,6 +80,14 @@ func (m *Mover) Move(ctx context.Context, plan MovePlan, opt Options) (MoveStatu
 	}
 	if len(plan.Steps) == 0 || plan.Schema == "" {
 		return MoveStatus{}, errors.New("move: the plan was not made by PlanMove")
+	}
+	switch opt.Copy {
+	case "":
+	case CopyLogical, CopySnapshot:
+		plan.Copy = opt.Copy
+		plan.Steps = stepsFor(plan)
+	default:
+		return MoveStatus{}, fmt.Errorf("move: unknown copy method %q (want %s or %s)", opt.Copy, CopyLogical, CopySnapshot)
 	}
 	ctl, err := m.control(ctx)
 	if err != nil {
@@ -256,15 +268,32 @@ func (r *runner) subscription(ctx context.Context) (any, error) {
 	if exists {
 		return nil, nil
 	}
+	conninfo, err := r.m.nodeDSN(r.mp, r.st.From)
+	if err != nil {
+		return nil, err
+	}
+	if r.st.Plan.Copy == CopySnapshot {
+		// Stream from the slot copy_data made: its snapshot is what the target holds.
+		var slot bool
+		if err := r.src.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", r.name).Scan(&slot); err != nil {
+			return nil, fmt.Errorf("look for slot on %s: %w", r.st.From, err)
+		}
+		if !slot {
+			return nil, fmt.Errorf("slot %s of the copy is gone from %s; the copy cannot be caught up: run `instactl shard abort %d` and move again",
+				r.name, r.st.From, r.st.ID)
+		}
+		sql := fmt.Sprintf(`CREATE SUBSCRIPTION %[1]s CONNECTION %[2]s PUBLICATION %[1]s
+			WITH (create_slot = false, slot_name = %[1]s, copy_data = false, synchronous_commit = 'off')`, r.name, quoteLiteral(conninfo))
+		if _, err := r.dst.Exec(ctx, sql); err != nil {
+			return nil, fmt.Errorf("create subscription on %s: %w", r.st.To, err)
+		}
+		return nil, nil
+	}
 	// CREATE SUBSCRIPTION makes the slot on the source before it commits: a crash in between
 	// leaves a slot with no subscription, which would make the retry fail. Nothing uses it.
 	if _, err := r.src.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 		WHERE slot_name = $1 AND NOT active`, r.name); err != nil {
 		return nil, fmt.Errorf("drop orphan slot on %s: %w", r.st.From, err)
-	}
-	conninfo, err := r.m.nodeDSN(r.mp, r.st.From)
-	if err != nil {
-		return nil, err
 	}
 	sql := fmt.Sprintf("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (copy_data = true, synchronous_commit = 'off')",
 		r.name, quoteLiteral(conninfo), r.name)

@@ -21,7 +21,7 @@ import (
 	"github.com/instactl/instactl/internal/testenv"
 )
 
-const testShards = 32
+const testShards = 104
 
 // pgEnv is two PostgreSQL 15 nodes; the control database lives on the first.
 type pgEnv struct {
@@ -158,7 +158,9 @@ func TestPostgres(t *testing.T) {
 	t.Logf("init of %d shards: %s", testShards, time.Since(start))
 
 	t.Run("refusals", func(t *testing.T) { testRefusals(t, e) })
-	t.Run("move under load", func(t *testing.T) { testMoveUnderLoad(t, e) })
+	t.Run("move under load", func(t *testing.T) { testMoveUnderLoad(t, e, 2, CopyLogical) })
+	t.Run("move under load, snapshot copy", func(t *testing.T) { testMoveUnderLoad(t, e, 4, CopySnapshot) })
+	t.Run("lock contention", func(t *testing.T) { testLocked(t, e) })
 	t.Run("rollback", func(t *testing.T) { testRollback(t, e) })
 	t.Run("window bound and cancel", func(t *testing.T) { testBoundAndCancel(t, e) })
 	t.Run("crash then resume", func(t *testing.T) { testCrash(t, e, false) })
@@ -282,9 +284,8 @@ type ack struct {
 	node string
 }
 
-func testMoveUnderLoad(t *testing.T, e *pgEnv) {
+func testMoveUnderLoad(t *testing.T, e *pgEnv, shard int, copyMethod string) {
 	ctx := context.Background()
-	const shard = 2
 	a, b := e.node(t, "a"), e.node(t, "b")
 	seed(t, a, shard, 500)
 	s := shardmap.SchemaName(shard)
@@ -382,7 +383,9 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv) {
 	}
 	var events []Event
 	opt := testOptions()
-	opt.Progress = func(ev Event) { events = append(events, ev) }
+	opt.Copy = copyMethod
+	var evMu sync.Mutex
+	opt.Progress = func(ev Event) { evMu.Lock(); events = append(events, ev); evMu.Unlock() }
 	t0 := time.Now()
 	st, err := e.mover.Move(ctx, plan, opt)
 	moveTime := time.Since(t0)
@@ -404,8 +407,20 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv) {
 			t.Logf("%s: %s", s.Step, s.Details)
 		}
 	}
-	if st.State != StateMoved || st.Window <= 0 || st.Window > 2*time.Second {
+	if st.State != StateMoved || st.Window <= 0 || st.Window > 2*time.Second || st.Plan.Copy != copyMethod {
 		t.Fatalf("after move: %+v", st)
+	}
+	// Every index and key constraint of the source exists on the target.
+	defs := func(conn *pgx.Conn) string {
+		var d string
+		if err := conn.QueryRow(ctx, `SELECT string_agg(indexname || ' ' || indexdef, '; ' ORDER BY indexname) FROM pg_indexes
+			WHERE schemaname = $1`, s).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d + fmt.Sprint(queryInt(t, conn, "SELECT count(*) FROM pg_constraint WHERE connamespace = $1::regnamespace", s))
+	}
+	if da, db := defs(a), defs(b); da != db {
+		t.Fatalf("indexes differ:\n a: %s\n b: %s", da, db)
 	}
 	if len(failures) > 0 {
 		t.Fatalf("%d writes failed after their one retry; first: %v", len(failures), failures[0])
@@ -510,6 +525,7 @@ func TestCrashHelper(t *testing.T) {
 		os.Exit(2)
 	}
 	opt := testOptions()
+	opt.Copy = os.Getenv("SHARDMOVE_COPY")
 	opt.Hook = func(point string) {
 		if point == killAt {
 			fmt.Println("AT", point)
@@ -522,10 +538,10 @@ func TestCrashHelper(t *testing.T) {
 }
 
 // crashAt runs a move of shard in a child process and kills it with SIGKILL at point.
-func crashAt(t *testing.T, e *pgEnv, shard int, to, point string) int64 {
+func crashAt(t *testing.T, e *pgEnv, shard int, to, point, copyMethod string) int64 {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"=1", "SHARDMOVE_SHARD="+strconv.Itoa(shard), "SHARDMOVE_TO="+to,
+	cmd.Env = append(os.Environ(), helperEnv+"=1", "SHARDMOVE_SHARD="+strconv.Itoa(shard), "SHARDMOVE_TO="+to, "SHARDMOVE_COPY="+copyMethod,
 		"SHARDMOVE_KILL_AT="+point, "SHARDMOVE_CONTROL="+e.ctlDSN)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -566,23 +582,74 @@ func crashAt(t *testing.T, e *pgEnv, shard int, to, point string) int64 {
 	return 0
 }
 
+// crashPoint is where a crash test kills the move, and how that move copies.
+type crashPoint struct{ point, copy string }
+
+// crashPoints returns every journaled point of a move: each step name (the process dies
+// right after the step is journaled done, so the next run starts at the next step), plus the
+// points inside copy_data and the cutover. Steps both copy methods share are crashed with
+// CopySnapshot only.
+func crashPoints() []crashPoint {
+	var out []crashPoint
+	seen := map[string]bool{}
+	for _, c := range []string{CopySnapshot, CopyLogical} {
+		r := &runner{st: MoveStatus{Plan: MovePlan{Copy: c}}}
+		for i, s := range r.steps() {
+			next := ""
+			if i+1 < len(r.steps()) {
+				next = r.steps()[i+1].name
+			}
+			// A point is new if the step or the one resumed after it differ from CopySnapshot's;
+			// with CopyLogical the subscription's own copy runs from create_subscription on.
+			key := s.name + ">" + next
+			if c == CopyLogical && (s.name == StepSubscription || s.name == StepWaitSync) {
+				key = c + ":" + key
+			}
+			if seen[key] {
+				continue
+			} else {
+				seen[key] = true
+			}
+			switch s.name {
+			case StepCopyData:
+				out = append(out, crashPoint{StepCopyData + ".table", c})
+			case StepCutover:
+				out = append(out, crashPoint{"cutover.fenced", c}, crashPoint{"cutover.flipped", c})
+			}
+			out = append(out, crashPoint{s.name, c})
+		}
+	}
+	return out
+}
+
+// afterFlip reports whether a crash at point leaves the shard cut over and writable.
+func afterFlip(point string) bool {
+	return point == "cutover.flipped" || point == StepCutover || point == StepRevoke
+}
+
+// testCrash kills a move at every point of crashPoints, then resumes it (or, with abort,
+// aborts it; after the flip abort must refuse and resume finish), and checks that no row is
+// lost or doubled and no replication object is left.
 func testCrash(t *testing.T, e *pgEnv, abort bool) {
 	ctx := context.Background()
 	a, b := e.node(t, "a"), e.node(t, "b")
-	points := []string{StepCopySchema, StepSubscription, StepWaitSync, StepVerify, "cutover.fenced", "cutover.flipped", StepCutover}
-	first := 4
+	points := crashPoints()
+	first := 32
 	if abort {
-		points = []string{StepPrepare, StepPublication, StepWaitSync, "cutover.fenced", "cutover.flipped"}
-		first = 18
+		first += 2 * len(points)
 	}
-	for i, point := range points {
+	if first+2*len(points) > testShards {
+		t.Fatalf("%d crash points need more test shards", len(points))
+	}
+	for i, cp := range points {
 		shard := first + 2*i // even shards start on a
-		t.Run(point, func(t *testing.T) {
+		point := cp.point
+		t.Run(cp.copy+"/"+point, func(t *testing.T) {
 			s := shardmap.SchemaName(shard)
 			seed(t, a, shard, 100)
 			before := queryInt(t, a, "SELECT (SELECT count(*) FROM "+s+".photos) + (SELECT count(*) FROM "+s+".likes)")
 			tc := time.Now()
-			id := crashAt(t, e, shard, "b", point)
+			id := crashAt(t, e, shard, "b", point, cp.copy)
 			t.Logf("child ran and was killed at %s after %s", point, time.Since(tc).Round(time.Millisecond))
 			defer func() { t.Logf("recovery took %s", time.Since(tc).Round(time.Millisecond)) }()
 			tc = time.Now()
@@ -591,7 +658,7 @@ func testCrash(t *testing.T, e *pgEnv, abort bool) {
 					t.Fatalf("source not fenced after a crash inside the cutover: %v", err)
 				}
 			}
-			if !abort || point == "cutover.flipped" {
+			if !abort || afterFlip(point) {
 				if abort {
 					// Cut over and writable: abort must refuse and point at resume + rollback.
 					_, err := e.mover.Abort(ctx, id)
@@ -743,5 +810,23 @@ func testBoundAndCancel(t *testing.T, e *pgEnv) {
 	}
 	if _, err := e.mover.Complete(ctx, st.ID, CompleteOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testLocked: a second process working on a running move gets a *LockedError.
+func testLocked(t *testing.T, e *pgEnv) {
+	ctx := context.Background()
+	const shard = 6
+	id := crashAt(t, e, shard, "b", StepPublication, "")
+	holder := connect(t, e.ctlDSN)
+	mustExec(t, holder, "SELECT pg_advisory_lock(7271, $1::int)", id)
+	_, err := e.mover.Resume(ctx, id, testOptions())
+	var locked *LockedError
+	if !errors.As(err, &locked) || locked.MoveID != id {
+		t.Fatalf("resume of a held move: %v", err)
+	}
+	mustExec(t, holder, "SELECT pg_advisory_unlock(7271, $1::int)", id)
+	if st, err := e.mover.Abort(ctx, id); err != nil || st.State != StateAborted {
+		t.Fatalf("abort: %+v %v", st, err)
 	}
 }

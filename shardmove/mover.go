@@ -22,6 +22,9 @@ type Config struct {
 	// FreeBytes optionally reports the free disk space of a node; PlanMove uses it to refuse
 	// a move to a node without room. When nil the room check is reported as not done.
 	FreeBytes func(ctx context.Context, node string) (int64, error)
+	// SnapshotCopyBytes is the shard size from which PlanMove picks CopySnapshot over
+	// CopyLogical (0 means DefaultSnapshotCopyBytes, negative never).
+	SnapshotCopyBytes int64
 }
 
 // Mover plans and runs shard moves. It holds no connections between calls; it is safe to use
@@ -49,8 +52,16 @@ type Options struct {
 	SyncCommitLead time.Duration
 	// SyncTimeout bounds the initial copy (default 1 h).
 	SyncTimeout time.Duration
-	// ChunkRows is the verification chunk size in rows (default 5000).
+	// Copy, when set (CopyLogical or CopySnapshot), overrides the copy method PlanMove chose
+	// by size. Move records it in the journal; Resume ignores it.
+	Copy string
+	// CopyWorkers is how many sessions copy tables and build indexes at once with
+	// CopySnapshot (default 2).
+	CopyWorkers int
+	// ChunkRows is the verification chunk size in rows (default 20000).
 	ChunkRows int
+	// VerifyWorkers is how many chunks are compared at once (default 2).
+	VerifyWorkers int
 	// VerifyAttempts is how many times a differing chunk is compared again (default 10).
 	VerifyAttempts int
 	// MaxHotRanges is how many chunks may still differ after VerifyAttempts (they are being
@@ -60,7 +71,8 @@ type Options struct {
 	// SequenceMargin is added to the source sequence's last value when the target's is set
 	// (default 1024).
 	SequenceMargin int64
-	// Progress, when set, receives one event per step and notable progress.
+	// Progress, when set, receives one event per step and notable progress. Parallel copy
+	// sessions may call it from several goroutines at once.
 	Progress func(Event)
 	// Hook, when set, is called with the name of each journaled point just after it is
 	// reached (a step name, or "cutover.fenced", "cutover.flipped"). Crash tests use it to
@@ -82,7 +94,13 @@ func (o Options) withDefaults() Options {
 		o.CutoverAttempts = 3
 	}
 	if o.ChunkRows <= 0 {
-		o.ChunkRows = 5000
+		o.ChunkRows = 20000
+	}
+	if o.CopyWorkers <= 0 {
+		o.CopyWorkers = 2
+	}
+	if o.VerifyWorkers <= 0 {
+		o.VerifyWorkers = 2
 	}
 	if o.VerifyAttempts <= 0 {
 		o.VerifyAttempts = 10
@@ -111,6 +129,17 @@ var ErrRefused = errors.New("move refused")
 // ErrWindowExceeded is wrapped when every cutover attempt would have blocked writes longer
 // than Options.WindowBound; the source was unfenced each time.
 var ErrWindowExceeded = errors.New("cutover window bound exceeded")
+
+// LockedError is returned when another process is running the move right now (it holds the
+// move's lock in the control database).
+type LockedError struct {
+	MoveID int64
+}
+
+// Error implements error.
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("move %d is being run by another process right now (wait for it, or stop it first; `instactl shard status` shows it as locked)", e.MoveID)
+}
 
 // StuckError is returned when a move stops before it is done: it says at which step, why,
 // and the exact commands that continue or undo it.

@@ -39,6 +39,8 @@ type MovePlan struct {
 	Tables    []TableInfo `json:"tables"`
 	Checks    []Check     `json:"checks"`
 	Steps     []string    `json:"steps"`
+	// Copy is how the data is copied: CopyLogical or CopySnapshot (empty: CopyLogical).
+	Copy string `json:"copy,omitempty"`
 	// ParentID is set on a rollback: the move being reversed.
 	ParentID int64 `json:"parent_id,omitempty"`
 }
@@ -97,11 +99,19 @@ func stepsFor(p MovePlan) []string {
 	if p.ParentID != 0 {
 		s = append(s, StepDropStale+": drop the fenced old copy of "+p.Schema+" on "+p.To+" and move "+fmt.Sprint(p.ParentID)+"'s replication objects")
 	}
-	return append(s,
+	s = append(s,
 		StepPrepare+": create "+p.Schema+".move_marker on "+p.From+", mark the shard moving",
 		StepCopySchema+": create "+p.Schema+" (tables, next_id, sequence) on "+p.To+" with its fence enabled",
-		StepPublication+": CREATE PUBLICATION ... FOR TABLES IN SCHEMA "+p.Schema+" on "+p.From,
-		StepSubscription+": CREATE SUBSCRIPTION on "+p.To+" (copy_data, slot on "+p.From+")",
+		StepPublication+": CREATE PUBLICATION ... FOR TABLES IN SCHEMA "+p.Schema+" on "+p.From)
+	if p.Copy == CopySnapshot {
+		s = append(s,
+			StepCopyData+": slot on "+p.From+" with an exported snapshot; parallel binary COPY under it into "+p.To+"'s bare tables",
+			StepIndexes+": build the indexes and key constraints on "+p.To,
+			StepSubscription+": CREATE SUBSCRIPTION on "+p.To+" streaming from the slot (no copy)")
+	} else {
+		s = append(s, StepSubscription+": CREATE SUBSCRIPTION on "+p.To+" (copy_data, slot on "+p.From+")")
+	}
+	return append(s,
 		StepWaitSync+": wait until every table is ready (pg_subscription_rel 'r')",
 		StepVerify+": chunked checksums "+p.From+" vs "+p.To+" until equal (hot chunks re-checked in the cutover)",
 		StepSyncCommit+": subscription synchronous_commit=on, wait the lead time",
@@ -179,6 +189,7 @@ func (m *Mover) plan(ctx context.Context, shard int, toNode string, parent int64
 	if err := m.checkTarget(ctx, dst, &p, add); err != nil {
 		return p, err
 	}
+	p.Copy = m.copyMethodFor(p.Bytes)
 	p.Steps = stepsFor(p)
 	return p, refused(p)
 }

@@ -826,10 +826,22 @@ func (g *shardGraceful) options(window time.Duration) shardmove.Options {
 	return shardmove.Options{WindowBound: window, Progress: g.progress}
 }
 
+// shardLockedError maps a move held by another process to exit 4.
+func shardLockedError(err error) error {
+	var locked *shardmove.LockedError
+	if errors.As(err, &locked) {
+		return withCode(ExitLocked, err)
+	}
+	return err
+}
+
 // shardMoveError maps a move's error to an exit code and adds the exact next commands.
 func shardMoveError(f *Factory, err error) error {
 	var stuck *shardmove.StuckError
+	var locked *shardmove.LockedError
 	switch {
+	case errors.As(err, &locked):
+		return withCode(ExitLocked, err)
 	case errors.As(err, &stuck):
 		code := ExitError
 		if errors.Is(err, shardmove.ErrWindowExceeded) {
@@ -1357,7 +1369,7 @@ func shardAbortRun(ctx context.Context, f *Factory, out Output, o *ShardMoveIDOp
 	// An abort is short and must not be left half done by Ctrl-C; it converges when re-run anyway.
 	st, err := e.mover.Abort(context.WithoutCancel(ctx), o.Move)
 	if err != nil {
-		return err
+		return shardLockedError(err)
 	}
 	return render(f.IO, out, st, func(w io.Writer) error {
 		_, err := fmt.Fprintf(w, "Aborted move %d: shard %d stays on %s, unfenced; nothing of the move is left on %s.\n",
@@ -1404,7 +1416,7 @@ func shardCompleteRun(ctx context.Context, f *Factory, out Output, o *ShardMoveI
 		return withCode(ExitUnsafe, err)
 	}
 	if err != nil {
-		return err
+		return shardLockedError(err)
 	}
 	return render(f.IO, out, st, func(w io.Writer) error {
 		_, err := fmt.Fprintf(w, "Completed move %d: shard %d is on %s; the old copy and every replication object on %s are gone.\n",

@@ -302,6 +302,16 @@ sandbox:
 	if n := leftovers(); n != 0 {
 		t.Fatalf("%d replication objects left after complete", n)
 	}
+	// Every row of the moved shard, and the write made after the move, exactly once on pg-2.
+	if n := count(app2, "SELECT count(*) FROM shard_0000.users WHERE username = 'after-move'"); n != 1 {
+		t.Fatalf("the write after the move is on pg-2 %d times", n)
+	}
+	if n := count(app2, "SELECT count(*) - count(DISTINCT (username, created_at)) FROM shard_0000.users"); n != 0 {
+		t.Fatalf("%d users twice on pg-2", n)
+	}
+	if n := count(app2, "SELECT count(*) FROM shard_0000.users"); n != 201 {
+		t.Fatalf("%d users on pg-2 after complete, want 201", n)
+	}
 
 	// Ctrl-C while the copy syncs: the move stops, names resume and abort; abort leaves nothing.
 	interrupted := func(args ...string) string {
@@ -327,6 +337,17 @@ sandbox:
 	t.Logf("interrupted move:\n%s", errOut)
 	if stdout, _, code := sh("status"); code != 0 || !strings.Contains(stdout, "failed") {
 		t.Fatalf("status after interrupt: %d\n%s", code, stdout)
+	}
+	// Another process holds the move: abort refuses with exit 4 and changes nothing.
+	adminCtl := connect("postgres", pg0, "instagram_control")
+	if _, err := adminCtl.Exec(context.Background(), "SELECT pg_advisory_lock(7271, 2)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := sh("abort", "2"); code != ExitLocked || !strings.Contains(stderr, "another process") {
+		t.Fatalf("abort of a locked move: exit %d %s", code, stderr)
+	}
+	if _, err := adminCtl.Exec(context.Background(), "SELECT pg_advisory_unlock(7271, 2)"); err != nil {
+		t.Fatal(err)
 	}
 	if stdout, stderr, code := sh("abort", "2"); code != 0 || !strings.Contains(stdout, "Aborted move 2: shard 1 stays on pg-2") {
 		t.Fatalf("abort: exit %d\n%s\n%s", code, stdout, stderr)

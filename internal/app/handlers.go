@@ -26,6 +26,7 @@ func (a *App) routes() http.Handler {
 	mux.HandleFunc("POST /users/{id}/follow/{target}", a.handleFollow(true))
 	mux.HandleFunc("DELETE /users/{id}/follow/{target}", a.handleFollow(false))
 	mux.HandleFunc("GET /users/{id}/following", a.handleFollowing)
+	mux.HandleFunc("GET /users/{id}/followers", a.handleFollowers)
 	mux.HandleFunc("GET /users/{id}/feed", a.handleFeed)
 	mux.HandleFunc("GET /users/{id}/photos", a.handleUserPhotos)
 	mux.HandleFunc("POST /photos", a.handleUpload)
@@ -150,6 +151,19 @@ func (a *App) handleFollowing(w http.ResponseWriter, r *http.Request) {
 		var ids []int64
 		if ids, err = a.store.Following(r.Context(), id); err == nil {
 			writeJSON(w, http.StatusOK, map[string]any{"user_id": id, "following": nonNil(ids)})
+			return
+		}
+	}
+	a.fail(w, r, err)
+}
+
+// handleFollowers reads the followee side of follows (the copy fan-out uses) from id's shard.
+func (a *App) handleFollowers(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r, "id")
+	if err == nil {
+		var ids []int64
+		if ids, err = a.store.Followers(r.Context(), id); err == nil {
+			writeJSON(w, http.StatusOK, map[string]any{"user_id": id, "followers": nonNil(ids)})
 			return
 		}
 	}

@@ -3,6 +3,10 @@ package cli
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/instactl/instactl/internal/loadgen"
@@ -70,7 +74,7 @@ payload sha256) to --record, so that after a deploy, backup or shard move
 
 	verify := &cobra.Command{
 		Use:   "verify",
-		Short: "Read back every acknowledged write and report missing or changed ones",
+		Short: "Check that every acknowledged write is stored exactly once, unchanged",
 		Example: `  instactl loadgen verify --record writes.jsonl
   instactl loadgen verify --record writes.jsonl -o json`,
 		Args: noArgs,
@@ -83,8 +87,8 @@ payload sha256) to --record, so that after a deploy, backup or shard move
 				return err
 			}
 			if err := render(f.IO, out(), res, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "verified %d acknowledged writes: %d ok, %d missing, %d mismatched, %d errors\n",
-					res.Checked, res.OK, res.Missing, res.Mismatched, res.Errors)
+				_, err := fmt.Fprintf(w, "verified %d acknowledged writes: %d ok, %d missing, %d mismatched, %d duplicated, %d errors\n",
+					res.Checked, res.OK, res.Missing, res.Mismatched, res.Duplicated, res.Errors)
 				for _, p := range res.Problems {
 					fmt.Fprintf(w, "  %s %d: %s\n", p.Record.Kind, p.Record.ID, p.Reason)
 				}
@@ -120,16 +124,34 @@ func loadgenURL(f *Factory, opts *LoadgenOptions) error {
 	return nil
 }
 
+// loadgenRender prints throughput, a latency table per operation and overall, and errors by
+// cause with the first distinct messages.
 func loadgenRender(w io.Writer, res loadgen.Result) error {
-	var p50, p99 float64
-	for _, b := range res.Buckets {
-		p50 = max(p50, b.P50Ms)
-		p99 = max(p99, b.P99Ms)
+	fmt.Fprintf(w, "%d requests in %s (%.1f req/s answered), %d failed, %d dropped, %d acknowledged writes\n",
+		res.Requests, res.Elapsed.Round(time.Millisecond), res.Throughput, res.Errors, res.Dropped, res.Writes)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "OPERATION\tREQUESTS\tERRORS\tP50 MS\tP99 MS\tMAX MS")
+	row := func(name string, n, errs int, l loadgen.Latency) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\n", name, n, errs, l.P50Ms, l.P99Ms, l.MaxMs)
 	}
-	_, err := fmt.Fprintf(w, "%d requests in %s, %d failed, %d dropped, %d acknowledged writes; worst second p50 %.1f ms, p99 %.1f ms\n",
-		res.Requests, res.Elapsed.Round(time.Millisecond), res.Errors, res.Dropped, res.Writes, p50, p99)
+	for _, op := range slices.Sorted(maps.Keys(res.ByKind)) {
+		if ks := res.ByKind[op]; op != "dropped" {
+			row(op, ks.Requests, ks.Errors, ks.Latency)
+		}
+	}
+	row("all", res.Requests-res.Dropped, res.Errors-res.Dropped, res.Latency)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(res.ErrorKinds) > 0 {
+		var kinds []string
+		for _, k := range slices.Sorted(maps.Keys(res.ErrorKinds)) {
+			kinds = append(kinds, fmt.Sprintf("%s: %d", k, res.ErrorKinds[k]))
+		}
+		fmt.Fprintf(w, "errors by cause: %s\n", strings.Join(kinds, ", "))
+	}
 	for _, e := range res.FirstErrors {
 		fmt.Fprintln(w, "  "+e)
 	}
-	return err
+	return nil
 }

@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -104,21 +107,37 @@ type Bucket struct {
 	P99Ms    float64 `json:"p99_ms"`
 }
 
+// Latency summarises the latencies of the requests that were sent (failed ones included,
+// dropped ones excluded), in milliseconds.
+type Latency struct {
+	P50Ms float64 `json:"p50_ms"`
+	P99Ms float64 `json:"p99_ms"`
+	MaxMs float64 `json:"max_ms"`
+}
+
 // KindStats counts one operation kind.
 type KindStats struct {
 	Requests int `json:"requests"`
 	Errors   int `json:"errors"`
+	Latency
 }
 
 // Result summarises a run.
 type Result struct {
-	Requests int                  `json:"requests"`
-	Errors   int                  `json:"errors"`
-	Dropped  int                  `json:"dropped"`
-	Writes   int                  `json:"acknowledged_writes"`
-	Elapsed  time.Duration        `json:"elapsed"`
-	ByKind   map[string]KindStats `json:"by_kind"`
-	Buckets  []Bucket             `json:"buckets"`
+	Requests int `json:"requests"`
+	Errors   int `json:"errors"`
+	Dropped  int `json:"dropped"`
+	Writes   int `json:"acknowledged_writes"`
+	// Elapsed runs from the first send to the last answer.
+	Elapsed time.Duration `json:"elapsed"`
+	// Throughput is requests answered (dropped ones excluded) per second of Elapsed.
+	Throughput float64 `json:"throughput_rps"`
+	// Latency covers every answered request; ByKind splits it by operation.
+	Latency Latency              `json:"latency"`
+	ByKind  map[string]KindStats `json:"by_kind"`
+	// ErrorKinds counts errors by cause: "http 503", "timeout", "connection", "dropped", "other".
+	ErrorKinds map[string]int `json:"error_kinds,omitempty"`
+	Buckets    []Bucket       `json:"buckets"`
 	// FirstErrors holds up to ten distinct error messages.
 	FirstErrors []string `json:"first_errors,omitempty"`
 }
@@ -132,7 +151,8 @@ type runner struct {
 	users     []int64
 	photos    []int64
 	nextName  int
-	latencies [][]time.Duration
+	latencies [][]time.Duration // by second
+	byOp      map[string][]time.Duration
 	errs      []int
 	res       Result
 
@@ -148,7 +168,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	r := &runner{cfg: cfg, runID: time.Now().UnixNano(), rng: rand.New(rand.NewPCG(cfg.Seed, 0x1c)),
-		res: Result{ByKind: map[string]KindStats{}}}
+		byOp: map[string][]time.Duration{}, res: Result{ByKind: map[string]KindStats{}, ErrorKinds: map[string]int{}}}
 	seconds := int(cfg.Duration/time.Second) + 1
 	r.latencies, r.errs = make([][]time.Duration, seconds), make([]int, seconds)
 	if cfg.RecordFile != "" {
@@ -179,7 +199,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		select {
 		case sem <- struct{}{}:
 		default:
-			r.done(sec, "dropped", 0, errors.New("dropped: max in-flight reached"))
+			r.done(sec, "dropped", 0, errDropped)
 			continue
 		}
 		op := r.pick()
@@ -241,6 +261,7 @@ func (r *runner) done(sec int, op string, lat time.Duration, err error) {
 		ks.Errors++
 		r.res.Errors++
 		r.errs[sec]++
+		r.res.ErrorKinds[errorKind(err)]++
 		if op == "dropped" {
 			r.res.Dropped++
 		}
@@ -250,23 +271,60 @@ func (r *runner) done(sec int, op string, lat time.Duration, err error) {
 	}
 	if op != "dropped" {
 		r.latencies[sec] = append(r.latencies[sec], lat)
+		r.byOp[op] = append(r.byOp[op], lat)
 	}
 	r.res.ByKind[op] = ks
 }
 
+// errorKind classifies a failed request for Result.ErrorKinds.
+func errorKind(err error) string {
+	var se *StatusError
+	var ne net.Error
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("http %d", se.Code)
+	case errors.Is(err, errDropped):
+		return "dropped"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection"
+	}
+	return "other"
+}
+
+var errDropped = errors.New("dropped: max in-flight reached")
+
 func (r *runner) summarise() {
+	var all []time.Duration
 	for s := range r.latencies {
 		lat := r.latencies[s]
-		slices.Sort(lat)
-		b := Bucket{Second: s, Requests: len(lat), Errors: r.errs[s]}
-		if len(lat) > 0 {
-			b.P50Ms = ms(lat[(len(lat)-1)*50/100])
-			b.P99Ms = ms(lat[(len(lat)-1)*99/100])
-		}
+		all = append(all, lat...)
+		p := percentiles(lat)
+		b := Bucket{Second: s, Requests: len(lat), Errors: r.errs[s], P50Ms: p.P50Ms, P99Ms: p.P99Ms}
 		if b.Requests > 0 || b.Errors > 0 {
 			r.res.Buckets = append(r.res.Buckets, b)
 		}
 	}
+	r.res.Latency = percentiles(all)
+	for op, lat := range r.byOp {
+		ks := r.res.ByKind[op]
+		ks.Latency = percentiles(lat)
+		r.res.ByKind[op] = ks
+	}
+	if r.res.Elapsed > 0 {
+		r.res.Throughput = float64(len(all)) / r.res.Elapsed.Seconds()
+	}
+}
+
+// percentiles sorts lat and reads p50, p99 (nearest rank below) and max.
+func percentiles(lat []time.Duration) Latency {
+	if len(lat) == 0 {
+		return Latency{}
+	}
+	slices.Sort(lat)
+	return Latency{P50Ms: ms(lat[(len(lat)-1)*50/100]), P99Ms: ms(lat[(len(lat)-1)*99/100]), MaxMs: ms(lat[len(lat)-1])}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -289,6 +347,15 @@ func (r *runner) randUser() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.users[r.rng.IntN(len(r.users))]
+}
+
+// userPair returns two distinct known users (pick makes sure there are two).
+func (r *runner) userPair() (int64, int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := r.rng.IntN(len(r.users))
+	j := (i + 1 + r.rng.IntN(len(r.users)-1)) % len(r.users)
+	return r.users[i], r.users[j]
 }
 
 func (r *runner) randPhoto() int64 {
@@ -318,10 +385,7 @@ func (r *runner) do(ctx context.Context, op string) error {
 		r.mu.Unlock()
 		r.record(Record{Kind: "user", ID: u.ID, SHA256: digest([]byte(name))})
 	case "follow":
-		a, b := r.randUser(), r.randUser()
-		if a == b {
-			return nil
-		}
+		a, b := r.userPair()
 		if err := r.call(ctx, "POST", fmt.Sprintf("/users/%d/follow/%d", a, b), "", nil, http.StatusOK, nil); err != nil {
 			return err
 		}
@@ -411,7 +475,12 @@ type StatusError struct {
 	Body         string
 }
 
-// Error describes the request and the answer.
+// Error describes the request and the answer, the body on one line and cut at 200 bytes (a
+// proxy's HTML error page would otherwise fill the screen).
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("%s %s: HTTP %d: %s", e.Method, e.Path, e.Code, e.Body)
+	body := strings.Join(strings.Fields(e.Body), " ")
+	if len(body) > 200 {
+		body = body[:200] + "..."
+	}
+	return fmt.Sprintf("%s %s: HTTP %d: %s", e.Method, e.Path, e.Code, body)
 }

@@ -3,13 +3,18 @@ package loadgen_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/instactl/instactl/internal/app/apptest"
 	"github.com/instactl/instactl/internal/loadgen"
+	"github.com/instactl/instactl/internal/shardmap"
 )
 
 // TestRunAndVerify drives a real app server (two Postgres nodes, Redis, memcached, moto) and
@@ -48,30 +53,107 @@ func TestRunAndVerify(t *testing.T) {
 		t.Fatalf("verify: %+v (writes %d)", v, res.Writes)
 	}
 
+	// Move the first photo's shard to the other node: every write is still found exactly once
+	// (the old copy, left fenced on the source node, is not looked at).
+	photo, comment := firstRecord(t, recFile, "photo"), firstRecord(t, recFile, "comment")
+	shard := shardmap.ShardOf(photo.ID)
+	old := connect(t, moveShard(t, comps, srv, shard))
+	var left int
+	old.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s.photos WHERE id = $1", shardmap.SchemaName(shard)), photo.ID).Scan(&left)
+	if v, err = loadgen.Verify(ctx, srv.URL, recFile); err != nil || !v.Clean() || v.Checked != res.Writes || left != 1 {
+		t.Fatalf("verify after moving shard %d: %+v, %v (old copy rows: %d)", shard, v, err, left)
+	}
+
+	// Make real duplicates through the API: the bytes of a recorded photo uploaded again for the
+	// same owner (now on the new node), and the body of a recorded comment posted again.
+	img := fetch(t, "GET", fmt.Sprintf("%s/photos/%d/image", srv.URL, photo.ID), "", nil, 200)
+	fetch(t, "POST", fmt.Sprintf("%s/photos?user_id=%d", srv.URL, photo.Ref), "image/jpeg", img, 201)
+	var cs struct {
+		Comments []struct {
+			ID     int64
+			UserID int64 `json:"user_id"`
+			Body   string
+		}
+	}
+	json.Unmarshal(fetch(t, "GET", fmt.Sprintf("%s/photos/%d/comments", srv.URL, comment.Ref), "", nil, 200), &cs)
+	for _, c := range cs.Comments {
+		if c.ID == comment.ID {
+			body, _ := json.Marshal(map[string]any{"user_id": c.UserID, "body": c.Body})
+			fetch(t, "POST", fmt.Sprintf("%s/photos/%d/comments", srv.URL, comment.Ref), "application/json", body, 201)
+		}
+	}
+	// And tamper with the record file: a photo that was never written, a user whose username
+	// does not match, and a second user id acknowledged with an existing username.
+	user := firstRecord(t, recFile, "user")
 	f, _ := os.OpenFile(recFile, os.O_APPEND|os.O_WRONLY, 0)
 	enc := json.NewEncoder(f)
 	enc.Encode(loadgen.Record{Kind: "photo", ID: 123456789, Ref: 1, SHA256: "00"})
-	enc.Encode(loadgen.Record{Kind: "user", ID: firstUser(t, recFile), SHA256: "not-the-name"})
+	enc.Encode(loadgen.Record{Kind: "user", ID: user.ID, SHA256: "not-the-name"})
+	enc.Encode(loadgen.Record{Kind: "user", ID: 987654321, SHA256: user.SHA256})
 	f.Close()
 	v, err = loadgen.Verify(ctx, srv.URL, recFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Missing != 1 || v.Mismatched != 1 || v.OK != res.Writes {
-		t.Fatalf("verify after tampering: %+v", v)
+	// Missing: the photo and user 987654321; duplicated: the photo, the comment, and the user
+	// whose username now has two ids.
+	if v.Missing != 2 || v.Mismatched != 1 || v.Duplicated != 3 || v.OK != res.Writes-3 {
+		t.Fatalf("verify after duplicating and tampering: %+v", v)
 	}
 }
 
-func firstUser(t *testing.T, file string) int64 {
+func firstRecord(t *testing.T, file, kind string) loadgen.Record {
 	raw, _ := os.ReadFile(file)
 	dec := json.NewDecoder(bytesReader(raw))
 	for {
 		var r loadgen.Record
 		if err := dec.Decode(&r); err != nil {
-			t.Fatal("no user record")
+			t.Fatalf("no %s record", kind)
 		}
-		if r.Kind == "user" {
-			return r.ID
+		if r.Kind == kind {
+			return r
 		}
+	}
+}
+
+// TestResultStats runs the generator against a stand-in server with known latencies and
+// failures, and checks the summary: throughput, percentiles overall and per kind, errors by
+// cause.
+func TestResultStats(t *testing.T) {
+	var next atomic.Int64
+	mux := http.NewServeMux()
+	created := func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"id":%d}`, next.Add(1))
+	}
+	mux.HandleFunc("POST /users", created)
+	mux.HandleFunc("POST /photos", created)
+	mux.HandleFunc("POST /users/{a}/follow/{b}", func(w http.ResponseWriter, r *http.Request) {})
+	mux.HandleFunc("POST /photos/{id}/likes", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "fenced", http.StatusServiceUnavailable)
+	})
+	mux.HandleFunc("GET /users/{id}/feed", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(30 * time.Millisecond)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	res, err := loadgen.Run(context.Background(), loadgen.Config{BaseURL: srv.URL, Rate: 200,
+		Duration: time.Second, Mix: loadgen.Mix{SignUp: 1, Follow: 1, Upload: 1, Like: 1, Feed: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed, like, signup := res.ByKind["feed"], res.ByKind["like"], res.ByKind["signup"]
+	switch {
+	case res.Requests < 190 || res.Throughput < 100 || res.Throughput > 220:
+		t.Errorf("%d requests, %.1f req/s", res.Requests, res.Throughput)
+	case feed.P50Ms < 30 || feed.P99Ms < feed.P50Ms || feed.MaxMs < feed.P99Ms:
+		t.Errorf("feed latency %+v", feed.Latency)
+	case signup.P50Ms >= 30 || signup.Errors != 0:
+		t.Errorf("signup %+v", signup)
+	case like.Errors == 0 || like.Errors != like.Requests || res.ErrorKinds["http 503"] != like.Errors || res.Errors != like.Errors:
+		t.Errorf("likes %+v, errors %d by kind %v", like, res.Errors, res.ErrorKinds)
+	case res.Latency.MaxMs < feed.MaxMs || res.Latency.P50Ms > feed.P50Ms:
+		t.Errorf("overall latency %+v, feed %+v", res.Latency, feed.Latency)
 	}
 }

@@ -38,7 +38,7 @@ type Components struct {
 // StartComponents starts two Postgres nodes, installs a shard map of shards logical shards
 // spread over them (control database "control" on node pg1), and starts Redis, memcached and
 // moto with a bucket. Everything stops at test cleanup.
-func StartComponents(t *testing.T, shards int) *Components {
+func StartComponents(t testing.TB, shards int) *Components {
 	t.Helper()
 	ctx := context.Background()
 	c := &Components{NodeDSNs: map[string]string{}, Shards: shards, Bucket: "photos"}
@@ -73,6 +73,11 @@ func StartComponents(t *testing.T, shards int) *Components {
 	c.Memcached = testenv.Memcached(t)
 	c.S3Endpoint = testenv.Moto(t)
 	t.Setenv("AWS_ENDPOINT_URL", c.S3Endpoint)
+	// testenv.Moto sets these only for a *testing.T; benchmarks need them too.
+	for k, v := range map[string]string{"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+		"AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"} {
+		t.Setenv(k, v)
+	}
 	cfg, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +89,7 @@ func StartComponents(t *testing.T, shards int) *Components {
 	return c
 }
 
-func mustExec(t *testing.T, dsn, sql string) {
+func mustExec(t testing.TB, dsn, sql string) {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
 	if err != nil {
@@ -128,7 +133,7 @@ func (s *Server) Shutdown() error {
 }
 
 // StartApp starts an app server on a free loopback port with cfg; it shuts down at cleanup.
-func StartApp(t *testing.T, cfg app.Config) *Server {
+func StartApp(t testing.TB, cfg app.Config) *Server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

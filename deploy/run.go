@@ -21,6 +21,7 @@ type run struct {
 	ev   *emitter
 
 	mu     sync.Mutex // guards rep and its hosts
+	saveMu sync.Mutex // serializes journal writes: one temporary file, newest snapshot last
 	rep    *Report
 	byName map[string]*HostReport
 	hosts  map[string]Host
@@ -68,6 +69,8 @@ func (r *run) update(host string, fn func(h *HostReport)) {
 // save writes the journal; a failure is reported as an event, not fatal (the hosts' markers
 // still let Resume converge).
 func (r *run) save() {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
 	r.mu.Lock()
 	b, err := json.Marshal(r.rep)
 	r.mu.Unlock()

@@ -67,9 +67,17 @@ dir=/srv/app/releases/v2 dst=/srv/app/releases/v2/app base=app
 mkdir -p -- "$dir"
 tmp=$(mktemp -- "$dir/.$base.instactl.XXXXXX")
 trap '\''rm -f -- "$tmp"'\'' EXIT
-head -c 25779081 > "$tmp"
+if dd --version >/dev/null 2>&1; then
+  dd of="$tmp" bs=256K count=25779081 iflag=count_bytes,fullblock status=none
+else
+  head -c 25779081 > "$tmp"
+fi
 IFS= read -r want
-got=$(sha256sum < "$tmp")
+if command -v openssl >/dev/null 2>&1; then
+  got=$(openssl dgst -sha256 -r < "$tmp")
+else
+  got=$(sha256sum < "$tmp")
+fi
 got=${got%% *}
 size=$(wc -c < "$tmp")
 if [ "$size" -ne 25779081 ] || [ "$got" != "$want" ]; then

@@ -207,6 +207,7 @@ func (d *SSHDialer) dialHop(ctx context.Context, prev *ssh.Client, hop endpoint)
 		HostKeyAlgorithms: d.hostKeys.algorithmsFor(addr),
 		ClientVersion:     "SSH-2.0-instactl",
 	}
+	cc.Ciphers = d.cfg.Ciphers
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cc)
 	if err != nil {
 		conn.Close()

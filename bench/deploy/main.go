@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/instactl/instactl/deploy"
@@ -21,21 +23,27 @@ func main() {
 	bench := flag.String("bench", "/tmp/deploybench", "the peers' benchmark directory (keys, known_hosts, artifact)")
 	artifact := flag.String("artifact", "", "file to deploy (default BENCH/artifact/app)")
 	redeploy := flag.Bool("redeploy", true, "also time a redeploy of the unchanged artifact")
+	ciphers := flag.String("ciphers", "", "comma-separated SSH cipher preference (default: remote's)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the deploy (not the redeploy) to this file")
 	flag.Parse()
 	if *artifact == "" {
 		*artifact = filepath.Join(*bench, "artifact", "app")
 	}
-	if err := run(*n, *bench, *artifact, *redeploy); err != nil {
+	var cs []string
+	if *ciphers != "" {
+		cs = strings.Split(*ciphers, ",")
+	}
+	if err := run(*n, *bench, *artifact, *redeploy, cs, *cpuProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "deploybench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, bench, artifact string, redeploy bool) error {
+func run(n int, bench, artifact string, redeploy bool, ciphers []string, cpuProfile string) error {
 	ctx := context.Background()
 	d, err := remote.NewDialer(remote.Config{User: "root", Port: 2222,
 		IdentityFiles:  []string{filepath.Join(bench, "keys", "id_ed25519")},
-		KnownHostsFile: filepath.Join(bench, "known_hosts"), MaxConcurrentDials: 50})
+		KnownHostsFile: filepath.Join(bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: ciphers})
 	if err != nil {
 		return err
 	}
@@ -53,6 +61,15 @@ func run(n int, bench, artifact string, redeploy bool) error {
 		// The peers' job: run the new binary once, then a 0.2 s "restart".
 		Restart: []string{"sh", "-c", "{ /srv/app/current/app -V >/dev/null 2>&1 || true; sleep 0.2; }"}}
 	for round := 1; round <= 2; round++ {
+		if round == 1 && cpuProfile != "" {
+			f, err := os.Create(cpuProfile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+		}
 		start := time.Now()
 		a, err := deploy.OpenArtifact(artifact)
 		if err != nil {
@@ -63,6 +80,9 @@ func run(n int, bench, artifact string, redeploy bool) error {
 			return err
 		}
 		rep, err := (&deploy.Deployer{Dialer: d}).Deploy(ctx, p)
+		if round == 1 && cpuProfile != "" {
+			pprof.StopCPUProfile()
+		}
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,11 +87,13 @@ func TestDeployRenderReport(t *testing.T) {
 	}
 }
 
-// The sandbox test runs the real stack at 127.0.70.x: app hosts behind nginx, a PostgreSQL
-// node, Redis and memcached, and the real app server built from cmd/instagram-app.
+// The sandbox test runs the real stack at 127.0.70.x: 20 app hosts behind nginx, a PostgreSQL
+// primary and replica, a Redis primary and replica, memcached, and the real app server built
+// from cmd/instagram-app.
 const (
 	deployTestLBPort   = 18170
 	deployTestMotoPort = 15070
+	deployTestApps     = 20
 )
 
 func deployTestStack(t *testing.T) (path string, st *stack.Stack) {
@@ -102,12 +105,14 @@ network:
   address_base: 127.0.70.1
 roles:
   app:
-    count: 3
+    count: %d
   pg:
-    count: 1
+    count: 2
+    replicas: 1
     volumes: {count: 1, size_gib: 10, mount: /var/lib/postgresql}
   redis:
-    count: 1
+    count: 2
+    replicas: 1
     volumes: {count: 1, size_gib: 10, mount: /var/lib/redis}
   memcached:
     count: 1
@@ -121,7 +126,7 @@ sandbox:
   volume_size_mib: 300
   lb_port: %d
   moto_port: %d
-`, filepath.Join(dir, "sandbox"), deployTestLBPort, deployTestMotoPort)
+`, deployTestApps, filepath.Join(dir, "sandbox"), deployTestLBPort, deployTestMotoPort)
 	path = filepath.Join(dir, "stack.yaml")
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
@@ -215,13 +220,13 @@ func TestDeploySandbox(t *testing.T) {
 		if code != ExitPartial {
 			t.Fatalf("exit %d, want 5\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 		}
-		for i := range 3 {
+		for i := range deployTestApps {
 			a, _ := st.Address(stack.HostRef{Role: "app", Index: i})
 			if want := fmt.Sprintf("app-%d | serving on %s\n", i, a); !strings.Contains(stdout, want) {
 				t.Errorf("stdout lacks %q:\n%s", want, stdout)
 			}
 		}
-		for _, want := range []string{"app-1 | broken\n", "3 hosts: 2 ok, 1 failed"} {
+		for _, want := range []string{"app-1 | broken\n", fmt.Sprintf("%d hosts: %d ok, 1 failed", deployTestApps, deployTestApps-1)} {
 			if !strings.Contains(stderr, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, stderr)
 			}
@@ -257,7 +262,7 @@ func TestDeploySandbox(t *testing.T) {
 		if _, stderr, code = run(t, "--stack", alt, "run", "--role", "app", "--accept-new-host-keys", "--", "true"); code != 0 {
 			t.Fatalf("--accept-new-host-keys: exit %d:\n%s", code, stderr)
 		}
-		if b, _ := os.ReadFile(kh); bytes.Count(b, []byte("\n")) < 3 {
+		if b, _ := os.ReadFile(kh); bytes.Count(b, []byte("\n")) < deployTestApps {
 			t.Fatalf("known_hosts after --accept-new-host-keys:\n%s", b)
 		}
 	})
@@ -277,7 +282,7 @@ func TestDeploySandbox(t *testing.T) {
 			t.Errorf("stderr: %s", stderr)
 		}
 		stdout, stderr, code = cli("releases")
-		if code != 0 || strings.Count(stdout, "nothing deployed") != 3 {
+		if code != 0 || strings.Count(stdout, "nothing deployed") != deployTestApps {
 			t.Fatalf("releases after a dry run: exit %d\n%s%s", code, stdout, stderr)
 		}
 		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
@@ -297,12 +302,13 @@ func TestDeploySandbox(t *testing.T) {
 	t.Run("deploy v1 of the real app", func(t *testing.T) {
 		stdout, stderr, code := cli("deploy", "--version", "v1")
 		t.Logf("deploy v1:\n%s", stdout)
-		m := regexp.MustCompile(`(?m)^deploy \S+: release (\w+) \(v1\) on 3 app hosts: OK$`).FindStringSubmatch(stdout)
+		m := regexp.MustCompile(fmt.Sprintf(`(?m)^deploy \S+: release (\w+) \(v1\) on %d app hosts: OK$`, deployTestApps)).FindStringSubmatch(stdout)
 		if code != 0 || m == nil {
 			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 		}
 		v1.Release = m[1]
-		for _, want := range []string{"3 hosts uploaded", "batch 1  1   hosts deploycli-app-0", "activated 1", "activated 2"} {
+		for _, want := range []string{fmt.Sprintf("%d hosts uploaded", deployTestApps), "batch 1  1   hosts deploycli-app-0", "activated 1",
+			fmt.Sprintf("activated %d", deployTestApps-1)} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("summary lacks %q", want)
 			}
@@ -317,16 +323,9 @@ func TestDeploySandbox(t *testing.T) {
 		return
 	}
 
+	var v2 deploy.Report
 	t.Run("rolling v2 under load, a concurrent deploy is locked out", func(t *testing.T) {
-		lctx, stopLoad := context.WithCancel(ctx)
-		loadDone := make(chan loadgen.Result, 1)
-		go func() {
-			res, _ := loadgen.Run(lctx, loadgen.Config{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", deployTestLBPort),
-				Rate: 40, Duration: 3 * time.Minute, Mix: loadgen.DefaultMix, Timeout: 10 * time.Second, MaxInFlight: 200,
-				PhotoBytes: 2048, Seed: 7})
-			loadDone <- res
-		}()
-		time.Sleep(2 * time.Second) // load is flowing before the deploy starts
+		stopLoad := deployStartLoad(ctx, 7)
 
 		type result struct {
 			stdout, stderr string
@@ -365,21 +364,15 @@ func TestDeploySandbox(t *testing.T) {
 			}
 		}
 		r := <-done
-		time.Sleep(time.Second)
-		stopLoad()
-		load := <-loadDone
+		deployCheckLoad(t, stopLoad())
 		t.Logf("deploy v2 progress:\n%s", r.stderr)
-		var rep deploy.Report
-		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 || rep.Result != deploy.ResultOK {
+		rep := &v2
+		if err := json.Unmarshal([]byte(r.stdout), rep); err != nil || r.code != 0 || rep.Result != deploy.ResultOK {
 			t.Fatalf("deploy v2: exit %d, %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
 		}
-		if load.Requests < 50 || load.Errors != 0 || load.Dropped != 0 {
-			t.Errorf("load through the LB during the deploy: %d requests, %d errors, %d dropped: %v",
-				load.Requests, load.Errors, load.Dropped, load.FirstErrors)
-		} else {
-			t.Logf("load through the LB during the deploy: %d requests, 0 failed", load.Requests)
-		}
-		for _, want := range []string{"app-0 | lock ok", "batch 1/2 | ok", "== batch 2/2 ok: 2 hosts done, 0 failed", "app-2 | health ok"} {
+		t.Logf("deploy v2 to %d hosts: stage %s, activate %s", len(rep.Hosts), deployMS(rep.StageMS), deployMS(rep.ActivateMS))
+		for _, want := range []string{"app-0 | lock ok", "batch 1/2 | ok", fmt.Sprintf("== batch 2/2 ok: %d hosts done, 0 failed", deployTestApps-1),
+			fmt.Sprintf("app-%d | health ok", deployTestApps-1)} {
 			if !strings.Contains(r.stderr, want) {
 				t.Errorf("progress lacks %q:\n%s", want, r.stderr)
 			}
@@ -390,17 +383,17 @@ func TestDeploySandbox(t *testing.T) {
 			}
 		}
 		stdout, _, code := cli("releases")
-		cur := regexp.MustCompile(`(?m)^deploycli-app-\d +\* +` + rep.Release + ` .* current$`)
-		prev := regexp.MustCompile(`(?m)^deploycli-app-\d +` + v1.Release + ` .* previous`)
-		if code != 0 || len(cur.FindAllString(stdout, -1)) != 3 || len(prev.FindAllString(stdout, -1)) != 3 {
-			t.Errorf("releases after v2 (want %s current on 3 hosts, %s previous): exit %d\n%s", rep.Release, v1.Release, code, stdout)
+		cur := regexp.MustCompile(`(?m)^deploycli-app-\d+ +\* +` + rep.Release + ` .* current$`)
+		prev := regexp.MustCompile(`(?m)^deploycli-app-\d+ +` + v1.Release + ` .* previous`)
+		if code != 0 || len(cur.FindAllString(stdout, -1)) != deployTestApps || len(prev.FindAllString(stdout, -1)) != deployTestApps {
+			t.Errorf("releases after v2 (want %s current on every host, %s previous): exit %d\n%s", rep.Release, v1.Release, code, stdout)
 		}
 		audit, _ := os.ReadFile(deploy.AuditLogPath(filepath.Join(st.Sandbox.Dir, "state")))
 		if !bytes.Contains(audit, []byte(rep.RunID)) || !bytes.Contains(audit, []byte(`"version":"v2"`)) {
 			t.Errorf("local audit log lacks run %s:\n%s", rep.RunID, audit)
 		}
 		stdout, stderr, code := cli("run", "--role", "app", "--", "tail -n 1 "+deploy.DefaultAuditPath)
-		if code != 0 || strings.Count(stdout, rep.RunID) != 3 {
+		if code != 0 || strings.Count(stdout, rep.RunID) != deployTestApps {
 			t.Errorf("hosts' audit logs lack run %s: exit %d\n%s%s", rep.RunID, code, stdout, stderr)
 		}
 	})
@@ -423,7 +416,7 @@ func TestDeploySandbox(t *testing.T) {
 		}
 		var rels []deploy.HostReleases
 		stdout, _, code = cli("releases", "-o", "json")
-		if err := json.Unmarshal([]byte(stdout), &rels); err != nil || code != 0 || len(rels) != 3 || rels[0].Current != v1.Release {
+		if err := json.Unmarshal([]byte(stdout), &rels); err != nil || code != 0 || len(rels) != deployTestApps || rels[0].Current != v1.Release {
 			t.Fatalf("releases -o json after rollback: exit %d %v\n%s", code, err, stdout)
 		}
 	})
@@ -451,5 +444,227 @@ func TestDeploySandbox(t *testing.T) {
 			t.Fatalf("after release: exit %d %s", code, stdout)
 		}
 	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("changed host key is a loud refusal that changes nothing", func(t *testing.T) {
+		// app-7's known_hosts line carries another key: a rebuilt host, or a man in the middle.
+		victim, _ := st.Address(stack.HostRef{Role: "app", Index: 7})
+		known, err := os.ReadFile(st.SSH.KnownHosts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := deployOtherKey(t)
+		var lines []string
+		replaced := 0
+		for _, l := range strings.Split(strings.TrimSpace(string(known)), "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && (f[0] == victim.String() || strings.HasPrefix(f[0], "["+victim.String()+"]:")) {
+				l = f[0] + " " + other
+				replaced++
+			}
+			lines = append(lines, l)
+		}
+		if replaced != 1 {
+			t.Fatalf("%s has %d lines for %s:\n%s", st.SSH.KnownHosts, replaced, victim, known)
+		}
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		os.WriteFile(kh, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
+		alt := deployAltStack(t, path, "provider: sandbox\n", "provider: sandbox\nssh:\n  known_hosts: "+kh+"\n")
+		artifact := filepath.Join(st.Sandbox.Dir, "state", "artifacts", v2.Release, "instagram-app")
+		stdout, stderr, code := run(t, "--stack", alt, "deploy", "--artifact", artifact, "--version", "v2", "--accept-new-host-keys")
+		t.Logf("deploy with a changed key (exit %d):\n%s%s", code, stdout, stderr)
+		if code != ExitError || !strings.Contains(stdout+stderr, "HOST KEY CHANGED for ["+victim.String()+"]:") ||
+			!strings.Contains(stdout+stderr, "deploycli-app-7") {
+			t.Errorf("exit %d, want 1 and HOST KEY CHANGED for app-7", code)
+		}
+		if b, _ := os.ReadFile(kh); string(b) != strings.Join(lines, "\n")+"\n" {
+			t.Errorf("--accept-new-host-keys rewrote known_hosts on a changed key:\n%s", b)
+		}
+		for i, b := range deployVersions(t, st) {
+			if !strings.Contains(b, `"version":"v1"`) {
+				t.Errorf("app-%d /healthz after the refused deploy: %s", i, b)
+			}
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock after the refused deploy: exit %d %s", code, stdout)
+		}
+	})
+
+	t.Run("a v3 failing its health check stops at the canary under load", func(t *testing.T) {
+		// The stand-in app answers /healthz with 500; the gate gives up after 8s.
+		bin := filepath.Join(t.TempDir(), "instagram-app")
+		// The deploy package's tests build the same (same flags: the build cache serves it).
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v3 -X main.healthy=false", "-o", bin, "../../deploy/testdata/standin")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build the broken v3: %v\n%s", err, out)
+		}
+		alt := deployAltStack(t, path, "  health_timeout: 60s\n", "  health_timeout: 8s\n")
+		stopLoad := deployStartLoad(ctx, 8)
+		stdout, stderr, code := run(t, "--stack", alt, "deploy", "--artifact", bin, "--version", "v3", "--message", "broken v3")
+		deployCheckLoad(t, stopLoad())
+		t.Logf("deploy v3 (exit %d):\n%s%s", code, stdout, stderr)
+		if code != ExitError {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		for _, want := range []string{"batch 1  1   hosts deploycli-app-0", "rolled-back 1", "deploycli-app-0  1      rolled-back  health",
+			"status 500"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("report lacks %q", want)
+			}
+		}
+		if !strings.Contains(stderr, "later batches were not touched") {
+			t.Errorf("stderr does not say the later batches were spared")
+		}
+		for i, b := range deployVersions(t, st) {
+			if !strings.Contains(b, `"version":"v1"`) {
+				t.Errorf("app-%d /healthz after the failed canary: %s", i, b)
+			}
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock after the failed canary: exit %d %s", code, stdout)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	// Last: the host stays without sshd until sandbox down.
+	t.Run("sshd killed mid-deploy fails that host within --max-fail under load", func(t *testing.T) {
+		last := deployTestApps - 1
+		stopLoad := deployStartLoad(ctx, 9)
+		type result struct {
+			stdout, stderr string
+			code           int
+		}
+		done := make(chan result, 1)
+		artifact := filepath.Join(st.Sandbox.Dir, "state", "artifacts", v2.Release, "instagram-app")
+		go func() {
+			o, e, c := cli("deploy", "--artifact", artifact, "--version", "v2", "--max-fail", "1")
+			done <- result{o, e, c}
+		}()
+		var killed bool
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && !killed; time.Sleep(50 * time.Millisecond) {
+			if _, _, code := cli("lock", "status"); code == ExitLocked {
+				deployKillSSHD(t, st, last)
+				killed = true
+			}
+		}
+		r := <-done
+		deployCheckLoad(t, stopLoad())
+		t.Logf("deploy with app-%d's sshd killed (exit %d):\n%s%s", last, r.code, r.stdout, r.stderr)
+		if !killed {
+			t.Fatal("never saw the deploy holding the lock")
+		}
+		want := regexp.MustCompile(fmt.Sprintf(`(?m)^deploycli-app-%d +2 +failed +\S+ +.*deploycli-app-%d`, last, last))
+		if r.code != ExitPartial || !want.MatchString(r.stdout) {
+			t.Errorf("exit %d, want 5 and app-%d failed with an error naming it", r.code, last)
+		}
+		for i, b := range deployVersions(t, st) {
+			if want := `"version":"v2"`; i == last {
+				want = `"version":"v1"`
+				if !strings.Contains(b, want) {
+					t.Errorf("app-%d (no sshd) /healthz: %s; want still v1", i, b)
+				}
+			} else if !strings.Contains(b, want) {
+				t.Errorf("app-%d /healthz after the deploy: %s", i, b)
+			}
+		}
+	})
 	t.Logf("whole test %s", time.Since(start).Round(time.Second))
+}
+
+// deployStartLoad runs the load generator through the LB until the returned function is
+// called; it returns the result.
+func deployStartLoad(ctx context.Context, seed uint64) func() loadgen.Result {
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan loadgen.Result, 1)
+	go func() {
+		res, _ := loadgen.Run(lctx, loadgen.Config{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", deployTestLBPort),
+			Rate: 40, Duration: 3 * time.Minute, Mix: loadgen.DefaultMix, Timeout: 10 * time.Second, MaxInFlight: 200,
+			PhotoBytes: 2048, Seed: seed})
+		done <- res
+	}()
+	time.Sleep(2 * time.Second) // load is flowing before the deploy starts
+	return func() loadgen.Result {
+		time.Sleep(time.Second)
+		cancel()
+		return <-done
+	}
+}
+
+// deployCheckLoad wants requests through the LB and none failed.
+func deployCheckLoad(t *testing.T, load loadgen.Result) {
+	t.Helper()
+	if load.Requests < 50 || load.Errors != 0 || load.Dropped != 0 {
+		t.Errorf("load through the LB during the deploy: %d requests, %d errors, %d dropped: %v",
+			load.Requests, load.Errors, load.Dropped, load.FirstErrors)
+		return
+	}
+	t.Logf("load through the LB during the deploy: %d requests, 0 failed", load.Requests)
+}
+
+// deployAltStack writes a copy of the stack file (same stack, same sandbox) with old replaced.
+func deployAltStack(t *testing.T, path, old, new string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil || !bytes.Contains(data, []byte(old)) {
+		t.Fatalf("stack file %s lacks %q (%v)", path, old, err)
+	}
+	alt := filepath.Join(t.TempDir(), "stack.yaml")
+	if err := os.WriteFile(alt, bytes.Replace(data, []byte(old), []byte(new), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return alt
+}
+
+// deployOtherKey returns "ssh-ed25519 AAAA..." of a fresh key no host has.
+func deployOtherKey(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "k")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	b, _ := os.ReadFile(f + ".pub")
+	return strings.Join(strings.Fields(string(b))[:2], " ")
+}
+
+// deployKillSSHD kills, by PID, every sshd process of app host index (the listener and the
+// sessions in its mount namespace), the way a crashed daemon vanishes; the app keeps running.
+func deployKillSSHD(t *testing.T, st *stack.Stack, index int) {
+	t.Helper()
+	p, err := newSandbox(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.Describe(context.Background(), st.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var root string
+	for _, in := range res.Instances {
+		if in.Role == "app" && in.Index == index {
+			root, err = p.HostPath(context.Background(), in.ID, "/")
+		}
+	}
+	if root == "" || err != nil {
+		t.Fatalf("app-%d's root: %q %v", index, root, err)
+	}
+	listener, err := strconv.Atoi(strings.Split(root, "/")[2]) // /proc/PID/root/
+	if err != nil {
+		t.Fatalf("kill sshd of app-%d: %s: %v", index, root, err)
+	}
+	ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", listener))
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile("/proc/" + ent.Name() + "/comm")
+		if pns, _ := os.Readlink("/proc/" + ent.Name() + "/ns/mnt"); pns == ns && strings.HasPrefix(string(comm), "sshd") {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }

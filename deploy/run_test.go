@@ -1,0 +1,44 @@
+package deploy
+
+import (
+	"sync"
+	"testing"
+)
+
+// Hosts finishing at once save the journal at once: every save must land (one temporary file,
+// written in turn) and the journal ends with the newest state.
+func TestJournalConcurrentSaves(t *testing.T) {
+	const n = 40
+	a := Artifact{ID: "abcdef012345", SHA256: "00", Size: 1, Path: "/dev/null"}
+	p, err := NewPlan(KindDeploy, testConfig(t.TempDir()), testHosts(n), a, "", "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var fails []string
+	d := &Deployer{OnEvent: func(ev Event) {
+		if ev.Status == StatusFail {
+			mu.Lock()
+			fails = append(fails, ev.Message+" "+ErrorLine(ev.Err))
+			mu.Unlock()
+		}
+	}}
+	r := newRun(d, p, nil, nil)
+	var wg sync.WaitGroup
+	for _, h := range p.Hosts {
+		wg.Go(func() { r.update(h.Name, func(hr *HostReport) { hr.State = OutcomeActivated }) })
+	}
+	wg.Wait()
+	if len(fails) > 0 {
+		t.Fatalf("%d saves failed; first: %s", len(fails), fails[0])
+	}
+	_, rep, err := LoadJournal(p.Config.StateDir, "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range rep.Hosts {
+		if h.State != OutcomeActivated {
+			t.Errorf("journal: %s is %s, want activated", h.Host, h.State)
+		}
+	}
+}

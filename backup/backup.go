@@ -25,8 +25,13 @@ const (
 	TagState = "instactl:backup-state"
 	// TagVolumes is how many volumes the set has; fewer snapshots means the set is partial.
 	TagVolumes = "instactl:backup-volumes"
-	// TagVerified is set (RFC 3339 time) on providers that can retag snapshots after a drill.
+	// TagVerified records the last restore drill on the set's snapshots: its time (RFC 3339)
+	// when it passed, "failed " and its time when it did not. It outranks the manifest, so
+	// every machine sees the same state.
 	TagVerified = "instactl:backup-verified"
+	// TagPartial marks a set found unusable after its snapshots were taken (the freeze outlasted
+	// its budget, a snapshot call failed); its value is the reason.
+	TagPartial = "instactl:backup-partial"
 )
 
 // Set states as List reports them.

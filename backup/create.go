@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -173,6 +175,11 @@ func createOne(ctx context.Context, o *Options, h host, kind string) (*Manifest,
 	if err := o.saveManifest(r.m); err != nil {
 		return r.m, errors.Join(snapErr, err)
 	}
+	if r.m.State == StatePartial {
+		if err := r.tagPartial(ctx); err != nil {
+			return r.m, errors.Join(snapErr, err)
+		}
+	}
 	r.emit("manifest", "set %s recorded as %s", r.m.SetID, r.m.State)
 	return r.m, snapErr
 }
@@ -315,16 +322,71 @@ func (r *run) partial(reason string) error {
 	return &PartialError{Set: r.m.SetID, Reason: reason}
 }
 
+// SetTags are the tags every snapshot of a set carries from the CreateSnapshots call on:
+// stack, set id, target, host, consistency (StateComplete or StateCrashConsistent) and the
+// number of volumes the set must have.
+func SetTags(stackName, setID, target, hostName, consistency string, volumes int) map[string]string {
+	return map[string]string{
+		cloud.TagStack: stackName, cloud.TagSet: setID, TagTarget: target, TagHost: hostName,
+		TagState: consistency, TagVolumes: strconv.Itoa(volumes), cloud.TagName: "backup " + setID,
+	}
+}
+
+// tagPartial tags every snapshot of the set partial: the ones the call returned and any the
+// provider holds under the set's id (a call that failed or timed out may still have made some).
+func (r *run) tagPartial(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	ids := map[string]bool{}
+	for _, v := range r.m.Volumes {
+		if v.SnapshotID != "" {
+			ids[v.SnapshotID] = true
+		}
+	}
+	snaps, err := r.o.Provider.DescribeSnapshots(ctx, r.o.Stack.Name)
+	if err != nil {
+		return fmt.Errorf("mark set %s partial: %w", r.m.SetID, err)
+	}
+	for _, sn := range snaps {
+		if sn.Tags[cloud.TagSet] == r.m.SetID {
+			ids[sn.ID] = true
+		}
+	}
+	if len(ids) == 0 {
+		return nil // no snapshot exists: the manifest alone records the set
+	}
+	reason := tagValue(r.m.PartialReason)
+	if err := r.o.Provider.TagSnapshots(ctx, slices.Sorted(maps.Keys(ids)), map[string]string{TagPartial: reason}); err != nil {
+		return fmt.Errorf("mark set %s partial: %w", r.m.SetID, err)
+	}
+	r.emit("manifest", "snapshots of set %s tagged partial", r.m.SetID)
+	return nil
+}
+
+// tagValue fits s into an EC2 tag value: at most 255 characters of the portable set (letters,
+// digits, spaces and + - = . _ : / @).
+func tagValue(s string) string {
+	b := []rune{}
+	for _, c := range s {
+		switch {
+		case len(b) == 255:
+			return string(b)
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', strings.ContainsRune(" +-=._:/@", c):
+			b = append(b, c)
+		default:
+			b = append(b, ' ')
+		}
+	}
+	return string(b)
+}
+
 // snapshot snapshots every data volume of the instance in one call, with the set's tags.
 func (r *run) snapshot(ctx context.Context, consistency string, within time.Duration) ([]cloud.Snapshot, error) {
 	ids := make([]string, len(r.h.volumes))
 	for i, v := range r.h.volumes {
 		ids[i] = v.ID
 	}
-	tags := map[string]string{
-		cloud.TagStack: r.o.Stack.Name, cloud.TagSet: r.m.SetID, TagTarget: r.kind, TagHost: r.h.name(),
-		TagState: consistency, TagVolumes: strconv.Itoa(len(ids)), cloud.TagName: "backup " + r.m.SetID,
-	}
+	tags := SetTags(r.o.Stack.Name, r.m.SetID, r.kind, r.h.name(), consistency, len(ids))
 	r.m.SnapshotAt = r.o.now().UTC()
 	if within <= 0 {
 		return nil, errors.New("no freeze budget left for the snapshot call")

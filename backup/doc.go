@@ -15,7 +15,9 @@
 // check the RDB with redis-check-rdb, then freeze briefly and snapshot.
 //
 // Where state lives. The snapshots' tags are the source of truth for what exists (TagStack,
-// TagSet, TagTarget, TagHost, TagState, TagVolumes); a JSON manifest per set (Manifest: volumes
+// TagSet, TagTarget, TagHost, TagState, TagVolumes, written in the CreateSnapshots call; TagVerified
+// and TagPartial, added later with Provider.TagSnapshots when a drill ends or a run finds its set
+// unusable, so every machine lists the same states); a JSON manifest per set (Manifest: volumes
 // and order, geometry, filesystem UUIDs, replay LSN, timeline, lag, freeze duration, version,
 // verification) is written atomically to Env.StateDir/<stack>/<set>.json. A set whose manifest
 // is lost is still listed, pruned and restorable from its tags. Host-side files (lock, guardian

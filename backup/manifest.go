@@ -80,6 +80,8 @@ type PostgresRecord struct {
 
 // RedisRecord is the replica's state at the BGSAVE the set holds.
 type RedisRecord struct {
+	// MasterReplOffset is the replica's replication offset read just before BGSAVE: every write
+	// of the master's stream up to it is in the RDB (later ones may be too).
 	MasterReplOffset int64 `json:"master_repl_offset"`
 	// Keys is the key count of the RDB as redis-check-rdb read it: what a restore must load.
 	Keys int64 `json:"keys"`

@@ -150,6 +150,12 @@ func (r *run) bgsave(ctx context.Context) (*RedisRecord, error) {
 	}
 	saves := redisInt(pers["rdb_saves"])
 	lastBefore := redisInt(pers["rdb_last_save_time"])
+	// The offset read before BGSAVE forks is what the RDB is sure to hold: every write the
+	// replica applied up to it. Read after the save, it would count writes the fork missed.
+	repl, err := r.redisInfo(ctx, "replication")
+	if err != nil {
+		return nil, err
+	}
 	if _, err := r.redisDo(ctx, "BGSAVE"); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", r.h.name(), err)
 	}
@@ -187,10 +193,6 @@ func (r *run) bgsave(ctx context.Context) (*RedisRecord, error) {
 	}
 	if redisInt(last) < lastBefore {
 		return nil, fmt.Errorf("backup %s: LASTSAVE went back from %d to %s", r.h.name(), lastBefore, last)
-	}
-	repl, err := r.redisInfo(ctx, "replication")
-	if err != nil {
-		return nil, err
 	}
 	size, err := r.redisDo(ctx, "DBSIZE")
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,7 +54,7 @@ type sandboxEnv struct {
 	d     *remote.SSHDialer
 }
 
-func requireSandbox(t *testing.T) {
+func requireSandbox(t testing.TB) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	for bin, pkg := range map[string]string{"sshd": "openssh-server", "mkfs.xfs": "xfsprogs", "xfs_freeze": "xfsprogs",
@@ -66,7 +67,7 @@ func requireSandbox(t *testing.T) {
 	}
 }
 
-func newSandboxEnv(t *testing.T, dir string) *sandboxEnv {
+func newSandboxEnv(t testing.TB, dir string) *sandboxEnv {
 	t.Helper()
 	p, err := sandbox.New(sandbox.Config{Dir: dir, AddressBase: netip.MustParseAddr(testBase), LBPort: testenv.FreePort(t, "127.0.0.1")})
 	if err != nil {
@@ -82,7 +83,7 @@ func newSandboxEnv(t *testing.T, dir string) *sandboxEnv {
 }
 
 // bringUp creates the stack's hosts with the templates' user-data and waits for bootstrap.
-func (s *sandboxEnv) bringUp(t *testing.T) {
+func (s *sandboxEnv) bringUp(t testing.TB) {
 	t.Helper()
 	ctx := context.Background()
 	st := s.env.Stack
@@ -138,7 +139,7 @@ func tail(s string, n int) string {
 }
 
 // sh runs a script on a host and returns stdout, failing the test on error.
-func (s *sandboxEnv) sh(t *testing.T, host, script string) string {
+func (s *sandboxEnv) sh(t testing.TB, host, script string) string {
 	t.Helper()
 	out, err := s.try(host, script)
 	if err != nil {
@@ -169,7 +170,7 @@ func psqlOn(db, sql string) string {
 	return "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v ON_ERROR_STOP=1 -h /run/postgresql -p 5432 -d " + db + " -c " + remote.Quote(sql)
 }
 
-func (s *sandboxEnv) waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
+func (s *sandboxEnv) waitFor(t testing.TB, what string, timeout time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !ok() {
@@ -191,6 +192,7 @@ func TestSandboxBackup(t *testing.T) {
 		t.Skip("helper process")
 	}
 	requireSandbox(t)
+	t.Parallel() // with TestMotoRetentionYear: one waits on hosts, the other on moto
 	dir := t.TempDir()
 	s := newSandboxEnv(t, dir+"/sandbox")
 	t.Cleanup(func() {
@@ -218,8 +220,14 @@ func TestSandboxBackup(t *testing.T) {
 	})
 
 	var pgSet string
+	var pgWrites *ackedWriter
 	t.Run("create pg", func(t *testing.T) {
+		// A writer inserts numbered rows on the primary all through the backup.
+		pgWrites = startPGWriter(t, "127.0.50.1")
+		s.waitFor(t, "writes under way", 10*time.Second, func() bool { return pgWrites.count() > 20 })
 		res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+		time.Sleep(200 * time.Millisecond)
+		pgWrites.finish(t)
 		if err != nil {
 			t.Fatalf("create: %v", err)
 		}
@@ -242,9 +250,34 @@ func TestSandboxBackup(t *testing.T) {
 	})
 
 	t.Run("verify pg", func(t *testing.T) {
-		res, err := Verify(ctx, VerifyOptions{Env: s.env, Set: pgSet, ScratchHost: "scratch-0"})
+		if pgWrites == nil {
+			t.Skip("create pg failed")
+		}
+		// The drill restores the set and, besides its own checks (pg_amcheck among them), hands
+		// the copy to the hook: every row acknowledged at or before the manifest's replay LSN
+		// must be in it.
+		checked := false
+		opts := VerifyOptions{Env: s.env, Set: pgSet, ScratchHost: "scratch-0", testHookChecked: func(r *Restored) error {
+			out := s.sh(t, "scratch-0", "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v ON_ERROR_STOP=1 -h /run/postgresql -p "+
+				strconv.Itoa(r.Port)+" -d instagram -c 'SELECT id FROM acked'")
+			lsn, err := parseLSN(r.Manifest.Postgres.ReplayLSN)
+			if err != nil {
+				return err
+			}
+			before, after := pgWrites.check(t, lsn, idSet(out, ""))
+			t.Logf("acknowledged rows: %d at or before replay LSN %s (all restored), %d after it", before, r.Manifest.Postgres.ReplayLSN, after)
+			if before == 0 || after == 0 {
+				t.Errorf("the writer did not straddle the backup: %d rows before its LSN, %d after", before, after)
+			}
+			checked = true
+			return nil
+		}}
+		res, err := Verify(ctx, opts)
 		if err != nil {
 			t.Fatalf("verify: %v", err)
+		}
+		if !checked || !slices.Contains(res.Verification.Checks, "pg_amcheck passed") {
+			t.Fatalf("drill ran no acknowledged-write check or no pg_amcheck: %v", res.Verification.Checks)
 		}
 		if got := res.RowCounts["instagram.public.photos"]; got != 1000 {
 			t.Fatalf("restored photos: %d rows, want 1000 (%v)", got, res.RowCounts)
@@ -256,6 +289,12 @@ func TestSandboxBackup(t *testing.T) {
 		if sets[0].ID != pgSet || sets[0].State != StateVerified {
 			t.Fatalf("after verify, list: %+v", sets[0])
 		}
+		// Another machine, without this one's manifests, sees the set verified from its tags.
+		other := s.env
+		other.StateDir = t.TempDir()
+		if sets, err := List(ctx, other); err != nil || sets[0].ID != pgSet || sets[0].State != StateVerified {
+			t.Fatalf("list without manifests: %v %+v", err, sets)
+		}
 		vols, _ := s.p.Describe(ctx, "bk")
 		for _, v := range vols.Volumes {
 			if v.Tags[TagRestoredFrom] != "" {
@@ -265,20 +304,34 @@ func TestSandboxBackup(t *testing.T) {
 	})
 
 	t.Run("create and verify redis", func(t *testing.T) {
+		w := startRedisWriter(t, "127.0.50.3:6379")
+		s.waitFor(t, "writes under way", 10*time.Second, func() bool { return w.count() > 20 })
 		res, err := Create(ctx, Options{Env: s.env, Target: TargetRedis})
+		time.Sleep(200 * time.Millisecond)
+		w.finish(t)
 		if err != nil {
 			t.Fatalf("create: %v", err)
 		}
 		m := res.Sets[0]
-		if m.Redis == nil || m.Redis.Keys != 50 || m.Redis.RDBSHA256 == "" || m.State != StateComplete {
+		if m.Redis == nil || m.Redis.Keys <= 50 || m.Redis.RDBSHA256 == "" || m.State != StateComplete {
 			t.Fatalf("manifest %+v redis %+v", m, m.Redis)
 		}
-		vr, err := Verify(ctx, VerifyOptions{Env: s.env, Set: m.SetID, ScratchHost: "scratch-0"})
+		checked := false
+		vr, err := Verify(ctx, VerifyOptions{Env: s.env, Set: m.SetID, ScratchHost: "scratch-0", testHookChecked: func(r *Restored) error {
+			out := s.sh(t, "scratch-0", "redis-cli -h "+r.Address+" -p "+strconv.Itoa(r.Port)+" --scan --pattern 'ack:*'")
+			before, after := w.check(t, uint64(m.Redis.MasterReplOffset), idSet(out, "ack:"))
+			t.Logf("acknowledged keys: %d at or before offset %d (all restored), %d after it", before, m.Redis.MasterReplOffset, after)
+			if before == 0 || after == 0 {
+				t.Errorf("the writer did not straddle the backup: %d keys before its offset, %d after", before, after)
+			}
+			checked = true
+			return nil
+		}})
 		if err != nil {
 			t.Fatalf("verify: %v", err)
 		}
-		if vr.Keys != 50 {
-			t.Fatalf("restored redis holds %d keys", vr.Keys)
+		if !checked || vr.Keys != m.Redis.Keys {
+			t.Fatalf("restored redis holds %d keys, the RDB %d (hook ran: %v)", vr.Keys, m.Redis.Keys, checked)
 		}
 	})
 
@@ -379,6 +432,51 @@ func TestSandboxBackup(t *testing.T) {
 		t.Logf("recovered: %v", res.Sets[0].Recovered)
 	})
 
+	t.Run("stuck snapshot call is thawed at the budget and marked partial", func(t *testing.T) {
+		budget := 3 * time.Second
+		stuck := &stuckProvider{Provider: s.p, delay: budget + 2*time.Second}
+		env := s.env
+		env.Provider = stuck
+		var frozenAt, thawedAt time.Time
+		probed := make(chan struct{})
+		hook := func() {
+			frozenAt = time.Now()
+			go func() {
+				defer close(probed)
+				for time.Since(frozenAt) < budget+5*time.Second {
+					if s.writable("pg-1", "/var/lib/postgresql") {
+						thawedAt = time.Now()
+						return
+					}
+				}
+			}()
+		}
+		_, err := Create(ctx, Options{Env: env, Target: TargetPostgres, FreezeBudget: budget, testHookFrozen: hook})
+		<-probed
+		var partial *PartialError
+		if !errors.As(err, &partial) || !strings.Contains(partial.Reason, "budget") {
+			t.Fatalf("create with a stuck snapshot call: %v, want *PartialError on the budget", err)
+		}
+		if thawedAt.IsZero() || !thawedAt.Before(stuck.returned) {
+			t.Fatalf("the volume was not thawed while the call was stuck (thawed %v, call returned %v)", thawedAt, stuck.returned)
+		}
+		if d := thawedAt.Sub(frozenAt); d > budget+time.Second {
+			t.Errorf("thawed %s after the freeze, budget %s", d, budget)
+		}
+		t.Logf("guardian thawed %s after the freeze (budget %s); the stuck call returned %s after it",
+			thawedAt.Sub(frozenAt).Round(10*time.Millisecond), budget, stuck.returned.Sub(thawedAt).Round(10*time.Millisecond))
+		// Every machine sees the set partial: its snapshots carry the mark.
+		other := s.env
+		other.StateDir = t.TempDir()
+		sets, err := List(ctx, other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sets[0].ID != partial.Set || sets[0].State != StatePartial || sets[0].Snapshots[0].Tags[TagPartial] == "" {
+			t.Fatalf("newest set listed without manifests: %+v, want %s partial", sets[0], partial.Set)
+		}
+	})
+
 	t.Run("prune keeps the rules", func(t *testing.T) {
 		before, err := List(ctx, s.env)
 		if err != nil {
@@ -421,6 +519,21 @@ func TestSandboxBackup(t *testing.T) {
 			t.Errorf("before %d sets, %d deletes planned, after %d", len(before), len(plan.Deletes()), len(after))
 		}
 	})
+}
+
+// stuckProvider is the sandbox provider with a CreateSnapshots call that hangs past its deadline
+// (as a call on a dead connection can), then takes the snapshots anyway.
+type stuckProvider struct {
+	cloud.Provider
+	delay    time.Duration
+	returned time.Time
+}
+
+func (p *stuckProvider) CreateSnapshots(ctx context.Context, instanceID string, volumeIDs []string, tags map[string]string) ([]cloud.Snapshot, error) {
+	time.Sleep(p.delay)
+	snaps, err := p.Provider.CreateSnapshots(context.WithoutCancel(ctx), instanceID, volumeIDs, tags)
+	p.returned = time.Now()
+	return snaps, err
 }
 
 // TestKillHelper is the process TestSandboxBackup SIGKILLs while the replica's volume is frozen.

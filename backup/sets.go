@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/instactl/instactl/cloud"
@@ -96,13 +97,17 @@ func groupSets(stackName string, snaps []cloud.Snapshot) ([]Set, error) {
 // setState derives a set's state from its snapshots, tags and manifest.
 func setState(s Set) string {
 	want := 0
-	verified := false
+	// Tags are what every machine sees: a verification tag outranks this machine's manifest.
+	verified, tagged, partial := false, false, false
 	for _, sn := range s.Snapshots {
 		if n, err := strconv.Atoi(sn.Tags[TagVolumes]); err == nil && n > want {
 			want = n
 		}
-		if sn.Tags[TagVerified] != "" {
-			verified = true
+		if sn.Tags[TagPartial] != "" {
+			partial = true
+		}
+		if v := sn.Tags[TagVerified]; v != "" {
+			tagged, verified = true, !strings.HasPrefix(v, verifyFailed)
 		}
 	}
 	if s.Manifest != nil {
@@ -112,9 +117,12 @@ func setState(s Set) string {
 		if n := len(s.Manifest.Volumes); n > want {
 			want = n
 		}
-		if v := s.Manifest.Verification; v != nil {
+		if v := s.Manifest.Verification; v != nil && !tagged {
 			verified = v.OK
 		}
+	}
+	if partial {
+		return StatePartial
 	}
 	if len(s.Snapshots) < want {
 		return StatePartial

@@ -25,6 +25,9 @@ type VerifyOptions struct {
 	Port  int
 	// SkipAmcheck skips pg_amcheck (for very large sets).
 	SkipAmcheck bool
+
+	// testHookChecked runs on the restored copy once the checks passed, before teardown.
+	testHookChecked func(*Restored) error
 }
 
 // VerifyResult is a drill's outcome.
@@ -37,12 +40,8 @@ type VerifyResult struct {
 	Keys int64 `json:"keys,omitempty"`
 }
 
-// SnapshotTagger is implemented by providers that can add tags to existing snapshots (AWS
-// CreateTags). Verify uses it to mark verified sets on the snapshots themselves; without it the
-// mark lives in the manifest only.
-type SnapshotTagger interface {
-	TagSnapshots(ctx context.Context, snapshotIDs []string, tags map[string]string) error
-}
+// verifyFailed prefixes TagVerified's value after a failed drill.
+const verifyFailed = "failed "
 
 // Verify is a restore drill: it restores the set onto the scratch host, waits for a consistent
 // open, runs the checks (Postgres: queries answer, the system identifier matches the manifest,
@@ -64,6 +63,9 @@ func Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, error) {
 	if err == nil {
 		v.Checks = append(v.Checks, "restored and started")
 		err = runChecks(ctx, &opts, r, v, out)
+		if err == nil && opts.testHookChecked != nil {
+			err = opts.testHookChecked(r)
+		}
 	}
 	if r != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
@@ -178,7 +180,8 @@ func checkPostgres(ctx context.Context, o *VerifyOptions, c *remote.Client, r *R
 }
 
 // recordVerification stores v in the set's manifest (creating a minimal one when this machine
-// has none) and, on providers that can, tags the set's snapshots.
+// has none) and tags the set's snapshots with the outcome, passed or failed, so that every
+// machine lists the set the same way.
 func recordVerification(ctx context.Context, env *Env, set Set, v *Verification) error {
 	m := set.Manifest
 	if m == nil {
@@ -192,16 +195,16 @@ func recordVerification(ctx context.Context, env *Env, set Set, v *Verification)
 	if err := env.saveManifest(m); err != nil {
 		return err
 	}
-	tagger, ok := env.Provider.(SnapshotTagger)
-	if !ok || !v.OK {
-		return nil
+	mark := v.Time.Format(time.RFC3339)
+	if !v.OK {
+		mark = verifyFailed + mark
 	}
 	var ids []string
 	for _, sn := range set.Snapshots {
 		ids = append(ids, sn.ID)
 	}
-	if err := tagger.TagSnapshots(ctx, ids, map[string]string{TagVerified: v.Time.Format(time.RFC3339)}); err != nil {
-		return fmt.Errorf("mark set %s verified: %w", set.ID, err)
+	if err := env.Provider.TagSnapshots(ctx, ids, map[string]string{TagVerified: mark}); err != nil {
+		return fmt.Errorf("record the drill on set %s's snapshots: %w", set.ID, err)
 	}
 	return nil
 }

@@ -187,4 +187,9 @@ type Provider interface {
 	// DescribeSnapshots lists snapshots tagged with stack.
 	DescribeSnapshots(ctx context.Context, stack string) ([]Snapshot, error)
 	DeleteSnapshot(ctx context.Context, snapshotID string) error
+	// TagSnapshots adds tags to existing snapshots, overwriting keys they already have, so a
+	// set's later state (verified by a drill, found partial) is seen from every machine. It
+	// refuses snapshots without a stack tag and any change of that tag, and changes nothing
+	// unless every snapshot exists (a missing one is ErrNotFound).
+	TagSnapshots(ctx context.Context, snapshotIDs []string, tags map[string]string) error
 }

@@ -6,4 +6,10 @@
 // create call itself, and the provider enforces rules EC2 enforces but moto does not (attach
 // refusals, references before deleting a security group, the exact set of a multi-volume
 // snapshot), so tests against moto exercise them.
+//
+// Describes of instances and volumes by id, its own and the SDK waiters', are coalesced: while
+// one is in flight the ids asked for meanwhile go out together in the next call, so a stack of
+// thirty hosts waits with a handful of requests rather than one per host. AWS errors read as
+// their code and message ("InvalidAMIID.NotFound: ... (EC2 RunInstances)"), with the SDK's error
+// kept in the chain.
 package aws

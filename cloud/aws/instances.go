@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -63,7 +64,7 @@ func (p *Provider) describeInstances(ctx context.Context, filters ...ec2types.Fi
 
 // instancesByID describes ids, terminated ones included; unknown ids are ErrNotFound.
 func (p *Provider) instancesByID(ctx context.Context, ids []string) (map[string]ec2types.Instance, error) {
-	out, err := p.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: ids})
+	out, err := p.desc.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: ids})
 	if err != nil {
 		return nil, wrap(err, "describe instances %v", ids)
 	}
@@ -105,12 +106,12 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	tags[cloud.TagName] = spec.Name
 	if spec.ClientToken != "" {
 		tags[tagToken] = spec.ClientToken
-		found, err := p.describeInstances(ctx, stackFilter(stack), filter("tag:"+tagToken, spec.ClientToken))
+		found, err := p.byToken(ctx, stack, spec.ClientToken)
 		if err != nil {
 			return cloud.Instance{}, fmt.Errorf("create instance %s: %w", spec.Name, err)
 		}
-		if len(found) > 0 {
-			return p.waitRunning(ctx, found[0].ID)
+		if found != "" {
+			return p.waitRunning(ctx, found)
 		}
 	}
 	in := &ec2.RunInstancesInput{
@@ -147,13 +148,57 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 		if st := i.State; st != nil && (st.Name == ec2types.InstanceStateNameTerminated || st.Name == ec2types.InstanceStateNameShuttingDown) {
 			continue
 		}
+		p.remember(stack, spec.ClientToken, aws.ToString(i.InstanceId))
 		return p.waitRunning(ctx, aws.ToString(i.InstanceId))
 	}
 	return cloud.Instance{}, fmt.Errorf("run instance %s: client token %s used by 5 terminated instances", spec.Name, spec.ClientToken)
 }
 
+// byToken returns the live instance of stack tagged with token, or "": from the last Describe of
+// the stack when it is fresh, else from EC2.
+func (p *Provider) byToken(ctx context.Context, stack, token string) (string, error) {
+	p.mu.Lock()
+	snap, ok := p.seen[stack]
+	p.mu.Unlock()
+	if ok && time.Since(snap.at) < snapshotTTL {
+		return snap.tokens[token].ID, nil
+	}
+	found, err := p.describeInstances(ctx, stackFilter(stack), filter("tag:"+tagToken, token))
+	if err != nil || len(found) == 0 {
+		return "", err
+	}
+	return found[0].ID, nil
+}
+
+// remember adds a created instance to the stack's token snapshot, so that a second
+// CreateInstance with the same token finds it.
+func (p *Provider) remember(stack, token, id string) {
+	if token == "" {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if snap, ok := p.seen[stack]; ok {
+		snap.tokens[token] = cloud.Instance{ID: id}
+	}
+}
+
+// forget drops instances from the token snapshots: a replacement created with the same token
+// must not find the instance it replaces.
+func (p *Provider) forget(ids []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, snap := range p.seen {
+		for token, in := range snap.tokens {
+			if slices.Contains(ids, in.ID) {
+				delete(snap.tokens, token)
+			}
+		}
+	}
+}
+
 func (p *Provider) waitRunning(ctx context.Context, id string) (cloud.Instance, error) {
-	w := ec2.NewInstanceRunningWaiter(p.ec2, func(o *ec2.InstanceRunningWaiterOptions) {
+	w := ec2.NewInstanceRunningWaiter(p.desc, func(o *ec2.InstanceRunningWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	out, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, p.opts.WaitTimeout)
@@ -191,10 +236,11 @@ func (p *Provider) TerminateInstances(ctx context.Context, ids []string) error {
 	if len(todo) == 0 {
 		return nil
 	}
+	p.forget(todo)
 	if _, err := p.ec2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: todo}); err != nil {
 		return wrap(err, "terminate %v", todo)
 	}
-	w := ec2.NewInstanceTerminatedWaiter(p.ec2, func(o *ec2.InstanceTerminatedWaiterOptions) {
+	w := ec2.NewInstanceTerminatedWaiter(p.desc, func(o *ec2.InstanceTerminatedWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	if err := w.Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: todo}, p.opts.WaitTimeout); err != nil {

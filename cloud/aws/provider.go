@@ -34,9 +34,27 @@ type Options struct {
 // Provider is the AWS cloud.Provider.
 type Provider struct {
 	ec2  *ec2.Client
+	desc *describeClient // describes by id, coalesced
 	elb  *elb.Client
 	opts Options
+
+	mu sync.Mutex
+	// seen is each stack's instances by client token, from the last Describe: CreateInstance
+	// looks a token up there instead of asking EC2 again for every instance.
+	seen map[string]tokenSnapshot
 }
+
+// tokenSnapshot is the live instances of a stack by client token, as Describe saw them at.
+type tokenSnapshot struct {
+	at     time.Time
+	tokens map[string]cloud.Instance
+}
+
+// snapshotTTL is how long a Describe stands in for CreateInstance's own token lookup. Within it,
+// an instance created elsewhere with the same token is still found by RunInstances itself on
+// AWS (the client token); moto ignores client tokens, and there only a concurrent apply of the
+// same stack could slip through.
+const snapshotTTL = 2 * time.Minute
 
 // tagToken records the client token on an instance: moto ignores ClientToken, and AWS returns a
 // terminated instance for a reused token, so the provider looks instances up by this tag first.
@@ -66,7 +84,8 @@ func New(cfg aws.Config, opts Options) *Provider {
 			})
 		})
 	}
-	return &Provider{ec2: ec2.NewFromConfig(cfg), elb: elb.NewFromConfig(cfg), opts: opts}
+	c := ec2.NewFromConfig(cfg)
+	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, seen: map[string]tokenSnapshot{}}
 }
 
 // Name implements cloud.Provider.
@@ -101,9 +120,36 @@ func notFound(err error) bool {
 	return false
 }
 
-// wrap adds context and maps AWS not-found codes to cloud.ErrNotFound.
+// apiError is an AWS error cut to what an operator acts on: the code and message AWS sent and
+// the operation, without the SDK's transport detail (status, request id, retries). The SDK's
+// error stays in the chain for errors.As.
+type apiError struct{ err error }
+
+func (e apiError) Error() string {
+	var ae smithy.APIError
+	if !errors.As(e.err, &ae) {
+		return e.err.Error()
+	}
+	s := ae.ErrorCode()
+	if m := ae.ErrorMessage(); m != "" {
+		s += ": " + m
+	}
+	var oe *smithy.OperationError
+	if errors.As(e.err, &oe) {
+		s += " (" + oe.Service() + " " + oe.Operation() + ")"
+	}
+	return s
+}
+
+func (e apiError) Unwrap() error { return e.err }
+
+// wrap adds context, shortens AWS errors to their code and message, and maps AWS not-found codes
+// to cloud.ErrNotFound.
 func wrap(err error, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
+	if apiCode(err) != "" {
+		err = apiError{err}
+	}
 	if notFound(err) {
 		return fmt.Errorf("%s: %w: %w", msg, cloud.ErrNotFound, err)
 	}
@@ -160,10 +206,35 @@ func (p *Provider) Describe(ctx context.Context, stack string) (*cloud.Resources
 	run(func() (err error) { r.KeyPairs, err = p.describeKeyPairs(ctx, stack); return })
 	run(func() (err error) { r.LoadBalancers, err = p.describeLoadBalancers(ctx, stack); return })
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("describe stack %s: %w", stack, err)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("describe stack %s: %w", stack, firstAPIError(errs))
 	}
+	snap := tokenSnapshot{at: time.Now(), tokens: map[string]cloud.Instance{}}
+	for _, in := range r.Instances {
+		if t := in.Tags[tagToken]; t != "" {
+			snap.tokens[t] = in
+		}
+	}
+	p.mu.Lock()
+	p.seen[stack] = snap
+	p.mu.Unlock()
 	return r, nil
+}
+
+// firstAPIError picks, of the failed listings of one Describe (usually failing for one cause,
+// such as credentials), the first that carries an AWS error code, and says how many more failed.
+func firstAPIError(errs []error) error {
+	first := errs[0]
+	for _, e := range errs {
+		if apiCode(e) != "" {
+			first = e
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return first
+	}
+	return fmt.Errorf("%w (and %d more listings failed)", first, len(errs)-1)
 }
 
 // EnsureKeyPair implements cloud.Provider.

@@ -135,3 +135,44 @@ func (p *Provider) DeleteSnapshot(ctx context.Context, snapshotID string) error 
 	}
 	return nil
 }
+
+// tagBatch bounds the resources of one CreateTags or DescribeSnapshots call (AWS allows 1,000
+// resource ids to CreateTags and recommends smaller batches).
+const tagBatch = 200
+
+// TagSnapshots implements cloud.Provider: it checks every snapshot exists and belongs to a
+// stack, then tags them with CreateTags, in batches.
+func (p *Provider) TagSnapshots(ctx context.Context, snapshotIDs []string, tags map[string]string) error {
+	if len(snapshotIDs) == 0 || len(tags) == 0 {
+		return nil
+	}
+	for ids := range slices.Chunk(snapshotIDs, tagBatch) {
+		out, err := p.ec2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
+		if err != nil {
+			return wrap(err, "tag snapshots: describe %s", ids[0])
+		}
+		found := map[string]ec2types.Snapshot{}
+		for _, s := range out.Snapshots {
+			found[aws.ToString(s.SnapshotId)] = s
+		}
+		for _, id := range ids {
+			s, ok := found[id]
+			if !ok {
+				return fmt.Errorf("tag snapshots: snapshot %s: %w", id, cloud.ErrNotFound)
+			}
+			stack := fromEC2Tags(s.Tags)[cloud.TagStack]
+			if stack == "" {
+				return refuse("snapshot %s is not tagged %s: instactl does not own it", id, cloud.TagStack)
+			}
+			if v, ok := tags[cloud.TagStack]; ok && v != stack {
+				return refuse("snapshot %s belongs to stack %q; tags may not move it to %q", id, stack, v)
+			}
+		}
+	}
+	for ids := range slices.Chunk(snapshotIDs, tagBatch) {
+		if _, err := p.ec2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: ids, Tags: ec2Tags(tags)}); err != nil {
+			return wrap(err, "tag snapshots %s", ids[0])
+		}
+	}
+	return nil
+}

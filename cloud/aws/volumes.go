@@ -45,7 +45,7 @@ func (p *Provider) describeVolumes(ctx context.Context, filters ...ec2types.Filt
 }
 
 func (p *Provider) volume(ctx context.Context, id string) (cloud.Volume, error) {
-	out, err := p.ec2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+	out, err := p.desc.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
 	if err != nil {
 		return cloud.Volume{}, wrap(err, "describe volume %s", id)
 	}
@@ -78,7 +78,7 @@ func (p *Provider) CreateVolume(ctx context.Context, spec cloud.VolumeSpec) (clo
 		return cloud.Volume{}, wrap(err, "create volume in %s", spec.Zone)
 	}
 	id := aws.ToString(out.VolumeId)
-	w := ec2.NewVolumeAvailableWaiter(p.ec2, func(o *ec2.VolumeAvailableWaiterOptions) {
+	w := ec2.NewVolumeAvailableWaiter(p.desc, func(o *ec2.VolumeAvailableWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	wo, err := w.WaitForOutput(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}}, p.opts.WaitTimeout)
@@ -141,7 +141,7 @@ func (p *Provider) AttachVolume(ctx context.Context, volumeID, instanceID, devic
 	}); err != nil {
 		return wrap(err, "attach %s to %s at %s", volumeID, instanceID, device)
 	}
-	w := ec2.NewVolumeInUseWaiter(p.ec2, func(o *ec2.VolumeInUseWaiterOptions) {
+	w := ec2.NewVolumeInUseWaiter(p.desc, func(o *ec2.VolumeInUseWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	if err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}}, p.opts.WaitTimeout); err != nil {
@@ -171,7 +171,7 @@ func (p *Provider) DetachVolume(ctx context.Context, volumeID, instanceID, devic
 	}); err != nil {
 		return wrap(err, "detach %s from %s", volumeID, instanceID)
 	}
-	w := ec2.NewVolumeAvailableWaiter(p.ec2, func(o *ec2.VolumeAvailableWaiterOptions) {
+	w := ec2.NewVolumeAvailableWaiter(p.desc, func(o *ec2.VolumeAvailableWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	if err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}}, p.opts.WaitTimeout); err != nil {
@@ -198,7 +198,7 @@ func (p *Provider) DeleteVolume(ctx context.Context, volumeID string) error {
 	if _, err := p.ec2.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: aws.String(volumeID)}); err != nil && !notFound(err) {
 		return wrap(err, "delete volume %s", volumeID)
 	}
-	w := ec2.NewVolumeDeletedWaiter(p.ec2, func(o *ec2.VolumeDeletedWaiterOptions) {
+	w := ec2.NewVolumeDeletedWaiter(p.desc, func(o *ec2.VolumeDeletedWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	if err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}}, p.opts.WaitTimeout); err != nil {

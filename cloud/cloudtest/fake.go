@@ -561,4 +561,32 @@ func (f *Fake) DeleteSnapshot(ctx context.Context, snapshotID string) error {
 	return nil
 }
 
+// TagSnapshots implements cloud.Provider.
+func (f *Fake) TagSnapshots(ctx context.Context, snapshotIDs []string, tags map[string]string) error {
+	if len(snapshotIDs) == 0 || len(tags) == 0 {
+		return nil
+	}
+	if err := f.begin(ctx, "TagSnapshots", snapshotIDs[0]); err != nil {
+		return err
+	}
+	defer f.mu.Unlock()
+	for _, id := range snapshotIDs {
+		s, ok := f.snaps[id]
+		if !ok {
+			return fmt.Errorf("snapshot %s: %w", id, cloud.ErrNotFound)
+		}
+		stack := s.Tags[cloud.TagStack]
+		if stack == "" {
+			return refuse("snapshot %s has no stack tag", id)
+		}
+		if v, ok := tags[cloud.TagStack]; ok && v != stack {
+			return refuse("snapshot %s belongs to stack %q, not %q", id, stack, v)
+		}
+	}
+	for _, id := range snapshotIDs {
+		maps.Copy(f.snaps[id].Tags, tags)
+	}
+	return nil
+}
+
 var _ cloud.Provider = (*Fake)(nil)

@@ -55,6 +55,7 @@ func RunWith(t *testing.T, cfg Config, newProvider func(t *testing.T) cloud.Prov
 		{"KeyPair", testKeyPair},
 		{"LoadBalancer", testLoadBalancer},
 		{"Snapshots", testSnapshots},
+		{"SnapshotTags", testSnapshotTags},
 		{"StackIsolation", testIsolation},
 	}
 	for _, tc := range tests {
@@ -504,6 +505,53 @@ func testSnapshots(e *env) {
 	e.must(err, "describe snapshots")
 	if len(listed) != 0 {
 		e.Errorf("snapshots left: %+v", listed)
+	}
+}
+
+func testSnapshotTags(e *env) {
+	zone := e.cfg.Zones[0]
+	in := e.instance(e.stack, "pg", 0, zone)
+	var set []string
+	for _, dev := range []string{"/dev/sdf", "/dev/sdg"} {
+		v := e.volume(e.stack, zone, 1)
+		e.must(e.p.AttachVolume(e.ctx, v.ID, in.ID, dev), "attach "+dev)
+		set = append(set, v.ID)
+	}
+	snaps, err := e.p.CreateSnapshots(e.ctx, in.ID, set, map[string]string{cloud.TagStack: e.stack, cloud.TagSet: "set-t", "state": "complete"})
+	e.must(err, "create snapshots")
+	ids := []string{snaps[0].ID, snaps[1].ID}
+	e.must(e.p.TagSnapshots(e.ctx, ids, map[string]string{"state": "verified", "verified-at": "2026-01-02T03:04:05Z"}), "tag snapshots")
+	e.must(e.p.TagSnapshots(e.ctx, nil, map[string]string{"state": "x"}), "tag no snapshots")
+	tagsOf := func() map[string]map[string]string {
+		listed, err := e.p.DescribeSnapshots(e.ctx, e.stack)
+		e.must(err, "describe snapshots")
+		out := map[string]map[string]string{}
+		for _, s := range listed {
+			out[s.ID] = s.Tags
+		}
+		return out
+	}
+	for id, tags := range tagsOf() {
+		if tags["state"] != "verified" || tags["verified-at"] != "2026-01-02T03:04:05Z" || tags[cloud.TagSet] != "set-t" || tags[cloud.TagStack] != e.stack {
+			e.Errorf("snapshot %s after tagging: tags %v, want state overwritten, verified-at added, set and stack kept", id, tags)
+		}
+	}
+	missing := "snap-0123456789abcdef0"
+	err = e.p.TagSnapshots(e.ctx, []string{ids[0], missing}, map[string]string{"state": "partial"})
+	if !errors.Is(err, cloud.ErrNotFound) {
+		e.Errorf("tagging a missing snapshot: %v, want ErrNotFound", err)
+	}
+	other := e.newStack("-b")
+	if err := e.p.TagSnapshots(e.ctx, ids[:1], map[string]string{cloud.TagStack: other}); err == nil {
+		e.Errorf("moving a snapshot to another stack by tagging was accepted")
+	}
+	for id, tags := range tagsOf() {
+		if tags["state"] != "verified" || tags[cloud.TagStack] != e.stack {
+			e.Errorf("snapshot %s changed by a refused tagging: %v", id, tags)
+		}
+	}
+	for _, id := range ids {
+		e.must(e.p.DeleteSnapshot(e.ctx, id), "delete snapshot")
 	}
 }
 

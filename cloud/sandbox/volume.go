@@ -415,3 +415,33 @@ func (p *Provider) DeleteSnapshot(ctx context.Context, snapshotID string) error 
 		return nil
 	})
 }
+
+// TagSnapshots adds tags to snapshots in one state update: all of them or none.
+func (p *Provider) TagSnapshots(ctx context.Context, snapshotIDs []string, tags map[string]string) error {
+	if len(snapshotIDs) == 0 || len(tags) == 0 {
+		return nil
+	}
+	return p.update(func(s *state) error {
+		var snaps []*cloud.Snapshot
+		for _, id := range snapshotIDs {
+			sn, err := s.snapshot(id)
+			if err != nil {
+				return fmt.Errorf("tag snapshots: %w", err)
+			}
+			st, err := stackOf("snapshot", sn.ID, sn.Tags)
+			if err != nil {
+				return fmt.Errorf("tag snapshots: %w", err)
+			}
+			if v, ok := tags[cloud.TagStack]; ok && v != st {
+				return fmt.Errorf("tag snapshots: snapshot %s belongs to stack %q; tags may not move it to %q", sn.ID, st, v)
+			}
+			snaps = append(snaps, sn)
+		}
+		for _, sn := range snaps {
+			for k, v := range tags {
+				sn.Tags[k] = v
+			}
+		}
+		return nil
+	})
+}

@@ -377,9 +377,9 @@ func provisionCompute(ctx context.Context, f *Factory, replace []string) (*stack
 	if err != nil {
 		return nil, nil, provision.Plan{}, err
 	}
-	actual, err := p.Describe(ctx, st.Name)
+	actual, err := p.Describe(ctx, st.Name) // its errors name the stack
 	if err != nil {
-		return nil, nil, provision.Plan{}, fmt.Errorf("describe stack %s: %w", st.Name, err)
+		return nil, nil, provision.Plan{}, err
 	}
 	plan := provision.Compute(desired, actual)
 	for _, addr := range replace {
@@ -517,16 +517,43 @@ func provisionExecute(ctx context.Context, f *Factory, out Output, p cloud.Provi
 		return rerr
 	}
 	if err != nil {
-		code := ExitError
-		for _, r := range results {
-			if r.Action != provision.NoOp && r.Err == "" && !r.Skipped {
-				code = ExitPartial // some changes were made
-				break
-			}
-		}
-		return withCode(code, err)
+		return provisionFailure(plan, results, err)
 	}
 	return nil
+}
+
+// provisionFailure is the error that ends an apply that did not complete: one line per failed
+// change with the provider's error (for AWS its error code and message), what was made before
+// the failure, and the next step. Exit 5 when something was made, 1 when nothing was.
+func provisionFailure(plan provision.Plan, results []provision.Result, err error) error {
+	var failed, made []string
+	skipped := 0
+	for i, r := range results {
+		switch {
+		case r.Action == provision.NoOp:
+		case r.Skipped:
+			skipped++
+		case r.Err != "":
+			failed = append(failed, fmt.Sprintf("\n  %s: %s", r.Address, r.Err))
+		default:
+			made = append(made, strings.TrimSpace(r.Address+" "+provisionResultID(plan, i, r)))
+		}
+	}
+	var b strings.Builder
+	if len(failed) == 0 { // interrupted: nothing failed by itself
+		b.WriteString(err.Error())
+	} else {
+		fmt.Fprintf(&b, "apply %s: %d change(s) failed, %d skipped because of them:%s", plan.Stack, len(failed), skipped, strings.Join(failed, ""))
+	}
+	code := ExitError
+	if len(made) > 0 {
+		code = ExitPartial
+		fmt.Fprintf(&b, "\nmade before the failure and kept (%d): %s", len(made), strings.Join(made, ", "))
+	} else {
+		b.WriteString("\nno change was completed")
+	}
+	b.WriteString("\nfix the cause and run instactl apply again: it picks up where this run stopped, without duplicates")
+	return withCode(code, errors.New(b.String()))
 }
 
 // provisionNonNil makes an empty plan's changes [] rather than null in JSON.

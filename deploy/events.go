@@ -100,7 +100,8 @@ func ErrorLine(err error) string {
 		return ""
 	}
 	s := strings.Join(strings.Fields(err.Error()), " ")
-	const max = 400
+	// Long enough for a host key refusal's whole fix command (ssh-keygen -R ... && ssh-keyscan ...).
+	const max = 1000
 	if len(s) > max {
 		s = s[:max/2-2] + " ... " + s[len(s)-max/2+3:]
 	}

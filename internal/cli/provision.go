@@ -545,15 +545,15 @@ func provisionFailure(plan provision.Plan, results []provision.Result, err error
 	} else {
 		fmt.Fprintf(&b, "apply %s: %d change(s) failed, %d skipped because of them:%s", plan.Stack, len(failed), skipped, strings.Join(failed, ""))
 	}
-	code := ExitError
+	// A failed apply exits 1 even when it made some resources: the stack is not what the file
+	// says, and the re-run that finishes it is the next step either way.
 	if len(made) > 0 {
-		code = ExitPartial
 		fmt.Fprintf(&b, "\nmade before the failure and kept (%d): %s", len(made), strings.Join(made, ", "))
 	} else {
 		b.WriteString("\nno change was completed")
 	}
 	b.WriteString("\nfix the cause and run instactl apply again: it picks up where this run stopped, without duplicates")
-	return withCode(code, errors.New(b.String()))
+	return withCode(ExitError, errors.New(b.String()))
 }
 
 // provisionNonNil makes an empty plan's changes [] rather than null in JSON.

@@ -301,7 +301,7 @@ func TestProvisionAWS(t *testing.T) {
 	// next apply converges.
 	path4 := provisionAWSStack(t, dir, "igcli", strings.Replace(provisionAWSRoles, "app: {count: 2}", "app: {count: 4}", 1))
 	stdout, stderr, code = provisionFailingApply(t, path4, "app", 3)
-	if code != ExitPartial || !strings.Contains(stdout, "+ instance.app[2]") || !strings.Contains(stdout, "FAILED: injected failure") ||
+	if code != ExitError || !strings.Contains(stdout, "+ instance.app[2]") || !strings.Contains(stdout, "FAILED: injected failure") ||
 		!strings.Contains(stdout, "skipped") || !strings.Contains(stdout, "Apply stopped: 1 added, 0 changed, 0 destroyed, 3 failed or skipped") {
 		t.Fatalf("apply with a failing host: exit %d, want 5\n%s%s", code, stdout, stderr)
 	}

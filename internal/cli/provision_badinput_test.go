@@ -58,7 +58,7 @@ func TestProvisionAWSBadInput(t *testing.T) {
 	badAMI := provisionAWSVariant(t, dir, "igami", "ami-785db401", "ami-0000000000bad0000")
 	stdout, stderr, code := run(t, "--stack", badAMI, "apply", "--yes")
 	lines := provisionFailLines(stderr, "InvalidAMIID.NotFound")
-	if code != ExitPartial || len(lines) != 5 || !strings.Contains(stderr, "5 change(s) failed") ||
+	if code != ExitError || len(lines) != 5 || !strings.Contains(stderr, "5 change(s) failed") ||
 		!strings.Contains(stderr, "made before the failure and kept") || !strings.Contains(stderr, "sg.app sg-") ||
 		!strings.Contains(stderr, "volume.pg[0].sdf vol-") || !strings.Contains(stderr, "run instactl apply again") {
 		t.Fatalf("apply with an unknown image: exit %d, %d InvalidAMIID.NotFound lines; want 5 and 5 lines\n%s%s", code, len(lines), stdout, stderr)
@@ -78,7 +78,7 @@ func TestProvisionAWSBadInput(t *testing.T) {
 	// An unknown instance type fails only that role's host.
 	badType := provisionAWSVariant(t, dir, "igtype", "memcached: {count: 1}", "memcached: {count: 1, instance_type: c9.huge}")
 	stdout, stderr, code = run(t, "--stack", badType, "apply", "--yes")
-	if lines := provisionFailLines(stderr, "InvalidInstanceType.NotFound"); code != ExitPartial || len(lines) != 1 ||
+	if lines := provisionFailLines(stderr, "InvalidInstanceType.NotFound"); code != ExitError || len(lines) != 1 ||
 		!strings.HasPrefix(lines[0], "  instance.memcached[0]: ") || !strings.Contains(lines[0], "c9.huge") {
 		t.Fatalf("apply with an unknown instance type: exit %d, lines %q\n%s%s", code, lines, stdout, stderr)
 	}

@@ -1,6 +1,7 @@
 package shardmove
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -206,7 +207,13 @@ func copyOne(ctx context.Context, src, dst *pgx.Conn, schema string, t copyTable
 	var wg sync.WaitGroup
 	var errOut error
 	wg.Go(func() {
-		_, errOut = src.PgConn().CopyTo(ctx, pw, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", qt, t.cols))
+		// CopyTo writes one CopyData message (about one row) per Write; buffered, the pipe hands
+		// the writer side large chunks instead of a goroutine switch per row.
+		bw := bufio.NewWriterSize(pw, 256<<10)
+		_, errOut = src.PgConn().CopyTo(ctx, bw, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", qt, t.cols))
+		if errOut == nil {
+			errOut = bw.Flush()
+		}
 		pw.CloseWithError(errOut)
 	})
 	tag, errIn := dst.PgConn().CopyFrom(ctx, pr, fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT binary, FREEZE)", qt, t.cols))

@@ -290,6 +290,11 @@ error_log {{.Prefix}}/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log {{.Prefix}}/access.log;
+    # No client keep-alive: a reload (every register/deregister) makes the old worker close its
+    # idle client connections, and a client that sends on one at that moment gets EOF with no
+    # response -- a lost request that no retry may repeat (POST). One connection per request
+    # costs little on loopback; an ELB drains connections itself.
+    keepalive_timeout 0;
     client_body_temp_path {{.Prefix}}/tmp/body;
     proxy_temp_path {{.Prefix}}/tmp/proxy;
     fastcgi_temp_path {{.Prefix}}/tmp/fastcgi;

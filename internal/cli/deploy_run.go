@@ -107,18 +107,9 @@ func deployRun(ctx context.Context, f *Factory, out Output, o *DeployOptions) er
 	if o.DryRun {
 		return deployRenderPlan(f, out, p)
 	}
-	pool, err := f.SSH(o.AcceptNew)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	prog := deployNewProgress(f.IO, p)
-	d := &deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event}
 	f.IO.Statusf("deploy %s: release %s%s to %d %s hosts in %d batches", p.RunID, a.ID, deployVersionNote(a.Version),
 		len(p.Hosts), env.cfg.Role, len(p.Batches))
-	rep, err := d.Deploy(ctx, p)
-	prog.finish()
-	return deployFinish(f, out, rep, err)
+	return deployExecute(ctx, f, out, env, p, o.AcceptNew, (*deploy.Deployer).Deploy)
 }
 
 // deployResume is `instactl deploy --resume RUN`.
@@ -166,15 +157,21 @@ func deployRollbackRun(ctx context.Context, f *Factory, out Output, o *RollbackO
 	if o.DryRun {
 		return deployRenderPlan(f, out, p)
 	}
-	pool, err := f.SSH(o.AcceptNew)
+	f.IO.Statusf("rollback %s: %d %s hosts to %s", p.RunID, len(p.Hosts), env.cfg.Role, deployOrText(o.To, "their previous release"))
+	return deployExecute(ctx, f, out, env, p, o.AcceptNew, (*deploy.Deployer).Rollback)
+}
+
+// deployExecute runs a deploy or rollback plan over one SSH pool with live progress, and
+// renders the report.
+func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, p *deploy.Plan, acceptNew bool,
+	run func(*deploy.Deployer, context.Context, *deploy.Plan) (*deploy.Report, error)) error {
+	pool, err := f.SSH(acceptNew)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	prog := deployNewProgress(f.IO, p)
-	d := &deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event}
-	f.IO.Statusf("rollback %s: %d %s hosts to %s", p.RunID, len(p.Hosts), env.cfg.Role, deployOrText(o.To, "their previous release"))
-	rep, err := d.Rollback(ctx, p)
+	rep, err := run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event}, ctx, p)
 	prog.finish()
 	return deployFinish(f, out, rep, err)
 }
@@ -236,7 +233,7 @@ func deployArtifact(ctx context.Context, f *Factory, state string, o *DeployOpti
 		os.RemoveAll(tmp)
 		return a, noop, fmt.Errorf("build the app server: %w", err)
 	}
-	f.IO.Statusf("build: release %s%s, %s, in %s", a.ID, deployVersionNote(a.Version), deployBytes(a.Size), time.Since(start).Round(100*time.Millisecond))
+	f.IO.Statusf("build: release %s%s, %s, in %s", a.ID, deployVersionNote(a.Version), humanBytes(a.Size), time.Since(start).Round(100*time.Millisecond))
 	if o.DryRun {
 		return a, func() { os.RemoveAll(tmp) }, nil
 	}
@@ -355,7 +352,7 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 				bytes += h.Bytes
 			}
 		}
-		fmt.Fprintf(w, "  stage    %d hosts uploaded (%s), %d already had it, %s\n", uploaded, deployBytes(bytes),
+		fmt.Fprintf(w, "  stage    %d hosts uploaded (%s), %d already had it, %s\n", uploaded, humanBytes(bytes),
 			len(rep.Hosts)-uploaded, deployMS(rep.StageMS))
 	}
 	var batches []int
@@ -426,18 +423,6 @@ func deployHostRange(hs []deploy.HostReport) string {
 
 func deployMS(ms int64) string {
 	return (time.Duration(ms) * time.Millisecond).Round(100 * time.Millisecond).String()
-}
-
-func deployBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // deployProgress renders a run's events on stderr: one "host | stage status" line per host
@@ -516,7 +501,7 @@ func (p *deployProgress) line(ev deploy.Event) {
 	}
 	msg := ev.Message
 	if ev.Stage == deploy.StageUpload && ev.Status == deploy.StatusOK && ev.Total > 0 {
-		msg = deployBytes(ev.Total)
+		msg = humanBytes(ev.Total)
 	}
 	if msg != "" {
 		msg = ": " + msg
@@ -544,7 +529,7 @@ func (p *deployProgress) showUploads() {
 			busy++
 		}
 	}
-	fmt.Fprintf(p.io.ErrOut, "\r\033[Kstaging: %d hosts uploading, %s of %s", busy, deployBytes(sent), deployBytes(total))
+	fmt.Fprintf(p.io.ErrOut, "\r\033[Kstaging: %d hosts uploading, %s of %s", busy, humanBytes(sent), humanBytes(total))
 	p.status = true
 }
 
@@ -616,7 +601,7 @@ func deployRenderReleases(w io.Writer, rels []deploy.HostReleases) error {
 				note = "previous (rollback target)"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, mark, r.ID, r.StagedAt.Local().Format("2006-01-02 15:04:05"),
-				deployBytes(r.Size), note)
+				humanBytes(r.Size), note)
 		}
 	}
 	return tw.Flush()

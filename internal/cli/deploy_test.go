@@ -78,7 +78,7 @@ func TestDeployRenderReport(t *testing.T) {
 	if err := deployRenderReport(&b, rep); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded (3.0 MB), 3 already had it",
+	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded (3.0 MiB), 3 already had it",
 		"batch 1  1   hosts app-0", "batch 2  3   hosts app-1..app-3", "activated 2, rolled-back 1",
 		"app-2  2      rolled-back  health  health: 503 after 30s\n"} {
 		if !strings.Contains(b.String(), want) {

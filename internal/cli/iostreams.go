@@ -52,3 +52,17 @@ func render(io *IOStreams, out Output, v any, text func(w io.Writer) error) erro
 	}
 	return text(io.Out)
 }
+
+// humanBytes renders a byte count in binary units ("18.5 MiB"), the one way every view shows sizes.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for v := n / unit; v >= unit; v /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

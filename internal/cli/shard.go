@@ -600,19 +600,6 @@ func shardCollectLoads(ctx context.Context, e *shardEnv, mp shardmap.Map, sample
 	return rep, nil
 }
 
-func shardHumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for v := n / unit; v >= unit; v /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // ---- shard map ----
 
 // ShardMapOptions are the flags of `instactl shard map`.
@@ -710,7 +697,7 @@ func shardRenderMap(w io.Writer, v ShardMapView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SHARD\tSCHEMA\tNODE\tEPOCH\tSTATE\tSIZE\tWRITES")
 	for _, s := range v.Shards {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%d\n", s.Shard, s.Schema, s.Node, s.Epoch, s.State, shardHumanBytes(s.Bytes), s.Writes)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%d\n", s.Shard, s.Schema, s.Node, s.Epoch, s.State, humanBytes(s.Bytes), s.Writes)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -723,7 +710,7 @@ func shardRenderMap(w io.Writer, v ShardMapView) error {
 			fmt.Fprintf(tw, "%s\t%d\t-\t-\t-\n", n.Name, n.Shards)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.1f\n", n.Name, n.Shards, shardHumanBytes(n.Bytes), n.Writes, n.WritesPerSec)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.1f\n", n.Name, n.Shards, humanBytes(n.Bytes), n.Writes, n.WritesPerSec)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -1553,7 +1540,7 @@ func shardRenderRebalance(w io.Writer, f *Factory, rep ShardRebalanceReport, app
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SHARD\tFROM\tTO\tSIZE\tLOAD")
 	for _, m := range p.Moves {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.4f\n", m.Shard, m.From, m.To, shardHumanBytes(m.Bytes), m.Load)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.4f\n", m.Shard, m.From, m.To, humanBytes(m.Bytes), m.Load)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -10,7 +10,7 @@ COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X github.com/instactl/instactl/internal/cli.version=$(VERSION) -X github.com/instactl/instactl/internal/cli.commit=$(COMMIT)
 STACK ?= examples/sandbox.yaml
 
-.PHONY: build deps lint test test-short demo demo-down fuzz bench
+.PHONY: build deps lint test test-short soak demo demo-down fuzz bench
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/instactl ./cmd/instactl
@@ -28,6 +28,11 @@ lint:
 # nginx, loop-mounted XFS). With CI=true a missing component fails instead of skipping.
 test: deps lint
 	$(GO) test -count=1 -p 2 -timeout 25m ./...
+
+# The suite N times in a row with one core kept busy (scripts/soak-test.sh): no test may lie under load.
+N ?= 3
+soak:
+	./scripts/soak-test.sh $(N)
 
 test-short: lint
 	$(GO) test -short ./...

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -146,21 +148,36 @@ func TestRunCancelKillsCommand(t *testing.T) {
 }
 
 func testCancelKills(t *testing.T, c *Client) {
-	marker := filepath.Join(t.TempDir(), "survived")
+	dir := t.TempDir()
+	marker, pidFile := filepath.Join(dir, "survived"), filepath.Join(dir, "pid")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	start := time.Now()
-	_, err := c.Run(ctx, Script("sleep 1; touch "+Quote(marker)), nil)
+	// The command would run for a minute: returning at all before then means the cancel worked,
+	// on however loaded a machine.
+	script := "echo $$ >" + Quote(pidFile) + "; sleep 60; touch " + Quote(marker)
+	_, err := c.Run(ctx, Script(script), nil)
 	if err != nil && c.Err() != nil {
 		t.Fatal(c.Err())
 	}
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want deadline exceeded", err)
 	}
-	if d := time.Since(start); d > 1500*time.Millisecond {
-		t.Errorf("Run returned after %v", d)
+	// The remote shell must be gone: wait on the process itself, never on a fixed sleep.
+	b, rerr := os.ReadFile(pidFile)
+	if rerr != nil {
+		t.Fatalf("the command never started: %v", rerr)
 	}
-	time.Sleep(1300 * time.Millisecond)
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	if perr != nil {
+		t.Fatalf("pid file %q: %v", b, perr)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the command (pid %d) survived cancellation", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the command survived cancellation")
 	}

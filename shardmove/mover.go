@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // Config says where the control database is and how the mover reaches the nodes.

@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/instactl/instactl/internal/shardmap"
 	"github.com/instactl/instactl/remote"
+	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/shardmove"
 	"github.com/instactl/instactl/stack"
 )

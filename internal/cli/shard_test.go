@@ -14,7 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/shardmove"
 	"github.com/instactl/instactl/stack"
 )

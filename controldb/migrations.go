@@ -73,6 +73,7 @@ const topologyV2 = `
 CREATE TABLE replication_groups (
 	name text PRIMARY KEY,
 	kind text NOT NULL CHECK (kind IN ('postgres', 'redis')),
+	ordinal int NOT NULL,
 	primary_host text NOT NULL,
 	epoch bigint NOT NULL DEFAULT 1,
 	updated_at timestamptz NOT NULL DEFAULT now()

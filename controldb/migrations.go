@@ -88,6 +88,7 @@ CREATE TABLE replication_members (
 );
 `
 
-// ReadTables are the tables app servers read (the shard map, its registry and the topology):
-// GrantRead gives a role SELECT on them.
-var ReadTables = []string{"shard_map", "shard_nodes", "shard_map_meta", "replication_groups", "replication_members"}
+// ReadTables are the tables app servers read (the shard map, its registry, the topology, and
+// the schema version, so a reader can tell a schema newer than it knows): GrantRead gives a
+// role SELECT on them.
+var ReadTables = []string{"schema_version", "shard_map", "shard_nodes", "shard_map_meta", "replication_groups", "replication_members"}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -205,3 +206,6 @@ func closeAll(conns ...*pgx.Conn) {
 		}
 	}
 }
+
+// AdminDSNs returns, per node, the direct admin DSN the mover uses (Config.AdminDSN).
+func (m *Mover) AdminDSNs() map[string]string { return maps.Clone(m.cfg.AdminDSN) }

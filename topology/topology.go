@@ -183,3 +183,14 @@ func FromStack(st *stack.Stack) (Topology, error) {
 	}
 	return t, nil
 }
+
+// ControlNode returns the group holding the control database (the first Postgres group: the
+// stack's first physical node) and its primary now.
+func (t Topology) ControlNode() (Group, Member, error) {
+	pg := t.OfKind(KindPostgres)
+	if len(pg) == 0 {
+		return Group{}, Member{}, fmt.Errorf("the topology has no PostgreSQL group to hold the control database")
+	}
+	m, err := pg[0].PrimaryMember()
+	return pg[0], m, err
+}

@@ -19,20 +19,6 @@ import (
 	"github.com/instactl/instactl/stack"
 )
 
-func TestShardParseDF(t *testing.T) {
-	out := []byte("Filesystem       1-blocks     Used  Available Capacity Mounted on\n/dev/loop3      520093696 49975296  470118400      10% /var/lib/postgresql\n")
-	n, err := shardParseDF(out)
-	if err != nil || n != 470118400 {
-		t.Fatalf("got %d, %v", n, err)
-	}
-	if _, err := shardParseDF([]byte("df: /nope: No such file or directory\n")); err == nil {
-		t.Fatal("garbage parsed")
-	}
-	if got := shardDFCommand("/var/lib/postgresql/15/main").String(); got != "df -P -B1 -- /var/lib/postgresql/15/main" {
-		t.Fatalf("df command %q", got)
-	}
-}
-
 func TestShardMoveOptions(t *testing.T) {
 	var got *ShardMoveOptions
 	f := NewFactory(&IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}, new(string))
@@ -68,29 +54,6 @@ func TestShardBadInput(t *testing.T) {
 		if code != ExitUsage || !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: exit %d, %q; want 2 and %q", tc.args, code, stderr, tc.want)
 		}
-	}
-}
-
-func TestShardNodesFromStack(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "stack.yaml")
-	data := "name: n\nprovider: sandbox\nnetwork:\n  address_base: 127.0.91.1\nroles:\n  app: {count: 1}\n  pg: {count: 4, replicas: 1, volumes: {count: 1, size_gib: 1, mount: /var/lib/postgresql}}\n"
-	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	st, err := stack.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes, err := shardNodes(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(nodes) != 2 || nodes[0].Name != "pg-0" || nodes[1].Name != "pg-2" ||
-		nodes[0].Addr.String() != "127.0.91.2" || nodes[1].Addr.String() != "127.0.91.4" {
-		t.Fatalf("nodes %+v", nodes)
-	}
-	if got := nodes[1].appDSN("instagram"); got != "postgres://app@127.0.91.4:5432/instagram?sslmode=disable" {
-		t.Fatalf("app dsn %q", got)
 	}
 }
 

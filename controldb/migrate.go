@@ -104,3 +104,17 @@ func Version(ctx context.Context, db DB) (int, error) {
 	}
 	return v, nil
 }
+
+// Snapshot runs read in one repeatable-read, read-only transaction: a consistent view of
+// several tables that also works through PgBouncer in transaction mode.
+func Snapshot(ctx context.Context, db DB, read func(tx pgx.Tx) error) error {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read-only
+	if _, err := tx.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return err
+	}
+	return read(tx)
+}

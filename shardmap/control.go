@@ -153,44 +153,49 @@ func Install(ctx context.Context, conn DB, logicalShards int, nodes []Node) erro
 // Load reads a consistent snapshot of the map (one repeatable-read transaction, so it also works
 // through PgBouncer in transaction mode).
 func Load(ctx context.Context, conn DB) (Map, error) {
-	tx, err := conn.Begin(ctx)
+	var m Map
+	err := controldb.Snapshot(ctx, conn, func(tx pgx.Tx) error {
+		var err error
+		m, err = readMap(ctx, tx)
+		return err
+	})
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: begin: %w", err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // read-only
-	if _, err := tx.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
 		return Map{}, fmt.Errorf("load shard map: %w", err)
 	}
+	return m, nil
+}
+
+func readMap(ctx context.Context, tx pgx.Tx) (Map, error) {
 	m := Map{Nodes: map[string]Node{}}
 	var n int
 	if err := tx.QueryRow(ctx, "SELECT version, logical_shards FROM shard_map_meta").Scan(&m.Version, &n); err != nil {
-		return Map{}, fmt.Errorf("load shard map: read meta (is the shard map installed?): %w", err)
+		return Map{}, fmt.Errorf("read meta (is the shard map installed?): %w", err)
 	}
 	rows, err := tx.Query(ctx, "SELECT name, dsn FROM shard_nodes")
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: nodes: %w", err)
+		return Map{}, fmt.Errorf("nodes: %w", err)
 	}
 	nodes, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: nodes: %w", err)
+		return Map{}, fmt.Errorf("nodes: %w", err)
 	}
 	for _, nd := range nodes {
 		m.Nodes[nd.Name] = nd
 	}
 	rows, err = tx.Query(ctx, "SELECT shard, node, epoch, state FROM shard_map ORDER BY shard")
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: shards: %w", err)
+		return Map{}, fmt.Errorf("shards: %w", err)
 	}
 	m.Shards, err = pgx.CollectRows(rows, pgx.RowToStructByPos[Assignment])
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: shards: %w", err)
+		return Map{}, fmt.Errorf("shards: %w", err)
 	}
 	if len(m.Shards) != n {
-		return Map{}, fmt.Errorf("load shard map: %d shard rows, meta says %d", len(m.Shards), n)
+		return Map{}, fmt.Errorf("%d shard rows, meta says %d", len(m.Shards), n)
 	}
 	for i, a := range m.Shards {
 		if a.Shard != i {
-			return Map{}, fmt.Errorf("load shard map: shard %d missing", i)
+			return Map{}, fmt.Errorf("shard %d missing", i)
 		}
 	}
 	return m, nil

@@ -65,19 +65,24 @@ func Seed(ctx context.Context, db DB, t Topology) error {
 // Load reads the topology recorded in the control database, in one repeatable-read
 // transaction (so it also works through PgBouncer in transaction mode).
 func Load(ctx context.Context, db DB) (Topology, error) {
-	tx, err := db.Begin(ctx)
+	var t Topology
+	err := controldb.Snapshot(ctx, db, func(tx pgx.Tx) error {
+		var err error
+		t, err = readTopology(ctx, tx)
+		return err
+	})
 	if err != nil {
-		return Topology{}, fmt.Errorf("load topology: begin: %w", err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // read-only
-	if _, err := tx.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
 		return Topology{}, fmt.Errorf("load topology: %w", err)
 	}
+	return t, nil
+}
+
+func readTopology(ctx context.Context, tx pgx.Tx) (Topology, error) {
 	rows, err := tx.Query(ctx, `SELECT g.name, g.kind, g.primary_host, g.epoch, m.host, m.address, m.port
 		FROM replication_groups g JOIN replication_members m ON m.group_name = g.name
 		ORDER BY g.ordinal, g.name, m.ordinal`)
 	if err != nil {
-		return Topology{}, fmt.Errorf("load topology (is the control schema migrated? run `instactl shard init`): %w", err)
+		return Topology{}, fmt.Errorf("is the control schema migrated? run `instactl shard init`: %w", err)
 	}
 	t := Topology{Source: SourceControl}
 	var name, kind, primary, host, addr string
@@ -95,10 +100,7 @@ func Load(ctx context.Context, db DB) (Topology, error) {
 		g.Members = append(g.Members, Member{Host: host, Addr: netip.AddrPortFrom(a, uint16(port))})
 		return nil
 	})
-	if err != nil {
-		return Topology{}, fmt.Errorf("load topology: %w", err)
-	}
-	return t, nil
+	return t, err
 }
 
 // Current seeds the control database from the stack's topology where it has no record yet and

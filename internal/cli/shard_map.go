@@ -75,14 +75,11 @@ func shardMapRun(ctx context.Context, f *Factory, out Output, o *ShardMapOptions
 		return err
 	}
 	defer e.close()
-	mp, err := shardLoadMap(ctx, e)
+	rep, err := shardLoads(ctx, e, o.Sample)
 	if err != nil {
 		return err
 	}
-	rep, err := shardCollectLoads(ctx, e, mp, o.Sample)
-	if err != nil {
-		return err
-	}
+	mp := rep.Map
 	v := ShardMapView{Version: mp.Version, LogicalShards: mp.LogicalShards()}
 	if o.Sample > 0 {
 		v.Sample = o.Sample.String()
@@ -135,11 +132,15 @@ func shardRenderMap(w io.Writer, v ShardMapView) error {
 	return err
 }
 
-// shardCollectLoads reads every node's size and write statistics through its primary now.
-func shardCollectLoads(ctx context.Context, e *shardEnv, mp shardmap.Map, sample time.Duration) (*shardmove.LoadReport, error) {
-	admin := e.mover.AdminDSNs()
+// shardLoads reads the shard map and every node's size and write statistics through its
+// primary now.
+func shardLoads(ctx context.Context, e *shardEnv, sample time.Duration) (*shardmove.LoadReport, error) {
+	mp, err := shardLoadMap(ctx, e)
+	if err != nil {
+		return nil, err
+	}
 	if sample > 0 {
 		e.f.IO.Statusf("shard: sampling write rates for %s", sample)
 	}
-	return shardmove.CollectLoads(ctx, mp, admin, sample)
+	return shardmove.CollectLoads(ctx, mp, e.mover.AdminDSNs(), sample)
 }

@@ -91,14 +91,11 @@ func shardRebalanceRun(ctx context.Context, f *Factory, out Output, o *ShardReba
 		return err
 	}
 	defer e.close()
-	mp, err := shardLoadMap(ctx, e)
+	loads, err := shardLoads(ctx, e, o.Sample)
 	if err != nil {
 		return err
 	}
-	loads, err := shardCollectLoads(ctx, e, mp, o.Sample)
-	if err != nil {
-		return err
-	}
+	mp := loads.Map
 	for _, name := range shardmove.SortedNodes(mp) {
 		if msg := loads.Nodes[name].Error; msg != "" {
 			return fmt.Errorf("cannot read the statistics of node %s, so no plan can be trusted: %s", name, msg)

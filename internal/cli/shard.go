@@ -79,13 +79,18 @@ func newShardEnv(ctx context.Context, f *Factory) (*shardEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := st.Role(st.Shards.Role)
-	if r == nil {
-		return nil, usageErrorf("%s: shards.role is %q but the stack has no such role", st.Path, st.Shards.Role)
-	}
 	topo, err := topology.Resolve(ctx, st, "postgres")
 	if err != nil && len(topo.Groups) == 0 {
 		return nil, err
+	}
+	return newShardEnvWith(f, st, topo)
+}
+
+// newShardEnvWith is newShardEnv with the topology already resolved.
+func newShardEnvWith(f *Factory, st *stack.Stack, topo topology.Topology) (*shardEnv, error) {
+	r := st.Role(st.Shards.Role)
+	if r == nil {
+		return nil, usageErrorf("%s: shards.role is %q but the stack has no such role", st.Path, st.Shards.Role)
 	}
 	site := shardmove.Site{Topology: topo, Database: st.Shards.Database, ControlDatabase: st.Shards.ControlDatabase, AppRole: shardAppRole}
 	if len(site.Nodes()) == 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/shardmove"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
 
 func TestShardMoveOptions(t *testing.T) {
@@ -351,5 +352,41 @@ sandbox:
 	stdout, stderr, code = sh("rebalance", "--apply", "--sample", "0", "--max-moves", "1")
 	if code != 0 || !strings.Contains(stdout, "Moved shard 1 pg-2 -> pg-0 (move 5, epoch 1 -> 2)") {
 		t.Fatalf("rebalance --apply: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+
+	// status asks the topology which host is primary: pg-1 streams from pg-0; once the control
+	// database records pg-1 as the primary of pg-0 (as a failover will), status reports pg-0 as
+	// the standby of pg-1 (absent, since nothing was really promoted).
+	replication := func() map[string]string {
+		t.Helper()
+		stdout, stderr, _ := run(t, "--stack", path, "status", "-o", "json")
+		var v struct {
+			Hosts []struct {
+				Name        string `json:"name"`
+				Replication *struct {
+					Primary string `json:"primary"`
+					State   string `json:"state"`
+				} `json:"replication"`
+			} `json:"hosts"`
+		}
+		if err := json.Unmarshal([]byte(stdout), &v); err != nil {
+			t.Fatalf("status: %v\n%s\n%s", err, stdout, stderr)
+		}
+		out := map[string]string{}
+		for _, h := range v.Hosts {
+			if h.Replication != nil {
+				out[h.Name] = h.Replication.Primary + " " + h.Replication.State
+			}
+		}
+		return out
+	}
+	if r := replication(); r["pg-1"] != "pg-0 streaming" || r["pg-0"] != "" {
+		t.Fatalf("replication before the change: %v", r)
+	}
+	if _, err := topology.RecordPrimary(context.Background(), adminCtl, "pg-0", "pg-1", 1); err != nil {
+		t.Fatal(err)
+	}
+	if r := replication(); r["pg-0"] != "pg-1 absent" || r["pg-1"] != "" {
+		t.Fatalf("replication after pg-1 is recorded as the primary of pg-0: %v", r)
 	}
 }

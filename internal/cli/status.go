@@ -116,7 +116,7 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 		}
 	}
 	if st.Role(st.Shards.Role) != nil {
-		s.Shards, err = statusShards(ctx, f)
+		s.Shards, err = statusShards(ctx, f, st, topo)
 		if err != nil {
 			s.ShardError = firstLineOf(err)
 		}
@@ -165,8 +165,8 @@ func statusBackups(ctx context.Context, f *Factory) ([]StatusBackup, error) {
 	return out, nil
 }
 
-func statusShards(ctx context.Context, f *Factory) ([]StatusShards, error) {
-	e, err := newShardEnv(ctx, f)
+func statusShards(ctx context.Context, f *Factory, st *stack.Stack, topo topology.Topology) ([]StatusShards, error) {
+	e, err := newShardEnvWith(f, st, topo)
 	if err != nil {
 		return nil, err
 	}

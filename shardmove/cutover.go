@@ -10,7 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // CutoverReport is the journal record of a finished cutover (the details of step "cutover").

@@ -26,6 +26,9 @@
 // and bounded: if it would exceed [Options.WindowBound] before the flip, the source is unfenced
 // and nothing has changed.
 //
+// [InitSite] makes a stack's shards exist (control database, grants, the shard map, every
+// shard schema) on a [Site]: the PostgreSQL groups of the topology, reached at their primary
+// now. [CollectLoads] reads every shard's size and write rate, [FreeBytes] a node's free disk.
 // [Rebalance] is a pure planner proposing moves that even out node load.
 //
 // The package never prints; progress goes to [Options.Progress].

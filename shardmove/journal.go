@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/instactl/instactl/controldb"
 )
 
 // Move states recorded in shard_moves.state.
@@ -52,51 +54,10 @@ const (
 	KindRollback = "rollback"
 )
 
-const journalDDL = `
-CREATE TABLE IF NOT EXISTS shard_moves (
-	id bigserial PRIMARY KEY,
-	shard int NOT NULL,
-	from_node text NOT NULL,
-	to_node text NOT NULL,
-	from_epoch bigint NOT NULL,
-	kind text NOT NULL DEFAULT 'move',
-	parent_id bigint REFERENCES shard_moves (id),
-	state text NOT NULL,
-	step text NOT NULL,
-	error text,
-	plan jsonb NOT NULL,
-	hot_ranges jsonb,
-	window_ms double precision,
-	cutover_attempts int NOT NULL DEFAULT 0,
-	created_at timestamptz NOT NULL DEFAULT now(),
-	updated_at timestamptz NOT NULL DEFAULT now(),
-	moved_at timestamptz,
-	finished_at timestamptz
-);
-CREATE UNIQUE INDEX IF NOT EXISTS shard_moves_one_open ON shard_moves (shard)
-	WHERE state NOT IN ('completed', 'aborted', 'rolled_back') AND kind = 'move';
-CREATE UNIQUE INDEX IF NOT EXISTS shard_moves_one_open_rollback ON shard_moves (shard)
-	WHERE state NOT IN ('completed', 'aborted', 'rolled_back') AND kind = 'rollback';
-CREATE TABLE IF NOT EXISTS shard_move_steps (
-	id bigserial PRIMARY KEY,
-	move_id bigint NOT NULL REFERENCES shard_moves (id),
-	step text NOT NULL,
-	status text NOT NULL,
-	started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-	finished_at timestamptz,
-	error text,
-	details jsonb
-);
-CREATE INDEX IF NOT EXISTS shard_move_steps_move ON shard_move_steps (move_id, id);
-`
-
-// InstallJournal creates the move journal tables in the control database (idempotent).
+// InstallJournal makes sure the move journal tables exist in the control database: the
+// control schema is owned and migrated by controldb (idempotent).
 func InstallJournal(ctx context.Context, ctl *pgx.Conn) error {
-	if _, err := ctl.Exec(ctx, "SELECT pg_advisory_lock(hashtext('shardmove_journal'))"); err != nil {
-		return fmt.Errorf("install move journal: lock: %w", err)
-	}
-	defer ctl.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext('shardmove_journal'))") //nolint:errcheck
-	if _, err := ctl.Exec(ctx, journalDDL); err != nil {
+	if _, err := controldb.Migrate(ctx, ctl); err != nil {
 		return fmt.Errorf("install move journal: %w", err)
 	}
 	return nil

@@ -17,8 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
 	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/shardmap"
 )
 
 const testShards = 104

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // Config says where the control database is and how the mover reaches the nodes.
@@ -205,3 +206,6 @@ func closeAll(conns ...*pgx.Conn) {
 		}
 	}
 }
+
+// AdminDSNs returns, per node, the direct admin DSN the mover uses (Config.AdminDSN).
+func (m *Mover) AdminDSNs() map[string]string { return maps.Clone(m.cfg.AdminDSN) }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // Check is one pre-check of a move plan.

@@ -20,8 +20,8 @@ import (
 
 	"github.com/instactl/instactl/internal/app"
 	"github.com/instactl/instactl/internal/app/apptest"
-	"github.com/instactl/instactl/internal/shardmap"
 	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/shardmap"
 )
 
 type client struct {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/instactl/instactl/internal/shardmap"
 	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // BenchmarkOwnerMapping stores photo -> owner mappings three ways and reports Redis memory per

@@ -114,7 +114,11 @@ func newCmdSandboxStatus(f *Factory, out func() Output) *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			rep, err := status.Collect(cmd.Context(), st, p, pool)
+			topo, err := statusTopology(cmd.Context(), st)
+			if err != nil {
+				return err
+			}
+			rep, err := status.Collect(cmd.Context(), st, topo, p, pool)
 			if err != nil {
 				return err
 			}

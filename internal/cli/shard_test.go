@@ -14,24 +14,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/shardmove"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
-
-func TestShardParseDF(t *testing.T) {
-	out := []byte("Filesystem       1-blocks     Used  Available Capacity Mounted on\n/dev/loop3      520093696 49975296  470118400      10% /var/lib/postgresql\n")
-	n, err := shardParseDF(out)
-	if err != nil || n != 470118400 {
-		t.Fatalf("got %d, %v", n, err)
-	}
-	if _, err := shardParseDF([]byte("df: /nope: No such file or directory\n")); err == nil {
-		t.Fatal("garbage parsed")
-	}
-	if got := shardDFCommand("/var/lib/postgresql/15/main").String(); got != "df -P -B1 -- /var/lib/postgresql/15/main" {
-		t.Fatalf("df command %q", got)
-	}
-}
 
 func TestShardMoveOptions(t *testing.T) {
 	var got *ShardMoveOptions
@@ -68,29 +55,6 @@ func TestShardBadInput(t *testing.T) {
 		if code != ExitUsage || !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: exit %d, %q; want 2 and %q", tc.args, code, stderr, tc.want)
 		}
-	}
-}
-
-func TestShardNodesFromStack(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "stack.yaml")
-	data := "name: n\nprovider: sandbox\nnetwork:\n  address_base: 127.0.91.1\nroles:\n  app: {count: 1}\n  pg: {count: 4, replicas: 1, volumes: {count: 1, size_gib: 1, mount: /var/lib/postgresql}}\n"
-	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	st, err := stack.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes, err := shardNodes(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(nodes) != 2 || nodes[0].Name != "pg-0" || nodes[1].Name != "pg-2" ||
-		nodes[0].Addr.String() != "127.0.91.2" || nodes[1].Addr.String() != "127.0.91.4" {
-		t.Fatalf("nodes %+v", nodes)
-	}
-	if got := nodes[1].appDSN("instagram"); got != "postgres://app@127.0.91.4:5432/instagram?sslmode=disable" {
-		t.Fatalf("app dsn %q", got)
 	}
 }
 
@@ -388,5 +352,41 @@ sandbox:
 	stdout, stderr, code = sh("rebalance", "--apply", "--sample", "0", "--max-moves", "1")
 	if code != 0 || !strings.Contains(stdout, "Moved shard 1 pg-2 -> pg-0 (move 5, epoch 1 -> 2)") {
 		t.Fatalf("rebalance --apply: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+
+	// status asks the topology which host is primary: pg-1 streams from pg-0; once the control
+	// database records pg-1 as the primary of pg-0 (as a failover will), status reports pg-0 as
+	// the standby of pg-1 (absent, since nothing was really promoted).
+	replication := func() map[string]string {
+		t.Helper()
+		stdout, stderr, _ := run(t, "--stack", path, "status", "-o", "json")
+		var v struct {
+			Hosts []struct {
+				Name        string `json:"name"`
+				Replication *struct {
+					Primary string `json:"primary"`
+					State   string `json:"state"`
+				} `json:"replication"`
+			} `json:"hosts"`
+		}
+		if err := json.Unmarshal([]byte(stdout), &v); err != nil {
+			t.Fatalf("status: %v\n%s\n%s", err, stdout, stderr)
+		}
+		out := map[string]string{}
+		for _, h := range v.Hosts {
+			if h.Replication != nil {
+				out[h.Name] = h.Replication.Primary + " " + h.Replication.State
+			}
+		}
+		return out
+	}
+	if r := replication(); r["pg-1"] != "pg-0 streaming" || r["pg-0"] != "" {
+		t.Fatalf("replication before the change: %v", r)
+	}
+	if _, err := topology.RecordPrimary(context.Background(), adminCtl, "pg-0", "pg-1", 1); err != nil {
+		t.Fatal(err)
+	}
+	if r := replication(); r["pg-0"] != "pg-1 absent" || r["pg-1"] != "" {
+		t.Fatalf("replication after pg-1 is recorded as the primary of pg-0: %v", r)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/deploy"
 	"github.com/instactl/instactl/internal/status"
+	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 	"github.com/spf13/cobra"
 )
 
@@ -86,7 +88,11 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 		return nil, err
 	}
 	defer pool.Close()
-	rep, err := status.Collect(ctx, st, prov, pool)
+	topo, err := statusTopology(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := status.Collect(ctx, st, topo, prov, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -110,12 +116,22 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 		}
 	}
 	if st.Role(st.Shards.Role) != nil {
-		s.Shards, err = statusShards(ctx, f)
+		s.Shards, err = statusShards(ctx, f, st, topo)
 		if err != nil {
 			s.ShardError = firstLineOf(err)
 		}
 	}
 	return s, nil
+}
+
+// statusTopology asks the control database for the primaries now; before `shard init` (or
+// with its node down) the stack file's topology is the best answer there is.
+func statusTopology(ctx context.Context, st *stack.Stack) (topology.Topology, error) {
+	topo, err := topology.Resolve(ctx, st, "postgres")
+	if err != nil && len(topo.Groups) == 0 {
+		return topo, err
+	}
+	return topo, nil
 }
 
 func statusBackups(ctx context.Context, f *Factory) ([]StatusBackup, error) {
@@ -149,8 +165,8 @@ func statusBackups(ctx context.Context, f *Factory) ([]StatusBackup, error) {
 	return out, nil
 }
 
-func statusShards(ctx context.Context, f *Factory) ([]StatusShards, error) {
-	e, err := newShardEnv(f)
+func statusShards(ctx context.Context, f *Factory, st *stack.Stack, topo topology.Topology) ([]StatusShards, error) {
+	e, err := newShardEnvWith(f, st, topo)
 	if err != nil {
 		return nil, err
 	}
@@ -160,8 +176,8 @@ func statusShards(ctx context.Context, f *Factory) ([]StatusShards, error) {
 		return nil, err
 	}
 	counts := map[string]*StatusShards{}
-	for _, n := range e.nodes {
-		counts[n.Name] = &StatusShards{Node: n.Name}
+	for _, name := range e.site.NodeNames() {
+		counts[name] = &StatusShards{Node: name}
 	}
 	for _, a := range mp.Shards {
 		c, ok := counts[a.Node]

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/instactl/instactl/internal/app/apptest"
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

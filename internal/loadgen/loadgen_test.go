@@ -14,7 +14,7 @@ import (
 
 	"github.com/instactl/instactl/internal/app/apptest"
 	"github.com/instactl/instactl/internal/loadgen"
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // TestRunAndVerify drives a real app server (two Postgres nodes, Redis, memcached, moto) and

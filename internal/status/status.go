@@ -15,6 +15,7 @@ import (
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
+	"github.com/instactl/instactl/topology"
 )
 
 // Service is one service on a host.
@@ -76,8 +77,9 @@ type Report struct {
 }
 
 // Collect builds the report: inventory from the provider, then one SSH command per host, in
-// parallel over pool.
-func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remote.Pool) (*Report, error) {
+// parallel over pool. topo says which host of each replication group is primary now (a
+// failover changes it, the stack file does not).
+func Collect(ctx context.Context, st *stack.Stack, topo topology.Topology, p cloud.Provider, pool *remote.Pool) (*Report, error) {
 	inv, err := provision.Inventory(ctx, p, st.Name)
 	if err != nil {
 		return nil, err
@@ -116,7 +118,7 @@ func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remot
 	replicas := map[string]replicaLine{}
 	results := pool.FanOut(ctx, targets, 32, func(ctx context.Context, c *remote.Client, t remote.Target) error {
 		h := byTarget[t.Name]
-		cmd, err := hostCommand(st, h)
+		cmd, err := hostCommand(st, topo, h)
 		if err != nil {
 			return err
 		}
@@ -135,7 +137,7 @@ func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remot
 			byTarget[r.Target.Name].Error = firstLine(r.Err.Error())
 		}
 	}
-	attachReplication(st, rep.Hosts, replicas)
+	attachReplication(topo, rep.Hosts, replicas)
 	sort.Slice(rep.Hosts, func(i, j int) bool { return less(st, rep.Hosts[i], rep.Hosts[j]) })
 	rep.Healthy = len(rep.Missing) == 0 && len(rep.Hosts) > 0
 	for _, h := range rep.Hosts {
@@ -148,7 +150,7 @@ func Collect(ctx context.Context, st *stack.Stack, p cloud.Provider, pool *remot
 
 // hostCommand is one shell script printing key=value lines: bootstrap state, each service's
 // state through the host's service manager, and the app's current release.
-func hostCommand(st *stack.Stack, h *Host) (remote.Command, error) {
+func hostCommand(st *stack.Stack, topo topology.Topology, h *Host) (remote.Command, error) {
 	d, err := templates.FromStack(st, h.Role, h.Index, h.Address, h.Address)
 	if err != nil {
 		return nil, err
@@ -160,7 +162,8 @@ func hostCommand(st *stack.Stack, h *Host) (remote.Command, error) {
 		fmt.Fprintf(&b, "if %s >/dev/null 2>&1; then echo service.%s=running; else echo service.%s=stopped; fi\n",
 			remote.Quote(templates.StatusCommand(d.ServiceManager, s.Name)...), s.Name, s.Name)
 	}
-	if r := st.Role(h.Role); r != nil && r.Replicas > 0 && r.IsPrimary(h.Index) {
+	if g, ok := topo.GroupOf(h.Name); ok && len(g.Members) > 1 && g.Primary == h.Name {
+		r := st.Role(h.Role)
 		switch h.Role {
 		case templates.RolePostgres:
 			// One line per standby, named by the application_name the bootstrap gives it (its
@@ -223,13 +226,13 @@ func parse(h *Host, out string, replicas map[string]replicaLine) {
 	}
 }
 
-// attachReplication gives every replica host what its primary said about it; a replica its
-// primary does not list is "absent", which the operator must see.
-func attachReplication(st *stack.Stack, hosts []Host, replicas map[string]replicaLine) {
+// attachReplication gives every standby of a replication group what its primary now said
+// about it; a standby its primary does not list is "absent", which the operator must see.
+func attachReplication(topo topology.Topology, hosts []Host, replicas map[string]replicaLine) {
 	for i := range hosts {
 		h := &hosts[i]
-		r := st.Role(h.Role)
-		if r == nil || r.Replicas == 0 || r.IsPrimary(h.Index) {
+		g, ok := topo.GroupOf(h.Name)
+		if !ok || g.Primary == h.Name {
 			continue
 		}
 		rl, ok := replicas[h.Name] // postgres: by application_name
@@ -241,7 +244,7 @@ func attachReplication(st *stack.Stack, hosts []Host, replicas map[string]replic
 			h.Replication = &rep
 			continue
 		}
-		h.Replication = &Replication{Primary: stack.HostName(h.Role, r.PrimaryOf(h.Index)), State: "absent"}
+		h.Replication = &Replication{Primary: g.Primary, State: "absent"}
 	}
 }
 

@@ -1,9 +1,11 @@
 package status
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
 
 func TestParseAndReplication(t *testing.T) {
@@ -24,7 +26,11 @@ func TestParseAndReplication(t *testing.T) {
 		{Name: "pg-3", Role: "pg", Index: 3, Address: "127.0.10.6", Reachable: true, Bootstrap: "done"},
 		{Name: "redis-1", Role: "redis", Index: 1, Address: "127.0.10.8", Reachable: true, Bootstrap: "done"},
 	}
-	attachReplication(st, hosts, replicas)
+	topo, err := topology.FromStack(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attachReplication(topo, hosts, replicas)
 	if r := hosts[0].Replication; r == nil || r.State != "streaming" || r.LagBytes != 4096 || r.LagSeconds != 0.25 || r.Primary != "pg-0" {
 		t.Errorf("pg-1 replication: %+v", r)
 	}
@@ -33,5 +39,47 @@ func TestParseAndReplication(t *testing.T) {
 	}
 	if r := hosts[2].Replication; r == nil || r.State != "online" || r.LagBytes != 100 {
 		t.Errorf("redis-1 replication: %+v", r)
+	}
+}
+
+// TestReplicationAfterFailover: once the topology records pg-1 as the primary of pg-0, pg-0 is
+// the standby status reports on, under pg-1, and pg-1 is asked for its standbys.
+func TestReplicationAfterFailover(t *testing.T) {
+	st, err := stack.Parse("s.yaml", stack.Example())
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo, err := topology.FromStack(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo.Groups[0].Primary, topo.Groups[0].Epoch = "pg-1", 2
+	replicas := map[string]replicaLine{}
+	pg1 := &Host{Name: "pg-1", Role: "pg", Index: 1, Address: "127.0.10.4"}
+	parse(pg1, "bootstrap=done\nreplica.pg-0=streaming,0,0.000\n", replicas)
+	hosts := []Host{
+		{Name: "pg-0", Role: "pg", Index: 0, Address: "127.0.10.3"},
+		{Name: "pg-1", Role: "pg", Index: 1, Address: "127.0.10.4"},
+	}
+	attachReplication(topo, hosts, replicas)
+	if r := hosts[0].Replication; r == nil || r.Primary != "pg-1" || r.State != "streaming" {
+		t.Errorf("pg-0, standby of pg-1 now: %+v", r)
+	}
+	if r := hosts[1].Replication; r != nil {
+		t.Errorf("pg-1, the primary now, has replication %+v", r)
+	}
+	cmd, err := hostCommand(st, topo, &Host{Name: "pg-1", Role: "pg", Index: 1, Address: "127.0.10.4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(cmd.String(), "pg_stat_replication") {
+		t.Errorf("the primary now is not asked for its standbys:\n%s", cmd.String())
+	}
+	cmd, err = hostCommand(st, topo, &Host{Name: "pg-0", Role: "pg", Index: 0, Address: "127.0.10.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(cmd.String(), "pg_stat_replication") {
+		t.Errorf("the old primary, a standby now, is asked for standbys:\n%s", cmd.String())
 	}
 }

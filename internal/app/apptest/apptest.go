@@ -19,8 +19,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/instactl/instactl/internal/app"
-	"github.com/instactl/instactl/internal/shardmap"
 	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // Components are the running backing services.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/instactl/instactl/controldb"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel a map change is announced on; the payload is the
@@ -87,25 +89,7 @@ func (m Map) ShardsOn(node string) []int {
 	return out
 }
 
-const controlDDL = `
-CREATE TABLE IF NOT EXISTS shard_nodes (
-	name text PRIMARY KEY,
-	dsn text NOT NULL
-);
-CREATE TABLE IF NOT EXISTS shard_map (
-	shard int PRIMARY KEY,
-	node text NOT NULL REFERENCES shard_nodes (name),
-	epoch bigint NOT NULL DEFAULT 1,
-	state text NOT NULL DEFAULT 'active'
-);
-CREATE TABLE IF NOT EXISTS shard_map_meta (
-	singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
-	version bigint NOT NULL,
-	logical_shards int NOT NULL
-);
-`
-
-// Install creates the control schema, registers nodes (updating their DSNs) and assigns
+// Install migrates the control schema (controldb.Migrate), registers nodes (updating their DSNs) and assigns
 // logicalShards shards round robin over nodes. It is idempotent: existing assignments are kept,
 // and a different logicalShards than the installed one is an error (resharding is not a re-install).
 func Install(ctx context.Context, conn DB, logicalShards int, nodes []Node) error {
@@ -115,6 +99,9 @@ func Install(ctx context.Context, conn DB, logicalShards int, nodes []Node) erro
 	if len(nodes) == 0 {
 		return errors.New("install shard map: no nodes")
 	}
+	if _, err := controldb.Migrate(ctx, conn); err != nil {
+		return fmt.Errorf("install shard map: %w", err)
+	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("install shard map: begin: %w", err)
@@ -122,9 +109,6 @@ func Install(ctx context.Context, conn DB, logicalShards int, nodes []Node) erro
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('shard_map_install'))"); err != nil {
 		return fmt.Errorf("install shard map: lock: %w", err)
-	}
-	if _, err := tx.Exec(ctx, controlDDL); err != nil {
-		return fmt.Errorf("install shard map: schema: %w", err)
 	}
 	var installed int
 	err = tx.QueryRow(ctx, "SELECT logical_shards FROM shard_map_meta").Scan(&installed)
@@ -169,44 +153,49 @@ func Install(ctx context.Context, conn DB, logicalShards int, nodes []Node) erro
 // Load reads a consistent snapshot of the map (one repeatable-read transaction, so it also works
 // through PgBouncer in transaction mode).
 func Load(ctx context.Context, conn DB) (Map, error) {
-	tx, err := conn.Begin(ctx)
+	var m Map
+	err := controldb.Snapshot(ctx, conn, func(tx pgx.Tx) error {
+		var err error
+		m, err = readMap(ctx, tx)
+		return err
+	})
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: begin: %w", err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // read-only
-	if _, err := tx.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
 		return Map{}, fmt.Errorf("load shard map: %w", err)
 	}
+	return m, nil
+}
+
+func readMap(ctx context.Context, tx pgx.Tx) (Map, error) {
 	m := Map{Nodes: map[string]Node{}}
 	var n int
 	if err := tx.QueryRow(ctx, "SELECT version, logical_shards FROM shard_map_meta").Scan(&m.Version, &n); err != nil {
-		return Map{}, fmt.Errorf("load shard map: read meta (is the shard map installed?): %w", err)
+		return Map{}, fmt.Errorf("read meta (is the shard map installed?): %w", err)
 	}
 	rows, err := tx.Query(ctx, "SELECT name, dsn FROM shard_nodes")
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: nodes: %w", err)
+		return Map{}, fmt.Errorf("nodes: %w", err)
 	}
 	nodes, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: nodes: %w", err)
+		return Map{}, fmt.Errorf("nodes: %w", err)
 	}
 	for _, nd := range nodes {
 		m.Nodes[nd.Name] = nd
 	}
 	rows, err = tx.Query(ctx, "SELECT shard, node, epoch, state FROM shard_map ORDER BY shard")
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: shards: %w", err)
+		return Map{}, fmt.Errorf("shards: %w", err)
 	}
 	m.Shards, err = pgx.CollectRows(rows, pgx.RowToStructByPos[Assignment])
 	if err != nil {
-		return Map{}, fmt.Errorf("load shard map: shards: %w", err)
+		return Map{}, fmt.Errorf("shards: %w", err)
 	}
 	if len(m.Shards) != n {
-		return Map{}, fmt.Errorf("load shard map: %d shard rows, meta says %d", len(m.Shards), n)
+		return Map{}, fmt.Errorf("%d shard rows, meta says %d", len(m.Shards), n)
 	}
 	for i, a := range m.Shards {
 		if a.Shard != i {
-			return Map{}, fmt.Errorf("load shard map: shard %d missing", i)
+			return Map{}, fmt.Errorf("shard %d missing", i)
 		}
 	}
 	return m, nil

@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/instactl/instactl/internal/shardmap"
 	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/shardmap"
 )
 
 func TestIDParts(t *testing.T) {

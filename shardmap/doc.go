@@ -1,7 +1,8 @@
 // Package shardmap is the shared contract between the app servers and the shard mover: the
-// control-database schema (shard map, node registry, map version), the per-shard schema with
-// Instagram's next_id(), the fence that stops writes to a shard being moved, and the compare-and-set
-// flip that re-routes a logical shard to another physical node.
+// shard map, node registry and map version in the control database (whose tables package
+// controldb creates and migrates), the per-shard schema with Instagram's next_id(), the fence
+// that stops writes to a shard being moved, and the compare-and-set flip that re-routes a
+// logical shard to another physical node.
 //
 // IDs are 64 bits: 41 bits of milliseconds since [EpochMillis], 13 bits of logical shard, 10 bits
 // of a per-shard sequence mod 1024. [ShardOf] and [IDTime] read them back.

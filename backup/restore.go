@@ -242,11 +242,7 @@ func startRestored(ctx context.Context, o *RestoreOptions, c *remote.Client, r *
 		return waitPG(ctx, c, cmds, o.pgBin(), r)
 	case TargetRedis:
 		r.DataDir = r.Mount
-		file := "dump.rdb"
-		if r.Manifest != nil && r.Manifest.Redis != nil && r.Manifest.Redis.RDBPath != "" {
-			file = path.Base(r.Manifest.Redis.RDBPath)
-		}
-		if _, err := runCmd(ctx, c, cmds.root(redisStartCommand(r.Mount, file, r.Address, r.Port, restoreLog(r.Set)))); err != nil {
+		if _, err := runCmd(ctx, c, cmds.root(redisStartCommand(r.Mount, restoredRDBFile(r), r.Address, r.Port, restoreLog(r.Set)))); err != nil {
 			return fmt.Errorf("restore %s: start redis on %s: %w", r.Set, r.Host, err)
 		}
 		return waitRedis(ctx, c, r)

@@ -156,8 +156,10 @@ func NewCmdBackupCreate(f *Factory, out func() Output, runF func(*BackupCreateOp
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Snapshot the replicas of the backup targets, one set per replica (for cron)",
-		Long: `Back up the first replica of every Postgres node and the Redis replica. Per replica, in order:
-take its backup lock, undo what a killed earlier run left (a frozen volume, paused WAL replay),
+		Long: `Back up the first replica of every Postgres node and the Redis replica. First take the backup
+lock of every one of them, in a fixed order, before touching any: when another run holds one,
+release them all and exit 4 having changed nothing (or wait up to --lock-wait). Then per
+replica, in order: undo what a killed earlier run left (a frozen volume, paused WAL replay),
 check it is safe (Postgres: in recovery, streaming, behind its primary by less than
 backup.max_lag_bytes and backup.max_lag_time; Redis: role slave, link up, no save running),
 checkpoint, arm the thaw guardian, freeze, snapshot every data volume as one set, thaw, record
@@ -170,7 +172,8 @@ Exit codes:
   0  every replica was backed up
   3  skipped as unsafe (e.g. the replica lags or is not streaming); the reason is printed
      and no set was made for that replica
-  4  another run holds the replica's backup lock (its holder is printed); see --lock-wait
+  4  another run holds a replica's backup lock (its holder is printed); nothing was backed
+     up; see --lock-wait
   5  partial: a set was recorded but is not usable (it is marked partial and prune removes
      it), or some replicas were backed up and others failed
   1  failed
@@ -204,7 +207,7 @@ textfile collector at it with --metrics-file.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.Target, "target", backup.TargetAll, "what to back up: pg, redis or all (the stack's backup.targets)")
-	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to this long for another run's lock instead of exiting 4")
+	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to this long in all for other runs' locks instead of exiting 4")
 	fl.BoolVar(&o.AllowCrashConsistent, "allow-crash-consistent", false,
 		"if a freeze fails, snapshot unfrozen instead of aborting (the set is marked crash-consistent)")
 	fl.BoolVarP(&o.Verbose, "verbose", "v", false, "print progress to stderr even when it is not a terminal")

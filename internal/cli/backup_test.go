@@ -133,8 +133,9 @@ func TestBackupMetricsRendering(t *testing.T) {
 
 // TestBackupSandbox drives every backup command against a real sandbox: rows written to the
 // Postgres primary come back from a set restored onto another host, a drill marks a set
-// verified, an unsafe replica exits 3 and creates nothing, a held lock exits 4, and prune
-// deletes nothing without --yes.
+// verified, an unsafe replica exits 3 and creates nothing, a held lock exits 4, of two
+// overlapping runs one backs up everything and the other nothing, and prune deletes nothing
+// without --yes.
 func TestBackupSandbox(t *testing.T) {
 	backupRequireSandbox(t)
 	start := time.Now()
@@ -262,6 +263,32 @@ func TestBackupSandbox(t *testing.T) {
 	}
 	if after := backupList(t, bk); len(after) != len(before)-1 || backupHas(after, redisSet.ID) || !backupHas(after, pgSet.ID) {
 		t.Fatalf("after prune --yes: %+v", after)
+	}
+
+	// Two overlapping cron runs: one backs up every replica and exits 0, the other exits 4
+	// having made nothing (each takes every lock before any host work).
+	n0 := len(backupList(t, bk))
+	type outcome struct {
+		stdout, stderr string
+		code           int
+	}
+	runs := make(chan outcome, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			o, e, c := run(t, "--stack", path, "backup", "create", "--target", "all")
+			runs <- outcome{o, e, c}
+		}()
+	}
+	won, lost := <-runs, <-runs
+	if won.code != 0 {
+		won, lost = lost, won
+	}
+	if won.code != 0 || !strings.HasPrefix(won.stdout, "backup: 2 of 2 sets usable") ||
+		lost.code != ExitLocked || lost.stdout != "" || !strings.Contains(lost.stderr, "is held by") || strings.Contains(lost.stderr, "skipped") {
+		t.Fatalf("overlapping runs: exits %d and %d\n%s%s\n%s%s", won.code, lost.code, won.stdout, won.stderr, lost.stdout, lost.stderr)
+	}
+	if got := len(backupList(t, bk)); got != n0+2 {
+		t.Fatalf("overlapping runs made %d sets, want the winner's 2", got-n0)
 	}
 
 	// A held lock: exit 4 naming the holder.

@@ -834,8 +834,10 @@ func NewCmdBackupVerify(f *Factory, out func() Output, runF func(*BackupVerifyOp
 		Long: `Prove a set restores: restore it onto a scratch host, wait for a consistent open, run the
 checks, record the outcome on the set (list then shows it verified) and clean up the
 restored volumes. Postgres: it accepts queries read-write, the system identifier matches the
-manifest, every user table is counted, pg_amcheck passes. Redis: it loads and DBSIZE equals
-the key count of the RDB.
+manifest, every user table is counted, pg_amcheck passes. Redis: the restored RDB is the one
+the backup checked (sha256), every key without a TTL is loaded, and of the keys with a TTL at
+least those whose TTL has not run out by the drill (keys that expired since the snapshot are
+not counted against it); the output says what was compared.
 
 SET defaults to the newest complete set (of --target, when given).
 

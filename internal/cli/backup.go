@@ -4,15 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/netip"
-	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -239,8 +235,11 @@ func backupCreateRun(ctx context.Context, f *Factory, out Output, o *BackupCreat
 		res = &backup.CreateResult{}
 	}
 	code := backupCreateExitCode(res, cerr)
-	if merr := backupWriteMetrics(d.env, o.MetricsFile, res, ended, start, code); merr != nil {
-		f.IO.Statusf("warning: %v", merr)
+	if o.MetricsFile != "-" {
+		run := backup.CreateRun{Result: res, Ended: ended, Start: start, ExitCode: code}
+		if merr := backup.WriteMetrics(d.env, o.MetricsFile, run); merr != nil {
+			f.IO.Statusf("warning: %v", merr)
+		}
 	}
 	if rerr := render(f.IO, out, res, func(w io.Writer) error {
 		if len(res.Sets) == 0 {
@@ -326,141 +325,6 @@ func backupCreateSummary(res *backup.CreateResult, took time.Duration) string {
 	}
 	return fmt.Sprintf("backup: %d of %d sets usable in %s: %s", complete, len(res.Sets),
 		took.Round(100*time.Millisecond), strings.Join(parts, "; "))
-}
-
-// backupSeries is the metrics state of one target and host, kept between runs so a target that
-// fails keeps reporting its last success.
-type backupSeries struct {
-	Target          string    `json:"target"`
-	Host            string    `json:"host"`
-	LastSuccess     time.Time `json:"last_success"`
-	DurationSeconds float64   `json:"duration_seconds"`
-	FreezeSeconds   float64   `json:"freeze_seconds"`
-	LagBytes        int64     `json:"lag_bytes"`
-	SizeBytes       int64     `json:"size_bytes"`
-}
-
-type backupMetricsState struct {
-	Series          map[string]*backupSeries `json:"series"`
-	LastRun         time.Time                `json:"last_run"`
-	LastRunSeconds  float64                  `json:"last_run_seconds"`
-	LastRunExitCode int                      `json:"last_run_exit_code"`
-}
-
-// backupWriteMetrics updates the metrics state with this run and rewrites the text file.
-func backupWriteMetrics(env backup.Env, file string, res *backup.CreateResult, ended map[string]time.Time, start time.Time, code int) error {
-	if file == "-" {
-		return nil
-	}
-	if file == "" {
-		file = filepath.Join(env.StateDir, "backup.prom")
-	}
-	statePath := filepath.Join(env.StateDir, "backup-metrics.json")
-	st := &backupMetricsState{}
-	if b, err := os.ReadFile(statePath); err == nil {
-		_ = json.Unmarshal(b, st) // a damaged state only loses the history
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("metrics state: %w", err)
-	}
-	if st.Series == nil {
-		st.Series = map[string]*backupSeries{}
-	}
-	now := time.Now()
-	for _, m := range res.Sets {
-		if m.State == backup.StatePartial {
-			continue
-		}
-		end, ok := ended[m.SetID]
-		if !ok {
-			end = now
-		}
-		s := &backupSeries{Target: m.Target, Host: m.Host, LastSuccess: end.UTC(),
-			DurationSeconds: end.Sub(m.StartedAt).Seconds(), FreezeSeconds: m.FreezeDuration.Seconds()}
-		for _, v := range m.Volumes {
-			s.SizeBytes += int64(v.SizeGiB) << 30
-		}
-		if m.Postgres != nil {
-			s.LagBytes = m.Postgres.LagBytes
-		}
-		st.Series[m.Target+"/"+m.Host] = s
-	}
-	st.LastRun, st.LastRunSeconds, st.LastRunExitCode = start.UTC(), now.Sub(start).Seconds(), code
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := backupWriteAtomic(statePath, b); err != nil {
-		return fmt.Errorf("metrics state: %w", err)
-	}
-	if err := backupWriteAtomic(file, []byte(backupRenderMetrics(env.Stack.Name, st))); err != nil {
-		return fmt.Errorf("metrics file: %w", err)
-	}
-	return nil
-}
-
-// backupRenderMetrics renders the Prometheus text exposition format.
-func backupRenderMetrics(stackName string, st *backupMetricsState) string {
-	var b strings.Builder
-	keys := make([]string, 0, len(st.Series))
-	for k := range st.Series {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	gauge := func(name, help string, val func(*backupSeries) (float64, bool)) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
-		for _, k := range keys {
-			s := st.Series[k]
-			if v, ok := val(s); ok {
-				fmt.Fprintf(&b, "%s{stack=%q,target=%q,host=%q} %g\n", name, stackName, s.Target, s.Host, v)
-			}
-		}
-	}
-	gauge("instactl_backup_last_success_timestamp_seconds", "Unix time the last usable set of this replica was recorded.",
-		func(s *backupSeries) (float64, bool) { return float64(s.LastSuccess.Unix()), true })
-	gauge("instactl_backup_duration_seconds", "Duration of the last successful backup of this replica.",
-		func(s *backupSeries) (float64, bool) { return s.DurationSeconds, true })
-	gauge("instactl_backup_freeze_seconds", "How long the replica's volumes were frozen in the last successful backup.",
-		func(s *backupSeries) (float64, bool) { return s.FreezeSeconds, true })
-	gauge("instactl_backup_replica_lag_bytes", "Replay lag of the Postgres standby behind its primary at the last snapshot.",
-		func(s *backupSeries) (float64, bool) { return float64(s.LagBytes), s.Target == backup.TargetPostgres })
-	gauge("instactl_backup_set_size_bytes", "Provisioned size of the volumes in the last successful set.",
-		func(s *backupSeries) (float64, bool) { return float64(s.SizeBytes), true })
-	for _, m := range []struct {
-		name, help string
-		v          float64
-	}{
-		{"instactl_backup_last_run_timestamp_seconds", "Unix time the last backup create run started.", float64(st.LastRun.Unix())},
-		{"instactl_backup_last_run_duration_seconds", "Duration of the last backup create run.", st.LastRunSeconds},
-		{"instactl_backup_last_run_exit_code", "Exit code of the last backup create run (0 ok, 3 unsafe, 4 locked, 5 partial, 1 failed).", float64(st.LastRunExitCode)},
-	} {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n%s{stack=%q} %g\n", m.name, m.help, m.name, m.name, stackName, m.v)
-	}
-	return b.String()
-}
-
-// backupWriteAtomic writes data to path through a temporary file and a rename, so a reader
-// (the node exporter) never sees half a file.
-func backupWriteAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // ---------------------------------------------------------------- list

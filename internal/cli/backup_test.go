@@ -109,28 +109,6 @@ func TestBackupCreateExitCode(t *testing.T) {
 	}
 }
 
-func TestBackupMetricsRendering(t *testing.T) {
-	st := &backupMetricsState{Series: map[string]*backupSeries{
-		"pg/bk-pg-1":       {Target: "pg", Host: "bk-pg-1", LastSuccess: time.Unix(1700000000, 0), DurationSeconds: 2.5, FreezeSeconds: 0.04, LagBytes: 128, SizeBytes: 10 << 30},
-		"redis/bk-redis-1": {Target: "redis", Host: "bk-redis-1", LastSuccess: time.Unix(1700000100, 0), FreezeSeconds: 0.01},
-	}, LastRun: time.Unix(1700000200, 0), LastRunSeconds: 3, LastRunExitCode: 3}
-	got := backupRenderMetrics("bk", st)
-	for _, want := range []string{
-		"# TYPE instactl_backup_last_success_timestamp_seconds gauge\n",
-		`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="bk-pg-1"} 1.7e+09` + "\n",
-		`instactl_backup_freeze_seconds{stack="bk",target="redis",host="bk-redis-1"} 0.01` + "\n",
-		`instactl_backup_replica_lag_bytes{stack="bk",target="pg",host="bk-pg-1"} 128` + "\n",
-		`instactl_backup_last_run_exit_code{stack="bk"} 3` + "\n",
-	} {
-		if !strings.Contains(got, want) {
-			t.Errorf("metrics lack %q:\n%s", want, got)
-		}
-	}
-	if strings.Contains(got, `instactl_backup_replica_lag_bytes{stack="bk",target="redis"`) {
-		t.Error("a redis series has a replication lag metric")
-	}
-}
-
 // TestBackupSandbox drives every backup command against a real sandbox: rows written to the
 // Postgres primary come back from a set restored onto another host, a drill marks a set
 // verified, an unsafe replica exits 3 and creates nothing, a held lock exits 4, of two

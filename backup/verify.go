@@ -56,7 +56,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	set, err := findSet(ctx, opts.Env, opts.Set, opts.Target)
+	set, err := FindSet(ctx, opts.Env, opts.Set, opts.Target)
 	if err != nil {
 		return nil, err
 	}

@@ -2,12 +2,9 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"path"
 	"regexp"
 	"sort"
@@ -17,8 +14,6 @@ import (
 
 	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/cloud"
-	"github.com/instactl/instactl/cloud/sandbox"
-	"github.com/instactl/instactl/stack"
 	"github.com/spf13/cobra"
 )
 
@@ -625,47 +620,25 @@ func backupRestoreRun(ctx context.Context, f *Factory, out Output, o *BackupRest
 	})
 }
 
-// backupFindSet resolves id (or, when empty, the newest complete or verified set of target)
-// and reports an unknown set as bad input.
+// backupFindSet is backup.FindSet with an unknown set reported as bad input (exit 2).
 func backupFindSet(ctx context.Context, env backup.Env, id, target string) (backup.Set, error) {
-	sets, err := backup.List(ctx, env)
-	if err != nil {
-		return backup.Set{}, err
+	s, err := backup.FindSet(ctx, env, id, target)
+	var nf *backup.SetNotFoundError
+	if errors.As(err, &nf) {
+		return s, usageErrorf("%w", err)
 	}
-	for _, s := range sets {
-		if id != "" && s.ID == id {
-			return s, nil
-		}
-		if id == "" && (target == "" || s.Target == target) &&
-			(s.State == backup.StateComplete || s.State == backup.StateVerified) {
-			return s, nil
-		}
-	}
-	if id == "" {
-		what := "backup set"
-		if target != "" {
-			what = target + " backup set"
-		}
-		return backup.Set{}, usageErrorf("there is no complete %s of stack %s; take one with: instactl backup create", what, env.Stack.Name)
-	}
-	return backup.Set{}, usageErrorf("backup set %s does not exist in stack %s; see `instactl backup list`", id, env.Stack.Name)
+	return s, err
 }
 
-// backupFindHost resolves a host argument: a stack host name (pg-0), an instance name or id.
+// backupFindHost is backup.FindHost with an unknown host reported as bad input (exit 2) naming
+// the flag.
 func backupFindHost(ctx context.Context, env backup.Env, flag, name string) (cloud.Instance, error) {
-	res, err := env.Provider.Describe(ctx, env.Stack.Name)
-	if err != nil {
-		return cloud.Instance{}, fmt.Errorf("describe stack %s: %w", env.Stack.Name, err)
+	in, err := backup.FindHost(ctx, env, name)
+	var nf *backup.HostNotFoundError
+	if errors.As(err, &nf) {
+		return in, usageErrorf("%s %w", flag, err)
 	}
-	var names []string
-	for _, in := range res.Instances {
-		if in.ID == name || in.Name == name || in.Name == env.Stack.Name+"-"+name {
-			return in, nil
-		}
-		names = append(names, strings.TrimPrefix(in.Name, env.Stack.Name+"-"))
-	}
-	sort.Strings(names)
-	return cloud.Instance{}, usageErrorf("%s %s: no such host in stack %s (hosts: %s)", flag, name, env.Stack.Name, strings.Join(names, ", "))
+	return in, err
 }
 
 // ---------------------------------------------------------------- verify
@@ -769,7 +742,11 @@ func backupVerifyRun(ctx context.Context, f *Factory, out Output, o *BackupVerif
 		}
 		rep.Scratch = in.Name
 	} else {
-		in, err := backupCreateScratch(ctx, d.env, set.Target)
+		in, err := backup.CreateScratch(ctx, d.env, set.Target)
+		var noScratch *backup.NoScratchError
+		if errors.As(err, &noScratch) {
+			return usageErrorf("%w", err)
+		}
 		if err != nil {
 			return err
 		}
@@ -782,7 +759,7 @@ func backupVerifyRun(ctx context.Context, f *Factory, out Output, o *BackupVerif
 				f.IO.Statusf("verify: scratch host %s (%s) left running as asked", in.Name, in.ID)
 				return
 			}
-			if err := backupTerminateScratch(ctx, d.env, in); err != nil {
+			if err := backup.TerminateScratch(ctx, d.env, in); err != nil {
 				scratchErr = err
 				f.IO.Statusf("verify: %v", err)
 			}
@@ -822,84 +799,6 @@ func backupRenderVerify(w io.Writer, rep *BackupVerifyReport) error {
 	sort.Strings(tables)
 	for _, t := range tables {
 		fmt.Fprintf(w, "  rows  %s %d\n", t, rep.RowCounts[t])
-	}
-	return nil
-}
-
-// backupCreateScratch starts a temporary host for a drill of a target's set. Only the sandbox
-// can: its hosts share this machine's database binaries, so a bare instance can run a restore.
-func backupCreateScratch(ctx context.Context, env backup.Env, target string) (cloud.Instance, error) {
-	st := env.Stack
-	if env.Provider.Name() != "sandbox" {
-		return cloud.Instance{}, usageErrorf("provider %s: pass --scratch HOST (a host of the stack with the %s binaries and a free %s mount point); temporary scratch hosts are created on the sandbox only",
-			env.Provider.Name(), target, backupRoleMount(st, target))
-	}
-	role := st.Role(target)
-	if role == nil || role.Volumes.Mount == "" {
-		return cloud.Instance{}, fmt.Errorf("verify: the stack has no role %s with a volume mount to restore into", target)
-	}
-	res, err := env.Provider.Describe(ctx, st.Name)
-	if err != nil {
-		return cloud.Instance{}, fmt.Errorf("describe stack %s: %w", st.Name, err)
-	}
-	used := map[string]bool{}
-	for _, in := range res.Instances {
-		used[in.PrivateAddress] = true
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	suffix := hex.EncodeToString(b[:])
-	spec := cloud.InstanceSpec{Name: st.Name + "-scratch-" + suffix, Role: "scratch", Zone: st.Zone,
-		ClientToken: "instactl-scratch-" + suffix,
-		Tags:        map[string]string{cloud.TagStack: st.Name, sandbox.TagMounts: role.Volumes.Mount}}
-	// The next free addresses after the stack's hosts: never an address the stack will claim,
-	// never one outside the stack's range.
-	addr := st.Network.AddressBase
-	for range st.Hosts() {
-		addr = addr.Next()
-	}
-	var lastErr error
-	for i := 0; i < 8; i, addr = i+1, addr.Next() {
-		if !addr.IsValid() || !addr.IsLoopback() {
-			break
-		}
-		if used[addr.String()] {
-			continue
-		}
-		spec.Address = addr.String()
-		in, err := env.Provider.CreateInstance(ctx, spec)
-		if err == nil {
-			return in, nil
-		}
-		lastErr = err
-	}
-	if lastErr == nil {
-		lastErr = fmt.Errorf("no free loopback address after %s", backupLastHostAddr(st))
-	}
-	return cloud.Instance{}, fmt.Errorf("verify: create scratch host: %w", lastErr)
-}
-
-func backupLastHostAddr(st *stack.Stack) netip.Addr {
-	a := st.Network.AddressBase
-	for i := 1; i < len(st.Hosts()); i++ {
-		a = a.Next()
-	}
-	return a
-}
-
-func backupRoleMount(st *stack.Stack, target string) string {
-	if r := st.Role(target); r != nil && r.Volumes.Mount != "" {
-		return r.Volumes.Mount
-	}
-	return "data"
-}
-
-// backupTerminateScratch terminates a scratch host, even when ctx was cancelled (Ctrl-C).
-func backupTerminateScratch(ctx context.Context, env backup.Env, in cloud.Instance) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	defer cancel()
-	if err := env.Provider.TerminateInstances(cctx, []string{in.ID}); err != nil {
-		return fmt.Errorf("terminate scratch host %s (%s): %w; remove it with instactl apply or sandbox down", in.Name, in.ID, err)
 	}
 	return nil
 }

@@ -128,3 +128,30 @@ func TestFindSetAndHost(t *testing.T) {
 		t.Errorf("unknown host: %v", err)
 	}
 }
+
+// TestDrillRefusals: an unknown set or scratch host, or no way to make a scratch host, ends the
+// drill before any host is created.
+func TestDrillRefusals(t *testing.T) {
+	ctx := context.Background()
+	set := SetTags("bk", "pg-set", "pg", "pg-1", StateComplete, 1)
+	for _, tc := range []struct {
+		name     string
+		provider string
+		opts     DrillOptions
+		check    func(error) bool
+	}{
+		{"unknown set", "sandbox", DrillOptions{Set: "nope"}, func(err error) bool { var e *SetNotFoundError; return errors.As(err, &e) }},
+		{"no set of target", "sandbox", DrillOptions{Target: "redis"}, func(err error) bool { var e *SetNotFoundError; return errors.As(err, &e) }},
+		{"unknown scratch host", "sandbox", DrillOptions{Scratch: "app-9"}, func(err error) bool { var e *HostNotFoundError; return errors.As(err, &e) }},
+		{"no scratch on aws", "aws", DrillOptions{}, func(err error) bool { var e *NoScratchError; return errors.As(err, &e) }},
+	} {
+		p := &fakeProvider{name: tc.provider, instances: []cloud.Instance{{ID: "i-1", Name: "bk-pg-0"}},
+			snapshots: []cloud.Snapshot{{ID: "snap-1", State: "completed", Tags: set}}}
+		opts := tc.opts
+		opts.Env = Env{Stack: scratchStack(), Provider: p, StateDir: t.TempDir()}
+		res, err := Drill(ctx, opts)
+		if res != nil || !tc.check(err) || len(p.created) != 0 {
+			t.Errorf("%s: %+v, %v, created %d hosts", tc.name, res, err, len(p.created))
+		}
+	}
+}

@@ -653,15 +653,6 @@ type BackupVerifyOptions struct {
 	KeepScratch bool
 }
 
-// BackupVerifyReport is what `instactl backup verify` reports.
-type BackupVerifyReport struct {
-	*backup.VerifyResult
-	// Scratch is the host the drill ran on; ScratchCreated says instactl created it for the
-	// drill (and terminated it, unless KeepScratch).
-	Scratch        string `json:"scratch"`
-	ScratchCreated bool   `json:"scratch_created"`
-}
-
 // NewCmdBackupVerify builds `instactl backup verify`. runF replaces the run in tests.
 func NewCmdBackupVerify(f *Factory, out func() Output, runF func(*BackupVerifyOptions) error) *cobra.Command {
 	o := &BackupVerifyOptions{}
@@ -729,57 +720,29 @@ func backupVerifyRun(ctx context.Context, f *Factory, out Output, o *BackupVerif
 		return err
 	}
 	defer d.close()
-	set, err := backupFindSet(ctx, d.env, o.Set, o.Target)
-	if err != nil {
-		return err
-	}
-	rep := &BackupVerifyReport{}
-	var scratchErr error
-	if o.Scratch != "" {
-		in, err := backupFindHost(ctx, d.env, "--scratch", o.Scratch)
-		if err != nil {
-			return err
-		}
-		rep.Scratch = in.Name
-	} else {
-		in, err := backup.CreateScratch(ctx, d.env, set.Target)
+	rep, verr := backup.Drill(ctx, backup.DrillOptions{Env: d.env, Set: o.Set, Target: o.Target, Scratch: o.Scratch, KeepScratch: o.KeepScratch})
+	if rep == nil {
+		var setNF *backup.SetNotFoundError
+		var hostNF *backup.HostNotFoundError
 		var noScratch *backup.NoScratchError
-		if errors.As(err, &noScratch) {
-			return usageErrorf("%w", err)
+		switch {
+		case errors.As(verr, &hostNF):
+			return usageErrorf("--scratch %w", verr)
+		case errors.As(verr, &setNF), errors.As(verr, &noScratch):
+			return usageErrorf("%w", verr)
 		}
-		if err != nil {
-			return err
-		}
-		rep.Scratch, rep.ScratchCreated = in.Name, true
-		if f.IO.ErrTTY {
-			f.IO.Statusf("verify: scratch host %s (%s) created at %s", in.Name, in.ID, in.PrivateAddress)
-		}
-		defer func() {
-			if o.KeepScratch {
-				f.IO.Statusf("verify: scratch host %s (%s) left running as asked", in.Name, in.ID)
-				return
-			}
-			if err := backup.TerminateScratch(ctx, d.env, in); err != nil {
-				scratchErr = err
-				f.IO.Statusf("verify: %v", err)
-			}
-		}()
-	}
-	res, verr := backup.Verify(ctx, backup.VerifyOptions{Env: d.env, Set: set.ID, ScratchHost: rep.Scratch})
-	if res == nil {
 		return verr
 	}
-	rep.VerifyResult = res
 	if rerr := render(f.IO, out, rep, func(w io.Writer) error { return backupRenderVerify(w, rep) }); rerr != nil {
 		return rerr
 	}
-	if verr != nil {
-		return verr
+	if rep.ScratchCreated && o.KeepScratch {
+		f.IO.Statusf("verify: scratch host %s (%s) left running as asked", rep.Scratch, rep.ScratchID)
 	}
-	return scratchErr
+	return verr
 }
 
-func backupRenderVerify(w io.Writer, rep *BackupVerifyReport) error {
+func backupRenderVerify(w io.Writer, rep *backup.DrillResult) error {
 	v := rep.Verification
 	verdict := "PASSED"
 	if !v.OK {

@@ -84,14 +84,15 @@ func (c commands) lock(holder string, wait time.Duration) remote.Command {
 // armGuardian starts the thaw guardian detached from the SSH session (its own session, no
 // inherited descriptors) and prints its pid. After budget it writes GuardianFiredFile, thaws
 // every mount and, when pgPort > 0, resumes WAL replay of the cluster at pgPort, so nothing stays
-// frozen or paused even if instactl is killed or its connection drops. A normal run kills it
-// (killGuardian) after its own thaw.
+// frozen or paused even if instactl is killed or its connection drops, then removes its pid file
+// (kept in a variable: the mounts are its positional arguments after shift). A normal run kills
+// it (killGuardian) after its own thaw.
 func (c commands) armGuardian(budget time.Duration, pgBin string, pgPort int, mounts []string) remote.Command {
 	guard := `echo $$ >"$1.tmp" && mv "$1.tmp" "$1"; sleep "$2"; date -u +%FT%TZ >"$3"; ` +
-		`port=$4 bin=$5; shift 5; for m in "$@"; do xfs_freeze -u "$m" && echo "guardian thawed $m"; done; ` +
+		`pidfile=$1 port=$4 bin=$5; shift 5; for m in "$@"; do xfs_freeze -u "$m" && echo "guardian thawed $m"; done; ` +
 		`if [ "$port" -gt 0 ]; then runuser -u postgres -- "$bin/psql" -X -q -h ` + pgSocketDir +
 		` -p "$port" -d postgres -c "SELECT pg_wal_replay_resume()" && echo "guardian resumed wal replay"; fi; ` +
-		`rm -f "$1"`
+		`rm -f "$pidfile"`
 	args := append([]string{"setsid", "sh", "-c", guard, guardianMarker, GuardianPIDFile, seconds(budget),
 		GuardianFiredFile, strconv.Itoa(pgPort), pgBin}, mounts...)
 	script := "mkdir -p " + remote.Quote(HostStateDir) + " " + remote.Quote("/var/log/instagram") +

@@ -39,6 +39,7 @@ func TestGuardianCommand(t *testing.T) {
 	for _, want := range []string{
 		`setsid sh -c`, `instactl-thaw-guardian /var/lib/instagram/backup/guardian.pid 2.5 /var/lib/instagram/backup/guardian.fired 5432 /usr/lib/postgresql/15/bin /var/lib/postgresql`,
 		`</dev/null >>/var/log/instagram/backup-guardian.log 2>&1 &`, `sleep "$2"`, `xfs_freeze -u "$m"`, `pg_wal_replay_resume()`,
+		`pidfile=$1 `, `rm -f "$pidfile"`,
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("guardian script lacks %q:\n%s", want, s)
@@ -60,13 +61,16 @@ func TestParsers(t *testing.T) {
 	if err != nil || !st.InRecovery || st.WALReceiver != "streaming" || st.Timeline != 1 || st.PauseState != "not paused" {
 		t.Errorf("parsePGStatus = %+v, %v", st, err)
 	}
-	keys, sum, err := parseCheckRDB("[offset 99] \\o/ RDB looks OK! \\o/\n[info] 12 keys read\n[info] 0 expires\n" +
+	chk, err := parseCheckRDB("[offset 99] \\o/ RDB looks OK! \\o/\n[info] 12 keys read\n[info] 8 expires\n[info] 3 already expired\n" +
 		"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  /var/lib/redis/dump.rdb\n")
-	if err != nil || keys != 12 || len(sum) != 64 {
-		t.Errorf("parseCheckRDB = %d, %q, %v", keys, sum, err)
+	if err != nil || chk.Keys != 12 || chk.Expires != 8 || chk.Expired != 3 || len(chk.SHA256) != 64 {
+		t.Errorf("parseCheckRDB = %+v, %v", chk, err)
 	}
-	if _, _, err := parseCheckRDB("--- RDB ERROR DETECTED ---"); err == nil {
+	if _, err := parseCheckRDB("--- RDB ERROR DETECTED ---"); err == nil {
 		t.Error("parseCheckRDB accepted a failed check")
+	}
+	if k, e := keyspaceCounts("# Keyspace\r\ndb0:keys=9,expires=8,avg_ttl=1200\r\ndb2:keys=3,expires=0,avg_ttl=0\r\n"); k != 12 || e != 8 {
+		t.Errorf("keyspaceCounts = %d keys, %d expires; want 12, 8", k, e)
 	}
 	fs := parseFSInfo("/var/lib/postgresql|/dev/loop3|xfs|1234-abcd\nBEGIN\nmeta-data=/dev/loop3 isize=512 agcount=4, agsize=32768 blks\ndata     =  bsize=4096   blocks=131072, imaxpct=25\nEND\n")
 	if len(fs) != 1 || fs[0].UUID != "1234-abcd" || fs[0].Geometry["data.bsize"] != "4096" || fs[0].Geometry["meta-data.agcount"] != "4" {

@@ -42,13 +42,21 @@ type Options struct {
 	// SaveTimeout bounds the wait for a Redis BGSAVE (default 5m).
 	SaveTimeout time.Duration
 
-	// testHookFrozen runs once every volume is frozen, before the snapshot call.
-	testHookFrozen func()
+	// testHook runs at named points of each replica's run: "armed" (guardian armed, WAL replay
+	// paused, nothing frozen yet), "frozen" (every volume frozen, before the snapshot call) and
+	// "snapshotted" (thawed, guardian stopped, before the manifest is saved).
+	testHook func(point string)
 }
 
 // CreateResult is what Create did: one manifest per set taken (partial ones included).
 type CreateResult struct {
 	Sets []*Manifest `json:"sets"`
+}
+
+func (o *Options) hook(point string) {
+	if o.testHook != nil {
+		o.testHook(point)
+	}
 }
 
 func (o *Options) budget() time.Duration {
@@ -81,10 +89,13 @@ func (o *Options) maxLagSeconds() time.Duration {
 	return DefaultMaxLagTime
 }
 
-// Create backs up the replicas of the target roles, one set per replica. Each set is taken
-// under the replica's lock, after crash recovery and the safety gate. The result lists every
-// set recorded; the error joins each host's failure (*UnsafeError, *LockedError, *PartialError
-// or another error).
+// Create backs up the replicas of the target roles, one set per replica. It first takes the
+// backup lock of every replica it is to back up, in a stable order, before any work on any
+// host: when another run holds one of them it releases those it took and returns
+// *LockedError having touched nothing, so that of two overlapping runs one backs up every
+// replica and the other none. Each set is then taken after crash recovery and the safety gate.
+// The result lists every set recorded; the error joins each host's failure (*UnsafeError,
+// *LockedError, *PartialError or another error).
 func Create(ctx context.Context, opts Options) (*CreateResult, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
@@ -95,6 +106,7 @@ func Create(ctx context.Context, opts Options) (*CreateResult, error) {
 	}
 	res := &CreateResult{}
 	var errs []error
+	var jobs []job
 	for _, t := range targets {
 		hosts, err := opts.replicas(ctx, t)
 		if err != nil {
@@ -102,16 +114,90 @@ func Create(ctx context.Context, opts Options) (*CreateResult, error) {
 			continue
 		}
 		for _, h := range hosts {
-			m, err := createOne(ctx, &opts, h, kind(t))
-			if m != nil {
-				res.Sets = append(res.Sets, m)
-			}
-			if err != nil {
-				errs = append(errs, err)
-			}
+			jobs = append(jobs, job{h: h, kind: kind(t)})
+		}
+	}
+	held, lockErrs := lockAll(ctx, &opts, jobs)
+	defer held.release()
+	errs = append(errs, lockErrs...)
+	var locked *LockedError
+	if errors.As(errors.Join(lockErrs...), &locked) {
+		return res, errors.Join(errs...) // lockAll released every lock it took: nothing was touched
+	}
+	for _, j := range held {
+		m, err := createOne(ctx, &opts, j)
+		if m != nil {
+			res.Sets = append(res.Sets, m)
+		}
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return res, errors.Join(errs...)
+}
+
+// job is one replica to back up, with its connection and lock once held.
+type job struct {
+	h    host
+	kind string
+	c    *remote.Client
+	lock *hostLock
+}
+
+// heldJobs are the jobs whose lock is held.
+type heldJobs []job
+
+// release lets go of every lock and connection. Locks go first: a closed connection would end
+// its lock too, but Release waits for the remote process to exit.
+func (hs heldJobs) release() {
+	for _, j := range hs {
+		_ = j.lock.Release() // the lock also ends with the connection
+		j.c.Close()
+	}
+}
+
+// lockAll takes the backup lock of every job's host, in host name order, so that two runs
+// over overlapping sets never each hold a part and wait on the other. A host that cannot be
+// reached or has no data volumes is left out with its error; the others are still backed up.
+// When a lock is held by another run (after waiting up to opts.LockWait in all) every lock
+// taken is released and the *LockedError returned: the run must then touch nothing.
+func lockAll(ctx context.Context, o *Options, jobs []job) (heldJobs, []error) {
+	jobs = slices.Clone(jobs)
+	slices.SortStableFunc(jobs, func(a, b job) int { return strings.Compare(a.h.name(), b.h.name()) })
+	holder := holderText(o.now())
+	deadline := time.Now().Add(o.LockWait)
+	var held heldJobs
+	var errs []error
+	for _, j := range jobs {
+		if j.h.role.Volumes.Mount == "" || len(j.h.volumes) == 0 {
+			errs = append(errs, fmt.Errorf("backup %s: it has no data volumes (role %s declares volumes.mount and volumes.count)", j.h.name(), j.h.role.Name))
+			continue
+		}
+		c, err := o.dial(ctx, j.h.inst)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		wait := time.Until(deadline)
+		if o.LockWait <= 0 || wait < 0 {
+			wait = 0
+		}
+		l, err := acquireLock(ctx, c, o.cmds(), j.h.name(), holder, wait)
+		var locked *LockedError
+		if errors.As(err, &locked) {
+			c.Close()
+			held.release()
+			return nil, append(errs, err)
+		}
+		if err != nil {
+			c.Close()
+			errs = append(errs, err)
+			continue
+		}
+		j.c, j.lock = c, l
+		held = append(held, j)
+	}
+	return held, errs
 }
 
 // run is one backup of one replica in progress.
@@ -135,32 +221,20 @@ func newSetID(now time.Time, hostName string) string {
 	return now.UTC().Format("20060102T150405Z") + "-" + hostName + "-" + hex.EncodeToString(b[:])
 }
 
-func createOne(ctx context.Context, o *Options, h host, kind string) (*Manifest, error) {
+// createOne backs up the replica of j, whose lock is held.
+func createOne(ctx context.Context, o *Options, j job) (*Manifest, error) {
 	start := o.now()
-	r := &run{o: o, h: h, cmds: o.cmds(), kind: kind, mounts: []string{h.role.Volumes.Mount}}
+	h := j.h
+	r := &run{o: o, h: h, c: j.c, cmds: o.cmds(), kind: j.kind, mounts: []string{h.role.Volumes.Mount}}
 	r.m = &Manifest{Format: ManifestFormat, SetID: newSetID(start, h.name()), Stack: o.Stack.Name,
-		Target: kind, Host: h.name(), InstanceID: h.inst.ID, Zone: h.inst.Zone, StartedAt: start.UTC(),
+		Target: j.kind, Host: h.name(), InstanceID: h.inst.ID, Zone: h.inst.Zone, StartedAt: start.UTC(),
 		FreezeBudget: o.budget(), InstactlVersion: o.Version}
-	if h.role.Volumes.Mount == "" || len(h.volumes) == 0 {
-		return nil, fmt.Errorf("backup %s: it has no data volumes (role %s declares volumes.mount and volumes.count)", h.name(), h.role.Name)
-	}
-	c, err := o.dial(ctx, h.inst)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	r.c = c
-	lock, err := acquireLock(ctx, c, r.cmds, h.name(), holderText(start), o.LockWait)
-	if err != nil {
-		return nil, err
-	}
-	defer lock.Release() //nolint:errcheck // the lock also ends with the connection
 	r.emit("lock", "lock held")
 	if err := r.recover(ctx); err != nil {
 		return nil, err
 	}
 	var snapErr error
-	switch kind {
+	switch j.kind {
 	case TargetPostgres:
 		snapErr = r.postgres(ctx)
 	case TargetRedis:
@@ -172,6 +246,7 @@ func createOne(ctx context.Context, o *Options, h host, kind string) (*Manifest,
 	if errors.As(snapErr, &unsafe) || r.m.SnapshotAt.IsZero() {
 		return nil, snapErr // nothing was snapshotted: no set to record
 	}
+	o.hook("snapshotted")
 	if err := o.saveManifest(r.m); err != nil {
 		return r.m, errors.Join(snapErr, err)
 	}
@@ -260,6 +335,7 @@ func (r *run) freezeAndSnapshot(ctx context.Context, pgPort int, before, after f
 			return err
 		}
 	}
+	r.o.hook("armed")
 	consistency := StateComplete
 	var frozenAt time.Time
 	for i, mnt := range r.mounts {
@@ -281,9 +357,7 @@ func (r *run) freezeAndSnapshot(ctx context.Context, pgPort int, before, after f
 	if consistency == StateComplete {
 		r.emit("freeze", "froze %s", strings.Join(r.mounts, ", "))
 	}
-	if r.o.testHookFrozen != nil {
-		r.o.testHookFrozen()
-	}
+	r.o.hook("frozen")
 	snaps, snapErr := r.snapshot(ctx, consistency, budget-time.Since(armed)-500*time.Millisecond)
 	cctx, cancel := cleanupCtx()
 	defer cancel()

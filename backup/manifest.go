@@ -83,8 +83,13 @@ type RedisRecord struct {
 	// MasterReplOffset is the replica's replication offset read just before BGSAVE: every write
 	// of the master's stream up to it is in the RDB (later ones may be too).
 	MasterReplOffset int64 `json:"master_repl_offset"`
-	// Keys is the key count of the RDB as redis-check-rdb read it: what a restore must load.
+	// Keys is the key count of the RDB as redis-check-rdb read it, with a TTL or not.
 	Keys int64 `json:"keys"`
+	// Expires is how many of Keys carry a TTL, and ExpiredAtSave how many of those had their TTL
+	// run out when the RDB was checked right after the save. What the set promises a restore
+	// is Keys - Expires keys without a TTL, plus the keys whose TTL has not run out by then.
+	Expires       int64 `json:"expires"`
+	ExpiredAtSave int64 `json:"expired_at_save"`
 	// DBSize is DBSIZE when the save finished (the live replica may already hold more).
 	DBSize    int64  `json:"dbsize"`
 	LastSave  int64  `json:"lastsave"`

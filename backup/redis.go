@@ -108,13 +108,13 @@ func (r *run) redis(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("backup %s: redis-check-rdb %s: %w", r.h.name(), rec.RDBPath, err)
 	}
-	keys, sum, err := parseCheckRDB(string(res.Stdout))
+	chk, err := parseCheckRDB(string(res.Stdout))
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", r.h.name(), err)
 	}
-	rec.Keys, rec.RDBSHA256 = keys, sum
+	rec.Keys, rec.Expires, rec.ExpiredAtSave, rec.RDBSHA256 = chk.Keys, chk.Expires, chk.Expired, chk.SHA256
 	r.m.Redis = rec
-	r.emit("bgsave", "RDB checked: %d keys, offset %d", keys, rec.MasterReplOffset)
+	r.emit("bgsave", "RDB checked: %d keys (%d with a TTL, %d of them run out), offset %d", chk.Keys, chk.Expires, chk.Expired, rec.MasterReplOffset)
 	if err := r.sync(ctx); err != nil {
 		return err
 	}
@@ -202,23 +202,48 @@ func (r *run) bgsave(ctx context.Context) (*RedisRecord, error) {
 		LastSave: redisInt(last), Port: r.h.role.Port}, nil
 }
 
-// parseCheckRDB reads the key count from redis-check-rdb's output and the sha256sum line after
-// it; it requires the "RDB looks OK" and "Checksum OK" verdicts.
-func parseCheckRDB(out string) (keys int64, sum string, err error) {
+// rdbCheck is what redis-check-rdb found in an RDB.
+type rdbCheck struct {
+	// Keys is every key of the file, with a TTL or not.
+	Keys int64
+	// Expires is how many of them carry a TTL.
+	Expires int64
+	// Expired is how many of those had their TTL run out at the time of the check.
+	Expired int64
+	// SHA256 is the file's checksum.
+	SHA256 string
+}
+
+// parseCheckRDB reads the key counts from redis-check-rdb's output and the sha256sum line after
+// it; it requires the "RDB looks OK" verdict. The expires counts are absent from an RDB without
+// a key with a TTL on some versions: they count as zero.
+func parseCheckRDB(out string) (rdbCheck, error) {
 	if !strings.Contains(out, "RDB looks OK") {
-		return 0, "", fmt.Errorf("redis-check-rdb did not pass: %s", strings.TrimSpace(out))
+		return rdbCheck{}, fmt.Errorf("redis-check-rdb did not pass: %s", strings.TrimSpace(out))
 	}
-	keys = -1
+	chk := rdbCheck{Keys: -1}
 	for _, l := range lines([]byte(out)) {
-		if rest, ok := strings.CutPrefix(l, "[info] "); ok && strings.HasSuffix(rest, " keys read") {
-			keys, _ = strconv.ParseInt(strings.TrimSuffix(rest, " keys read"), 10, 64)
+		if rest, ok := strings.CutPrefix(l, "[info] "); ok {
+			n, what, _ := strings.Cut(rest, " ")
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil {
+				continue
+			}
+			switch what {
+			case "keys read":
+				chk.Keys = v
+			case "expires":
+				chk.Expires = v
+			case "already expired":
+				chk.Expired = v
+			}
 		}
 		if f := strings.Fields(l); len(f) == 2 && len(f[0]) == 64 {
-			sum = f[0]
+			chk.SHA256 = f[0]
 		}
 	}
-	if keys < 0 || sum == "" {
-		return 0, "", fmt.Errorf("redis-check-rdb output without key count or checksum: %s", strings.TrimSpace(out))
+	if chk.Keys < 0 || chk.SHA256 == "" {
+		return rdbCheck{}, fmt.Errorf("redis-check-rdb output without key count or checksum: %s", strings.TrimSpace(out))
 	}
-	return keys, sum, nil
+	return chk, nil
 }

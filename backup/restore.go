@@ -51,9 +51,9 @@ type Restored struct {
 	Manifest *Manifest `json:"manifest,omitempty"`
 }
 
-// findSet returns the set with id, or the newest complete or verified set of target when id is
-// empty.
-func findSet(ctx context.Context, env Env, id, target string) (Set, error) {
+// FindSet returns the set with id or, when id is empty, the newest complete or verified set of
+// target (of any target when target is empty). A set that does not exist is *SetNotFoundError.
+func FindSet(ctx context.Context, env Env, id, target string) (Set, error) {
 	sets, err := List(ctx, env)
 	if err != nil {
 		return Set{}, err
@@ -66,18 +66,60 @@ func findSet(ctx context.Context, env Env, id, target string) (Set, error) {
 			return s, nil
 		}
 	}
-	if id == "" {
-		return Set{}, fmt.Errorf("no complete backup set of %s to verify", orAll(target))
-	}
-	return Set{}, fmt.Errorf("backup set %s: %w", id, cloud.ErrNotFound)
+	return Set{}, &SetNotFoundError{Stack: env.Stack.Name, ID: id, Target: target}
 }
 
-func orAll(t string) string {
-	if t == "" {
-		return "any target"
-	}
-	return t
+// SetNotFoundError says the set asked for does not exist, or (ID empty) that no complete set
+// of Target exists yet. It matches cloud.ErrNotFound.
+type SetNotFoundError struct {
+	Stack, ID, Target string
 }
+
+func (e *SetNotFoundError) Error() string {
+	if e.ID != "" {
+		return fmt.Sprintf("backup set %s does not exist in stack %s; see `instactl backup list`", e.ID, e.Stack)
+	}
+	what := "backup set"
+	if e.Target != "" {
+		what = e.Target + " backup set"
+	}
+	return fmt.Sprintf("there is no complete %s of stack %s; take one with: instactl backup create", what, e.Stack)
+}
+
+// Unwrap makes errors.Is(err, cloud.ErrNotFound) hold.
+func (e *SetNotFoundError) Unwrap() error { return cloud.ErrNotFound }
+
+// FindHost resolves a host argument: a stack host name (pg-0), an instance name or an instance
+// id. A host that does not exist is *HostNotFoundError.
+func FindHost(ctx context.Context, env Env, name string) (cloud.Instance, error) {
+	res, err := env.Provider.Describe(ctx, env.Stack.Name)
+	if err != nil {
+		return cloud.Instance{}, fmt.Errorf("describe stack %s: %w", env.Stack.Name, err)
+	}
+	var names []string
+	for _, in := range res.Instances {
+		if in.ID == name || in.Name == name || in.Name == env.Stack.Name+"-"+name {
+			return in, nil
+		}
+		names = append(names, strings.TrimPrefix(in.Name, env.Stack.Name+"-"))
+	}
+	sort.Strings(names)
+	return cloud.Instance{}, &HostNotFoundError{Stack: env.Stack.Name, Name: name, Hosts: names}
+}
+
+// HostNotFoundError says no host of the stack answers to Name; Hosts lists those that exist.
+// It matches cloud.ErrNotFound.
+type HostNotFoundError struct {
+	Stack, Name string
+	Hosts       []string
+}
+
+func (e *HostNotFoundError) Error() string {
+	return fmt.Sprintf("%s: no such host in stack %s (hosts: %s)", e.Name, e.Stack, strings.Join(e.Hosts, ", "))
+}
+
+// Unwrap makes errors.Is(err, cloud.ErrNotFound) hold.
+func (e *HostNotFoundError) Unwrap() error { return cloud.ErrNotFound }
 
 // snapshotOrder returns the set's snapshots in volume order: the manifest's when known, else by
 // snapshot id.
@@ -103,7 +145,7 @@ func Restore(ctx context.Context, opts RestoreOptions) (*Restored, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	set, err := findSet(ctx, opts.Env, opts.Set, "")
+	set, err := FindSet(ctx, opts.Env, opts.Set, "")
 	if err != nil {
 		return nil, err
 	}
@@ -242,11 +284,7 @@ func startRestored(ctx context.Context, o *RestoreOptions, c *remote.Client, r *
 		return waitPG(ctx, c, cmds, o.pgBin(), r)
 	case TargetRedis:
 		r.DataDir = r.Mount
-		file := "dump.rdb"
-		if r.Manifest != nil && r.Manifest.Redis != nil && r.Manifest.Redis.RDBPath != "" {
-			file = path.Base(r.Manifest.Redis.RDBPath)
-		}
-		if _, err := runCmd(ctx, c, cmds.root(redisStartCommand(r.Mount, file, r.Address, r.Port, restoreLog(r.Set)))); err != nil {
+		if _, err := runCmd(ctx, c, cmds.root(redisStartCommand(r.Mount, restoredRDBFile(r), r.Address, r.Port, restoreLog(r.Set)))); err != nil {
 			return fmt.Errorf("restore %s: start redis on %s: %w", r.Set, r.Host, err)
 		}
 		return waitRedis(ctx, c, r)

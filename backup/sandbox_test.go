@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -241,6 +242,9 @@ func TestSandboxBackup(t *testing.T) {
 		if !s.writable("pg-1", "/var/lib/postgresql") {
 			t.Fatal("replica volume not writable after backup")
 		}
+		if out := s.sh(t, "pg-1", "ls "+GuardianPIDFile+" 2>/dev/null; true"); out != "" {
+			t.Fatalf("guardian pid file left after a normal run: %s", out)
+		}
 		// Replay runs again: new rows arrive.
 		s.sh(t, "pg-0", psqlOn("instagram", "INSERT INTO photos (caption) VALUES ('after')"))
 		s.waitFor(t, "replay resumed", 30*time.Second, func() bool {
@@ -335,6 +339,99 @@ func TestSandboxBackup(t *testing.T) {
 		}
 	})
 
+	t.Run("redis drill with keys that expire", func(t *testing.T) {
+		// Keys with a TTL short enough to run out between the snapshot and the drill, keys with
+		// a long one, and the keys without a TTL already there.
+		s.sh(t, "redis-0", "(for i in $(seq 1 20); do echo \"SET ttl:$i v PX 6000\"; done; for i in $(seq 1 5); do echo \"SET long:$i v EX 3600\"; done) | redis-cli -h 127.0.50.3 -p 6379 >/dev/null")
+		s.waitFor(t, "redis replica has the keys", 30*time.Second, func() bool {
+			out, _ := s.try("redis-1", "redis-cli -h 127.0.50.4 -p 6379 GET long:5")
+			return out == "v"
+		})
+		res, err := Create(ctx, Options{Env: s.env, Target: TargetRedis})
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		m := res.Sets[0]
+		t.Logf("RDB: %d keys, %d with a TTL, %d run out at the save", m.Redis.Keys, m.Redis.Expires, m.Redis.ExpiredAtSave)
+		if m.Redis.Expires < 25 {
+			t.Fatalf("the RDB holds %d keys with a TTL, want at least 25", m.Redis.Expires)
+		}
+		keys := "ttl:1"
+		for i := 2; i <= 20; i++ {
+			keys += " ttl:" + strconv.Itoa(i)
+		}
+		s.waitFor(t, "the short TTLs run out", time.Minute, func() bool {
+			out, _ := s.try("redis-0", "redis-cli -h 127.0.50.3 -p 6379 EXISTS "+keys)
+			return out == "0"
+		})
+		vr, err := Verify(ctx, VerifyOptions{Env: s.env, Set: m.SetID, ScratchHost: "scratch-0"})
+		if err != nil {
+			t.Fatalf("drill after keys with a TTL ran out: %v", err)
+		}
+		t.Logf("drill checks: %v", vr.Verification.Checks)
+		if vr.Keys > m.Redis.Keys-20 || !strings.Contains(strings.Join(vr.Verification.Checks, "\n"), "without a TTL") {
+			t.Fatalf("restored %d keys of the RDB's %d (20 ran out); checks %v", vr.Keys, m.Redis.Keys, vr.Verification.Checks)
+		}
+		// A copy that lost a key without a TTL, or a key whose TTL has not run out, fails.
+		for _, tc := range []struct{ key, want string }{{"k1", "without a TTL"}, {"long:1", "with a TTL"}} {
+			_, err := Verify(ctx, VerifyOptions{Env: s.env, Set: m.SetID, ScratchHost: "scratch-0", testHookRestored: func(r *Restored) error {
+				s.sh(t, "scratch-0", "redis-cli -h "+r.Address+" -p "+strconv.Itoa(r.Port)+" DEL "+tc.key)
+				return nil
+			}})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("drill of a copy that lost %s: %v, want a failure about keys %s", tc.key, err, tc.want)
+			}
+		}
+	})
+
+	t.Run("overlapping runs: one backs up every replica, the other nothing", func(t *testing.T) {
+		before, err := List(ctx, s.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first run stops with pg-1 frozen (pg-1 sorts before redis-1) until the second ends.
+		frozen, resume := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		type outcome struct {
+			res *CreateResult
+			err error
+		}
+		first := make(chan outcome, 1)
+		go func() {
+			res, err := Create(ctx, Options{Env: s.env, Target: TargetAll, FreezeBudget: 2 * time.Minute, testHook: func(p string) {
+				if p == "frozen" {
+					once.Do(func() { close(frozen); <-resume })
+				}
+			}})
+			first <- outcome{res, err}
+		}()
+		select {
+		case <-frozen:
+		case o := <-first:
+			t.Fatalf("the first run ended before freezing: %v", o.err)
+		}
+		res, err := Create(ctx, Options{Env: s.env, Target: TargetAll})
+		during, lerr := List(ctx, s.env)
+		close(resume)
+		a := <-first
+		var locked *LockedError
+		if !errors.As(err, &locked) || len(res.Sets) != 0 {
+			t.Errorf("the overlapping run: %d sets, %v; want none and *LockedError", len(res.Sets), err)
+		}
+		if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) != 1 {
+			t.Errorf("the overlapping run failed more than its lock: %v", err)
+		}
+		if lerr != nil || len(during) != len(before) {
+			t.Errorf("the overlapping run made snapshots or manifests: %d sets before, %d after (%v)", len(before), len(during), lerr)
+		}
+		if a.err != nil || len(a.res.Sets) != 2 || a.res.Sets[0].Host != "pg-1" || a.res.Sets[1].Host != "redis-1" {
+			t.Fatalf("the first run: %v, %+v; want a set of pg-1 and of redis-1", a.err, a.res)
+		}
+		if out := s.sh(t, "pg-1", "ls "+GuardianPIDFile+" 2>/dev/null; true"); out != "" {
+			t.Fatalf("guardian pid file left after a normal run: %s", out)
+		}
+	})
+
 	t.Run("overlapping run is locked", func(t *testing.T) {
 		c, err := s.d.Dial(ctx, s.env.target(s.hosts["pg-1"]))
 		if err != nil {
@@ -403,34 +500,66 @@ func TestSandboxBackup(t *testing.T) {
 		}
 	})
 
-	t.Run("guardian thaws after SIGKILL", func(t *testing.T) {
-		want := s.sh(t, "pg-0", psqlOn("instagram", "SELECT count(*) FROM photos"))
-		s.waitFor(t, "replica catches up", 30*time.Second, func() bool {
-			out, _ := s.try("pg-1", psqlOn("instagram", "SELECT count(*) FROM photos"))
-			return out == want
+	// SIGKILL at any point of a run: the volume is writable again, WAL replay runs, the thaw
+	// guardian (when it fired) removed its pid file, and the next run succeeds.
+	for _, at := range []string{"armed", "frozen", "snapshotted"} {
+		t.Run("SIGKILL when "+at, func(t *testing.T) {
+			want := s.sh(t, "pg-0", psqlOn("instagram", "SELECT count(*) FROM photos"))
+			s.waitFor(t, "replica catches up", 30*time.Second, func() bool {
+				out, _ := s.try("pg-1", psqlOn("instagram", "SELECT count(*) FROM photos"))
+				return out == want
+			})
+			// The guardian's log tells what it found: a thaw only if the volume was frozen.
+			logCount := func(what string) int {
+				n, _ := strconv.Atoi(s.sh(t, "pg-1", "grep -c "+remote.Quote(what)+" "+GuardianLog+" 2>/dev/null; true"))
+				return n
+			}
+			thawsBefore, resumesBefore := logCount("guardian thawed"), logCount("guardian resumed wal replay")
+			budget := 3 * time.Second
+			cmd := exec.Command(os.Args[0], "-test.run=^TestKillHelper$", "-test.v")
+			cmd.Env = append(os.Environ(), "INSTACTL_BACKUP_KILL_HELPER="+dir+"/sandbox", "INSTACTL_BACKUP_STATE="+s.env.StateDir,
+				"INSTACTL_BACKUP_BUDGET="+budget.String(), "INSTACTL_BACKUP_KILL_AT="+at)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
+			}
+			killed := time.Now()
+			// Deadlines are generous: the claim (writable within the budget plus a second) is
+			// about the guardian's sleep, which a loaded machine may stretch.
+			s.waitFor(t, "volume writable again", time.Minute, func() bool { return s.writable("pg-1", "/var/lib/postgresql") })
+			s.waitFor(t, "wal replay not paused", time.Minute, func() bool {
+				out, _ := s.try("pg-1", psqlOn("postgres", "SELECT pg_is_wal_replay_paused()"))
+				return out == "f"
+			})
+			t.Logf("writable and replaying %s after the kill (budget %s)", time.Since(killed).Round(10*time.Millisecond), budget)
+			if at == "snapshotted" {
+				// The run had thawed and stopped its guardian, which removed the pid file.
+				if out := s.sh(t, "pg-1", "ls "+GuardianPIDFile+" "+GuardianFiredFile+" 2>/dev/null; true"); out != "" {
+					t.Fatalf("guardian files left after a normal thaw: %s", out)
+				}
+			} else {
+				// The guardian fired: it marks that, then thaws, resumes replay and removes its
+				// pid file last.
+				s.waitFor(t, "guardian fired and removed its pid file", time.Minute, func() bool {
+					out, _ := s.try("pg-1", "test -e "+GuardianFiredFile+" && ! test -e "+GuardianPIDFile+" && echo ok")
+					return out == "ok"
+				})
+				wantThaws := map[string]int{"armed": 0, "frozen": 1}[at]
+				if th, re := logCount("guardian thawed")-thawsBefore, logCount("guardian resumed wal replay")-resumesBefore; th != wantThaws || re != 1 {
+					t.Fatalf("the guardian thawed %d volumes and resumed replay %d times; want %d and 1", th, re, wantThaws)
+				}
+			}
+			res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+			if err != nil {
+				t.Fatalf("create after the kill: %v", err)
+			}
+			t.Logf("recovered: %v", res.Sets[0].Recovered)
+			if out := s.sh(t, "pg-1", "ls "+GuardianPIDFile+" 2>/dev/null; true"); out != "" {
+				t.Fatalf("guardian pid file left after a normal run: %s", out)
+			}
 		})
-		budget := 3 * time.Second
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKillHelper$", "-test.v")
-		cmd.Env = append(os.Environ(), "INSTACTL_BACKUP_KILL_HELPER="+dir+"/sandbox", "INSTACTL_BACKUP_STATE="+s.env.StateDir,
-			"INSTACTL_BACKUP_BUDGET="+budget.String())
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
-		}
-		killed := time.Now()
-		if s.writable("pg-1", "/var/lib/postgresql") {
-			t.Fatalf("volume is writable right after the kill; the helper did not freeze it\n%s", out)
-		}
-		s.waitFor(t, "guardian thaw", budget+3*time.Second, func() bool { return s.writable("pg-1", "/var/lib/postgresql") })
-		t.Logf("thawed %s after the kill (budget %s)", time.Since(killed).Round(10*time.Millisecond), budget)
-		// The guardian resumed replay too; the next run finds nothing to recover but the marker.
-		res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
-		if err != nil {
-			t.Fatalf("create after the kill: %v", err)
-		}
-		t.Logf("recovered: %v", res.Sets[0].Recovered)
-	})
+	}
 
 	t.Run("stuck snapshot call is thawed at the budget and marked partial", func(t *testing.T) {
 		budget := 3 * time.Second
@@ -451,7 +580,11 @@ func TestSandboxBackup(t *testing.T) {
 				}
 			}()
 		}
-		_, err := Create(ctx, Options{Env: env, Target: TargetPostgres, FreezeBudget: budget, testHookFrozen: hook})
+		_, err := Create(ctx, Options{Env: env, Target: TargetPostgres, FreezeBudget: budget, testHook: func(p string) {
+			if p == "frozen" {
+				hook()
+			}
+		}})
 		<-probed
 		var partial *PartialError
 		if !errors.As(err, &partial) || !strings.Contains(partial.Reason, "budget") {
@@ -536,16 +669,23 @@ func (p *stuckProvider) CreateSnapshots(ctx context.Context, instanceID string, 
 	return snaps, err
 }
 
-// TestKillHelper is the process TestSandboxBackup SIGKILLs while the replica's volume is frozen.
+// TestKillHelper is the process TestSandboxBackup SIGKILLs at the point of the run named by
+// INSTACTL_BACKUP_KILL_AT (see Options.testHook).
 func TestKillHelper(t *testing.T) {
 	dir := os.Getenv("INSTACTL_BACKUP_KILL_HELPER")
 	if dir == "" {
 		t.Skip("only run as TestSandboxBackup's helper")
 	}
 	budget, _ := time.ParseDuration(os.Getenv("INSTACTL_BACKUP_BUDGET"))
+	at := os.Getenv("INSTACTL_BACKUP_KILL_AT")
 	s := newSandboxEnv(t, dir)
 	s.env.StateDir = os.Getenv("INSTACTL_BACKUP_STATE")
 	_, err := Create(context.Background(), Options{Env: s.env, Target: TargetPostgres, FreezeBudget: budget,
-		testHookFrozen: func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL); time.Sleep(time.Minute) }})
-	t.Fatalf("create returned instead of being killed: %v", err)
+		testHook: func(p string) {
+			if p == at {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			}
+		}})
+	t.Fatalf("create returned instead of being killed at %q: %v", at, err)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,8 @@ type VerifyOptions struct {
 	// SkipAmcheck skips pg_amcheck (for very large sets).
 	SkipAmcheck bool
 
+	// testHookRestored runs on the restored copy before the checks.
+	testHookRestored func(*Restored) error
 	// testHookChecked runs on the restored copy once the checks passed, before teardown.
 	testHookChecked func(*Restored) error
 }
@@ -36,7 +39,7 @@ type VerifyResult struct {
 	Verification *Verification `json:"verification"`
 	// RowCounts maps "database.schema.table" to its row count in the restored copy (pg).
 	RowCounts map[string]int64 `json:"row_counts,omitempty"`
-	// Keys is DBSIZE of the restored copy (redis).
+	// Keys is how many keys the restored copy holds (redis), with a TTL or not.
 	Keys int64 `json:"keys,omitempty"`
 }
 
@@ -45,14 +48,15 @@ const verifyFailed = "failed "
 
 // Verify is a restore drill: it restores the set onto the scratch host, waits for a consistent
 // open, runs the checks (Postgres: queries answer, the system identifier matches the manifest,
-// row counts of every user table, pg_amcheck; Redis: DBSIZE equals the RDB's key count), records
+// row counts of every user table, pg_amcheck; Redis: the keys the snapshot promises, see
+// checkRedis), records
 // the outcome on the set and tears the scratch volumes down. A failed check is returned as an
 // error, and recorded.
 func Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	set, err := findSet(ctx, opts.Env, opts.Set, opts.Target)
+	set, err := FindSet(ctx, opts.Env, opts.Set, opts.Target)
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +66,12 @@ func Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, error) {
 	r, err := Restore(ctx, RestoreOptions{Env: opts.Env, Set: set.ID, To: opts.ScratchHost, Mount: opts.Mount, Port: opts.Port})
 	if err == nil {
 		v.Checks = append(v.Checks, "restored and started")
-		err = runChecks(ctx, &opts, r, v, out)
+		if opts.testHookRestored != nil {
+			err = opts.testHookRestored(r)
+		}
+		if err == nil {
+			err = runChecks(ctx, &opts, r, v, out)
+		}
 		if err == nil && opts.testHookChecked != nil {
 			err = opts.testHookChecked(r)
 		}
@@ -102,28 +111,87 @@ func runChecks(ctx context.Context, o *VerifyOptions, r *Restored, v *Verificati
 		}
 		defer c.Close()
 		if r.Target == TargetRedis {
-			return checkRedis(ctx, c, r, v, out)
+			return checkRedis(ctx, o, c, r, v, out)
 		}
 		return checkPostgres(ctx, o, c, r, v, out)
 	}
 	return fmt.Errorf("verify %s: scratch host %s is gone", r.Set, r.Host)
 }
 
-func checkRedis(ctx context.Context, c *remote.Client, r *Restored, v *Verification, out *VerifyResult) error {
-	res, err := runCmd(ctx, c, redisCLI(r.Address, r.Port, "DBSIZE"))
+// checkRedis compares the restored copy with what the snapshot promises, read from the RDB on
+// the restored volume itself (the very file the backup checked: same sha256): every key
+// without a TTL, exactly; of the keys with a TTL, at least those whose TTL has still not run out
+// and at most all the RDB holds. Keys whose TTL ran out between the snapshot and the drill are
+// gone (Redis drops them on load and expires them after), so a total count would fail a sound
+// set, and a count of live keys alone would pass a set that lost keys without a TTL.
+func checkRedis(ctx context.Context, o *VerifyOptions, c *remote.Client, r *Restored, v *Verification, out *VerifyResult) error {
+	// The copy is counted before the RDB is checked: a key with a TTL still live at the check
+	// was live, and so loaded, at the count.
+	res, err := runCmd(ctx, c, redisCLI(r.Address, r.Port, "INFO", "keyspace"))
 	if err != nil {
-		return fmt.Errorf("verify %s: dbsize: %w", r.Set, err)
+		return fmt.Errorf("verify %s: info keyspace: %w", r.Set, err)
 	}
-	out.Keys = redisInt(trimOut(res))
-	if r.Manifest == nil || r.Manifest.Redis == nil {
-		v.Checks = append(v.Checks, fmt.Sprintf("redis loaded %d keys (no manifest to compare)", out.Keys))
-		return nil
+	keys, expires := keyspaceCounts(string(res.Stdout))
+	out.Keys = keys
+	rdb := path.Join(r.DataDir, restoredRDBFile(r))
+	res, err = runCmd(ctx, c, o.cmds().checkRDB(rdb))
+	if err != nil {
+		return fmt.Errorf("verify %s: redis-check-rdb %s on %s: %w", r.Set, rdb, r.Host, err)
 	}
-	if want := r.Manifest.Redis.Keys; out.Keys != want {
-		return fmt.Errorf("verify %s: restored redis holds %d keys, the RDB had %d", r.Set, out.Keys, want)
+	chk, err := parseCheckRDB(string(res.Stdout))
+	if err != nil {
+		return fmt.Errorf("verify %s: %s on %s: %w", r.Set, rdb, r.Host, err)
 	}
-	v.Checks = append(v.Checks, fmt.Sprintf("redis loaded %d keys, as recorded", out.Keys))
+	since := ""
+	if m := r.Manifest; m != nil && m.Redis != nil {
+		if m.Redis.RDBSHA256 != "" && chk.SHA256 != m.Redis.RDBSHA256 {
+			return fmt.Errorf("verify %s: the RDB restored at %s has sha256 %s, the backup checked %s", r.Set, rdb, chk.SHA256, m.Redis.RDBSHA256)
+		}
+		if m.Redis.Keys != chk.Keys {
+			return fmt.Errorf("verify %s: the RDB restored at %s holds %d keys, the backup counted %d", r.Set, rdb, chk.Keys, m.Redis.Keys)
+		}
+		since = fmt.Sprintf(", %d of them run out since the snapshot", chk.Expired-m.Redis.ExpiredAtSave)
+	}
+	persistent, wantPersistent := keys-expires, chk.Keys-chk.Expires
+	if persistent != wantPersistent {
+		return fmt.Errorf("verify %s: restored redis holds %d keys without a TTL, the RDB has %d", r.Set, persistent, wantPersistent)
+	}
+	live := chk.Expires - chk.Expired
+	if expires < live || expires > chk.Expires {
+		return fmt.Errorf("verify %s: restored redis holds %d keys with a TTL; the RDB has %d, of which %d have not run out and must be loaded", r.Set, expires, chk.Expires, live)
+	}
+	v.Checks = append(v.Checks, fmt.Sprintf("redis loaded the RDB's %d keys without a TTL and %d keys with one "+
+		"(the RDB has %d with a TTL, %d still live at the drill%s); RDB sha256 %s", persistent, expires, chk.Expires, live, since, chk.SHA256))
 	return nil
+}
+
+// restoredRDBFile is the RDB's file name in the restored directory.
+func restoredRDBFile(r *Restored) string {
+	if r.Manifest != nil && r.Manifest.Redis != nil && r.Manifest.Redis.RDBPath != "" {
+		return path.Base(r.Manifest.Redis.RDBPath)
+	}
+	return "dump.rdb"
+}
+
+// keyspaceCounts sums the keys and the keys with a TTL of every database in INFO keyspace
+// ("db0:keys=9,expires=8,avg_ttl=1200").
+func keyspaceCounts(info string) (keys, expires int64) {
+	for k, v := range parseInfo(info) {
+		if !strings.HasPrefix(k, "db") {
+			continue
+		}
+		for _, f := range strings.Split(v, ",") {
+			name, n, _ := strings.Cut(f, "=")
+			c, _ := strconv.ParseInt(n, 10, 64)
+			switch name {
+			case "keys":
+				keys += c
+			case "expires":
+				expires += c
+			}
+		}
+	}
+	return keys, expires
 }
 
 // rowCountSQL emits one "schema.table|count" line per user table of the database it runs in.

@@ -2,17 +2,10 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"net/netip"
-	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -21,8 +14,6 @@ import (
 
 	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/cloud"
-	"github.com/instactl/instactl/cloud/sandbox"
-	"github.com/instactl/instactl/stack"
 	"github.com/spf13/cobra"
 )
 
@@ -156,8 +147,10 @@ func NewCmdBackupCreate(f *Factory, out func() Output, runF func(*BackupCreateOp
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Snapshot the replicas of the backup targets, one set per replica (for cron)",
-		Long: `Back up the first replica of every Postgres node and the Redis replica. Per replica, in order:
-take its backup lock, undo what a killed earlier run left (a frozen volume, paused WAL replay),
+		Long: `Back up the first replica of every Postgres node and the Redis replica. First take the backup
+lock of every one of them, in a fixed order, before touching any: when another run holds one,
+release them all and exit 4 having changed nothing (or wait up to --lock-wait). Then per
+replica, in order: undo what a killed earlier run left (a frozen volume, paused WAL replay),
 check it is safe (Postgres: in recovery, streaming, behind its primary by less than
 backup.max_lag_bytes and backup.max_lag_time; Redis: role slave, link up, no save running),
 checkpoint, arm the thaw guardian, freeze, snapshot every data volume as one set, thaw, record
@@ -170,7 +163,8 @@ Exit codes:
   0  every replica was backed up
   3  skipped as unsafe (e.g. the replica lags or is not streaming); the reason is printed
      and no set was made for that replica
-  4  another run holds the replica's backup lock (its holder is printed); see --lock-wait
+  4  another run holds a replica's backup lock (its holder is printed); nothing was backed
+     up; see --lock-wait
   5  partial: a set was recorded but is not usable (it is marked partial and prune removes
      it), or some replicas were backed up and others failed
   1  failed
@@ -204,7 +198,7 @@ textfile collector at it with --metrics-file.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.Target, "target", backup.TargetAll, "what to back up: pg, redis or all (the stack's backup.targets)")
-	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to this long for another run's lock instead of exiting 4")
+	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to this long in all for other runs' locks instead of exiting 4")
 	fl.BoolVar(&o.AllowCrashConsistent, "allow-crash-consistent", false,
 		"if a freeze fails, snapshot unfrozen instead of aborting (the set is marked crash-consistent)")
 	fl.BoolVarP(&o.Verbose, "verbose", "v", false, "print progress to stderr even when it is not a terminal")
@@ -236,8 +230,11 @@ func backupCreateRun(ctx context.Context, f *Factory, out Output, o *BackupCreat
 		res = &backup.CreateResult{}
 	}
 	code := backupCreateExitCode(res, cerr)
-	if merr := backupWriteMetrics(d.env, o.MetricsFile, res, ended, start, code); merr != nil {
-		f.IO.Statusf("warning: %v", merr)
+	if o.MetricsFile != "-" {
+		run := backup.CreateRun{Result: res, Ended: ended, Start: start, ExitCode: code}
+		if merr := backup.WriteMetrics(d.env, o.MetricsFile, run); merr != nil {
+			f.IO.Statusf("warning: %v", merr)
+		}
 	}
 	if rerr := render(f.IO, out, res, func(w io.Writer) error {
 		if len(res.Sets) == 0 {
@@ -323,141 +320,6 @@ func backupCreateSummary(res *backup.CreateResult, took time.Duration) string {
 	}
 	return fmt.Sprintf("backup: %d of %d sets usable in %s: %s", complete, len(res.Sets),
 		took.Round(100*time.Millisecond), strings.Join(parts, "; "))
-}
-
-// backupSeries is the metrics state of one target and host, kept between runs so a target that
-// fails keeps reporting its last success.
-type backupSeries struct {
-	Target          string    `json:"target"`
-	Host            string    `json:"host"`
-	LastSuccess     time.Time `json:"last_success"`
-	DurationSeconds float64   `json:"duration_seconds"`
-	FreezeSeconds   float64   `json:"freeze_seconds"`
-	LagBytes        int64     `json:"lag_bytes"`
-	SizeBytes       int64     `json:"size_bytes"`
-}
-
-type backupMetricsState struct {
-	Series          map[string]*backupSeries `json:"series"`
-	LastRun         time.Time                `json:"last_run"`
-	LastRunSeconds  float64                  `json:"last_run_seconds"`
-	LastRunExitCode int                      `json:"last_run_exit_code"`
-}
-
-// backupWriteMetrics updates the metrics state with this run and rewrites the text file.
-func backupWriteMetrics(env backup.Env, file string, res *backup.CreateResult, ended map[string]time.Time, start time.Time, code int) error {
-	if file == "-" {
-		return nil
-	}
-	if file == "" {
-		file = filepath.Join(env.StateDir, "backup.prom")
-	}
-	statePath := filepath.Join(env.StateDir, "backup-metrics.json")
-	st := &backupMetricsState{}
-	if b, err := os.ReadFile(statePath); err == nil {
-		_ = json.Unmarshal(b, st) // a damaged state only loses the history
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("metrics state: %w", err)
-	}
-	if st.Series == nil {
-		st.Series = map[string]*backupSeries{}
-	}
-	now := time.Now()
-	for _, m := range res.Sets {
-		if m.State == backup.StatePartial {
-			continue
-		}
-		end, ok := ended[m.SetID]
-		if !ok {
-			end = now
-		}
-		s := &backupSeries{Target: m.Target, Host: m.Host, LastSuccess: end.UTC(),
-			DurationSeconds: end.Sub(m.StartedAt).Seconds(), FreezeSeconds: m.FreezeDuration.Seconds()}
-		for _, v := range m.Volumes {
-			s.SizeBytes += int64(v.SizeGiB) << 30
-		}
-		if m.Postgres != nil {
-			s.LagBytes = m.Postgres.LagBytes
-		}
-		st.Series[m.Target+"/"+m.Host] = s
-	}
-	st.LastRun, st.LastRunSeconds, st.LastRunExitCode = start.UTC(), now.Sub(start).Seconds(), code
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := backupWriteAtomic(statePath, b); err != nil {
-		return fmt.Errorf("metrics state: %w", err)
-	}
-	if err := backupWriteAtomic(file, []byte(backupRenderMetrics(env.Stack.Name, st))); err != nil {
-		return fmt.Errorf("metrics file: %w", err)
-	}
-	return nil
-}
-
-// backupRenderMetrics renders the Prometheus text exposition format.
-func backupRenderMetrics(stackName string, st *backupMetricsState) string {
-	var b strings.Builder
-	keys := make([]string, 0, len(st.Series))
-	for k := range st.Series {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	gauge := func(name, help string, val func(*backupSeries) (float64, bool)) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
-		for _, k := range keys {
-			s := st.Series[k]
-			if v, ok := val(s); ok {
-				fmt.Fprintf(&b, "%s{stack=%q,target=%q,host=%q} %g\n", name, stackName, s.Target, s.Host, v)
-			}
-		}
-	}
-	gauge("instactl_backup_last_success_timestamp_seconds", "Unix time the last usable set of this replica was recorded.",
-		func(s *backupSeries) (float64, bool) { return float64(s.LastSuccess.Unix()), true })
-	gauge("instactl_backup_duration_seconds", "Duration of the last successful backup of this replica.",
-		func(s *backupSeries) (float64, bool) { return s.DurationSeconds, true })
-	gauge("instactl_backup_freeze_seconds", "How long the replica's volumes were frozen in the last successful backup.",
-		func(s *backupSeries) (float64, bool) { return s.FreezeSeconds, true })
-	gauge("instactl_backup_replica_lag_bytes", "Replay lag of the Postgres standby behind its primary at the last snapshot.",
-		func(s *backupSeries) (float64, bool) { return float64(s.LagBytes), s.Target == backup.TargetPostgres })
-	gauge("instactl_backup_set_size_bytes", "Provisioned size of the volumes in the last successful set.",
-		func(s *backupSeries) (float64, bool) { return float64(s.SizeBytes), true })
-	for _, m := range []struct {
-		name, help string
-		v          float64
-	}{
-		{"instactl_backup_last_run_timestamp_seconds", "Unix time the last backup create run started.", float64(st.LastRun.Unix())},
-		{"instactl_backup_last_run_duration_seconds", "Duration of the last backup create run.", st.LastRunSeconds},
-		{"instactl_backup_last_run_exit_code", "Exit code of the last backup create run (0 ok, 3 unsafe, 4 locked, 5 partial, 1 failed).", float64(st.LastRunExitCode)},
-	} {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n%s{stack=%q} %g\n", m.name, m.help, m.name, m.name, stackName, m.v)
-	}
-	return b.String()
-}
-
-// backupWriteAtomic writes data to path through a temporary file and a rename, so a reader
-// (the node exporter) never sees half a file.
-func backupWriteAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // ---------------------------------------------------------------- list
@@ -758,47 +620,25 @@ func backupRestoreRun(ctx context.Context, f *Factory, out Output, o *BackupRest
 	})
 }
 
-// backupFindSet resolves id (or, when empty, the newest complete or verified set of target)
-// and reports an unknown set as bad input.
+// backupFindSet is backup.FindSet with an unknown set reported as bad input (exit 2).
 func backupFindSet(ctx context.Context, env backup.Env, id, target string) (backup.Set, error) {
-	sets, err := backup.List(ctx, env)
-	if err != nil {
-		return backup.Set{}, err
+	s, err := backup.FindSet(ctx, env, id, target)
+	var nf *backup.SetNotFoundError
+	if errors.As(err, &nf) {
+		return s, usageErrorf("%w", err)
 	}
-	for _, s := range sets {
-		if id != "" && s.ID == id {
-			return s, nil
-		}
-		if id == "" && (target == "" || s.Target == target) &&
-			(s.State == backup.StateComplete || s.State == backup.StateVerified) {
-			return s, nil
-		}
-	}
-	if id == "" {
-		what := "backup set"
-		if target != "" {
-			what = target + " backup set"
-		}
-		return backup.Set{}, usageErrorf("there is no complete %s of stack %s; take one with: instactl backup create", what, env.Stack.Name)
-	}
-	return backup.Set{}, usageErrorf("backup set %s does not exist in stack %s; see `instactl backup list`", id, env.Stack.Name)
+	return s, err
 }
 
-// backupFindHost resolves a host argument: a stack host name (pg-0), an instance name or id.
+// backupFindHost is backup.FindHost with an unknown host reported as bad input (exit 2) naming
+// the flag.
 func backupFindHost(ctx context.Context, env backup.Env, flag, name string) (cloud.Instance, error) {
-	res, err := env.Provider.Describe(ctx, env.Stack.Name)
-	if err != nil {
-		return cloud.Instance{}, fmt.Errorf("describe stack %s: %w", env.Stack.Name, err)
+	in, err := backup.FindHost(ctx, env, name)
+	var nf *backup.HostNotFoundError
+	if errors.As(err, &nf) {
+		return in, usageErrorf("%s %w", flag, err)
 	}
-	var names []string
-	for _, in := range res.Instances {
-		if in.ID == name || in.Name == name || in.Name == env.Stack.Name+"-"+name {
-			return in, nil
-		}
-		names = append(names, strings.TrimPrefix(in.Name, env.Stack.Name+"-"))
-	}
-	sort.Strings(names)
-	return cloud.Instance{}, usageErrorf("%s %s: no such host in stack %s (hosts: %s)", flag, name, env.Stack.Name, strings.Join(names, ", "))
+	return in, err
 }
 
 // ---------------------------------------------------------------- verify
@@ -813,15 +653,6 @@ type BackupVerifyOptions struct {
 	KeepScratch bool
 }
 
-// BackupVerifyReport is what `instactl backup verify` reports.
-type BackupVerifyReport struct {
-	*backup.VerifyResult
-	// Scratch is the host the drill ran on; ScratchCreated says instactl created it for the
-	// drill (and terminated it, unless KeepScratch).
-	Scratch        string `json:"scratch"`
-	ScratchCreated bool   `json:"scratch_created"`
-}
-
 // NewCmdBackupVerify builds `instactl backup verify`. runF replaces the run in tests.
 func NewCmdBackupVerify(f *Factory, out func() Output, runF func(*BackupVerifyOptions) error) *cobra.Command {
 	o := &BackupVerifyOptions{}
@@ -831,8 +662,10 @@ func NewCmdBackupVerify(f *Factory, out func() Output, runF func(*BackupVerifyOp
 		Long: `Prove a set restores: restore it onto a scratch host, wait for a consistent open, run the
 checks, record the outcome on the set (list then shows it verified) and clean up the
 restored volumes. Postgres: it accepts queries read-write, the system identifier matches the
-manifest, every user table is counted, pg_amcheck passes. Redis: it loads and DBSIZE equals
-the key count of the RDB.
+manifest, every user table is counted, pg_amcheck passes. Redis: the restored RDB is the one
+the backup checked (sha256), every key without a TTL is loaded, and of the keys with a TTL at
+least those whose TTL has not run out by the drill (keys that expired since the snapshot are
+not counted against it); the output says what was compared.
 
 SET defaults to the newest complete set (of --target, when given).
 
@@ -887,53 +720,29 @@ func backupVerifyRun(ctx context.Context, f *Factory, out Output, o *BackupVerif
 		return err
 	}
 	defer d.close()
-	set, err := backupFindSet(ctx, d.env, o.Set, o.Target)
-	if err != nil {
-		return err
-	}
-	rep := &BackupVerifyReport{}
-	var scratchErr error
-	if o.Scratch != "" {
-		in, err := backupFindHost(ctx, d.env, "--scratch", o.Scratch)
-		if err != nil {
-			return err
+	rep, verr := backup.Drill(ctx, backup.DrillOptions{Env: d.env, Set: o.Set, Target: o.Target, Scratch: o.Scratch, KeepScratch: o.KeepScratch})
+	if rep == nil {
+		var setNF *backup.SetNotFoundError
+		var hostNF *backup.HostNotFoundError
+		var noScratch *backup.NoScratchError
+		switch {
+		case errors.As(verr, &hostNF):
+			return usageErrorf("--scratch %w", verr)
+		case errors.As(verr, &setNF), errors.As(verr, &noScratch):
+			return usageErrorf("%w", verr)
 		}
-		rep.Scratch = in.Name
-	} else {
-		in, err := backupCreateScratch(ctx, d.env, set.Target)
-		if err != nil {
-			return err
-		}
-		rep.Scratch, rep.ScratchCreated = in.Name, true
-		if f.IO.ErrTTY {
-			f.IO.Statusf("verify: scratch host %s (%s) created at %s", in.Name, in.ID, in.PrivateAddress)
-		}
-		defer func() {
-			if o.KeepScratch {
-				f.IO.Statusf("verify: scratch host %s (%s) left running as asked", in.Name, in.ID)
-				return
-			}
-			if err := backupTerminateScratch(ctx, d.env, in); err != nil {
-				scratchErr = err
-				f.IO.Statusf("verify: %v", err)
-			}
-		}()
-	}
-	res, verr := backup.Verify(ctx, backup.VerifyOptions{Env: d.env, Set: set.ID, ScratchHost: rep.Scratch})
-	if res == nil {
 		return verr
 	}
-	rep.VerifyResult = res
 	if rerr := render(f.IO, out, rep, func(w io.Writer) error { return backupRenderVerify(w, rep) }); rerr != nil {
 		return rerr
 	}
-	if verr != nil {
-		return verr
+	if rep.ScratchCreated && o.KeepScratch {
+		f.IO.Statusf("verify: scratch host %s (%s) left running as asked", rep.Scratch, rep.ScratchID)
 	}
-	return scratchErr
+	return verr
 }
 
-func backupRenderVerify(w io.Writer, rep *BackupVerifyReport) error {
+func backupRenderVerify(w io.Writer, rep *backup.DrillResult) error {
 	v := rep.Verification
 	verdict := "PASSED"
 	if !v.OK {
@@ -953,84 +762,6 @@ func backupRenderVerify(w io.Writer, rep *BackupVerifyReport) error {
 	sort.Strings(tables)
 	for _, t := range tables {
 		fmt.Fprintf(w, "  rows  %s %d\n", t, rep.RowCounts[t])
-	}
-	return nil
-}
-
-// backupCreateScratch starts a temporary host for a drill of a target's set. Only the sandbox
-// can: its hosts share this machine's database binaries, so a bare instance can run a restore.
-func backupCreateScratch(ctx context.Context, env backup.Env, target string) (cloud.Instance, error) {
-	st := env.Stack
-	if env.Provider.Name() != "sandbox" {
-		return cloud.Instance{}, usageErrorf("provider %s: pass --scratch HOST (a host of the stack with the %s binaries and a free %s mount point); temporary scratch hosts are created on the sandbox only",
-			env.Provider.Name(), target, backupRoleMount(st, target))
-	}
-	role := st.Role(target)
-	if role == nil || role.Volumes.Mount == "" {
-		return cloud.Instance{}, fmt.Errorf("verify: the stack has no role %s with a volume mount to restore into", target)
-	}
-	res, err := env.Provider.Describe(ctx, st.Name)
-	if err != nil {
-		return cloud.Instance{}, fmt.Errorf("describe stack %s: %w", st.Name, err)
-	}
-	used := map[string]bool{}
-	for _, in := range res.Instances {
-		used[in.PrivateAddress] = true
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	suffix := hex.EncodeToString(b[:])
-	spec := cloud.InstanceSpec{Name: st.Name + "-scratch-" + suffix, Role: "scratch", Zone: st.Zone,
-		ClientToken: "instactl-scratch-" + suffix,
-		Tags:        map[string]string{cloud.TagStack: st.Name, sandbox.TagMounts: role.Volumes.Mount}}
-	// The next free addresses after the stack's hosts: never an address the stack will claim,
-	// never one outside the stack's range.
-	addr := st.Network.AddressBase
-	for range st.Hosts() {
-		addr = addr.Next()
-	}
-	var lastErr error
-	for i := 0; i < 8; i, addr = i+1, addr.Next() {
-		if !addr.IsValid() || !addr.IsLoopback() {
-			break
-		}
-		if used[addr.String()] {
-			continue
-		}
-		spec.Address = addr.String()
-		in, err := env.Provider.CreateInstance(ctx, spec)
-		if err == nil {
-			return in, nil
-		}
-		lastErr = err
-	}
-	if lastErr == nil {
-		lastErr = fmt.Errorf("no free loopback address after %s", backupLastHostAddr(st))
-	}
-	return cloud.Instance{}, fmt.Errorf("verify: create scratch host: %w", lastErr)
-}
-
-func backupLastHostAddr(st *stack.Stack) netip.Addr {
-	a := st.Network.AddressBase
-	for i := 1; i < len(st.Hosts()); i++ {
-		a = a.Next()
-	}
-	return a
-}
-
-func backupRoleMount(st *stack.Stack, target string) string {
-	if r := st.Role(target); r != nil && r.Volumes.Mount != "" {
-		return r.Volumes.Mount
-	}
-	return "data"
-}
-
-// backupTerminateScratch terminates a scratch host, even when ctx was cancelled (Ctrl-C).
-func backupTerminateScratch(ctx context.Context, env backup.Env, in cloud.Instance) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	defer cancel()
-	if err := env.Provider.TerminateInstances(cctx, []string{in.ID}); err != nil {
-		return fmt.Errorf("terminate scratch host %s (%s): %w; remove it with instactl apply or sandbox down", in.Name, in.ID, err)
 	}
 	return nil
 }

@@ -109,32 +109,11 @@ func TestBackupCreateExitCode(t *testing.T) {
 	}
 }
 
-func TestBackupMetricsRendering(t *testing.T) {
-	st := &backupMetricsState{Series: map[string]*backupSeries{
-		"pg/bk-pg-1":       {Target: "pg", Host: "bk-pg-1", LastSuccess: time.Unix(1700000000, 0), DurationSeconds: 2.5, FreezeSeconds: 0.04, LagBytes: 128, SizeBytes: 10 << 30},
-		"redis/bk-redis-1": {Target: "redis", Host: "bk-redis-1", LastSuccess: time.Unix(1700000100, 0), FreezeSeconds: 0.01},
-	}, LastRun: time.Unix(1700000200, 0), LastRunSeconds: 3, LastRunExitCode: 3}
-	got := backupRenderMetrics("bk", st)
-	for _, want := range []string{
-		"# TYPE instactl_backup_last_success_timestamp_seconds gauge\n",
-		`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="bk-pg-1"} 1.7e+09` + "\n",
-		`instactl_backup_freeze_seconds{stack="bk",target="redis",host="bk-redis-1"} 0.01` + "\n",
-		`instactl_backup_replica_lag_bytes{stack="bk",target="pg",host="bk-pg-1"} 128` + "\n",
-		`instactl_backup_last_run_exit_code{stack="bk"} 3` + "\n",
-	} {
-		if !strings.Contains(got, want) {
-			t.Errorf("metrics lack %q:\n%s", want, got)
-		}
-	}
-	if strings.Contains(got, `instactl_backup_replica_lag_bytes{stack="bk",target="redis"`) {
-		t.Error("a redis series has a replication lag metric")
-	}
-}
-
 // TestBackupSandbox drives every backup command against a real sandbox: rows written to the
 // Postgres primary come back from a set restored onto another host, a drill marks a set
-// verified, an unsafe replica exits 3 and creates nothing, a held lock exits 4, and prune
-// deletes nothing without --yes.
+// verified, an unsafe replica exits 3 and creates nothing, a held lock exits 4, of two
+// overlapping runs one backs up everything and the other nothing, and prune deletes nothing
+// without --yes.
 func TestBackupSandbox(t *testing.T) {
 	backupRequireSandbox(t)
 	start := time.Now()
@@ -262,6 +241,32 @@ func TestBackupSandbox(t *testing.T) {
 	}
 	if after := backupList(t, bk); len(after) != len(before)-1 || backupHas(after, redisSet.ID) || !backupHas(after, pgSet.ID) {
 		t.Fatalf("after prune --yes: %+v", after)
+	}
+
+	// Two overlapping cron runs: one backs up every replica and exits 0, the other exits 4
+	// having made nothing (each takes every lock before any host work).
+	n0 := len(backupList(t, bk))
+	type outcome struct {
+		stdout, stderr string
+		code           int
+	}
+	runs := make(chan outcome, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			o, e, c := run(t, "--stack", path, "backup", "create", "--target", "all")
+			runs <- outcome{o, e, c}
+		}()
+	}
+	won, lost := <-runs, <-runs
+	if won.code != 0 {
+		won, lost = lost, won
+	}
+	if won.code != 0 || !strings.HasPrefix(won.stdout, "backup: 2 of 2 sets usable") ||
+		lost.code != ExitLocked || lost.stdout != "" || !strings.Contains(lost.stderr, "is held by") || strings.Contains(lost.stderr, "skipped") {
+		t.Fatalf("overlapping runs: exits %d and %d\n%s%s\n%s%s", won.code, lost.code, won.stdout, won.stderr, lost.stdout, lost.stderr)
+	}
+	if got := len(backupList(t, bk)); got != n0+2 {
+		t.Fatalf("overlapping runs made %d sets, want the winner's 2", got-n0)
 	}
 
 	// A held lock: exit 4 naming the holder.

@@ -165,6 +165,7 @@ func TestPostgres(t *testing.T) {
 	t.Run("window bound and cancel", func(t *testing.T) { testBoundAndCancel(t, e) })
 	t.Run("crash then resume", func(t *testing.T) { testCrash(t, e, false) })
 	t.Run("crash then abort", func(t *testing.T) { testCrash(t, e, true) })
+	t.Run("crash leaves a statement running", func(t *testing.T) { testCrashOrphan(t, e) })
 	if testing.Verbose() {
 		ms, _ := e.mover.Status(ctx)
 		for _, m := range ms {
@@ -846,5 +847,60 @@ func testLocked(t *testing.T, e *pgEnv) {
 	mustExec(t, holder, "SELECT pg_advisory_unlock(7271, $1::int)", id)
 	if st, err := e.mover.Abort(ctx, id); err != nil || st.State != StateAborted {
 		t.Fatalf("abort: %+v %v", st, err)
+	}
+}
+
+// testCrashOrphan: a SIGKILLed mover's statement runs on in its backend until it next talks to
+// the client, so it can commit while the next process works on the move. Here the killed
+// process's last statement (its session named for the move, as the mover names them) is the
+// target's CREATE SCHEMA, still in its transaction: resume must end that session rather than
+// collide with it (before the fix: a duplicate key on pg_namespace when the orphan commits).
+func testCrashOrphan(t *testing.T, e *pgEnv) {
+	ctx := context.Background()
+	const shard = 8
+	a := e.node(t, "a")
+	seed(t, a, shard, 50)
+	id := crashAt(t, e, shard, "b", StepPrepare, "") // the next step is copy_schema
+	cfg, err := pgx.ParseConfig(e.nodes[1].DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = moveAppName(id)
+	orphan, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Close(ctx)
+	orphanDone := make(chan error, 1)
+	go func() {
+		// One implicit transaction: the schema commits when the sleep ends, unless the session
+		// is ended first.
+		_, err := orphan.Exec(ctx, shardmap.ShardSchemaSQL(shard)+"; SELECT pg_sleep(60)", pgx.QueryExecModeSimpleProtocol)
+		orphanDone <- err
+	}()
+	b := e.node(t, "b")
+	for deadline := time.Now().Add(time.Minute); queryInt(t, b, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", moveAppName(id)) == 0; time.Sleep(10 * time.Millisecond) {
+		select {
+		case err := <-orphanDone:
+			t.Fatalf("the orphan statement ended before the resume: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the orphan statement never started")
+		}
+	}
+	st, err := e.mover.Resume(ctx, id, testOptions())
+	if err != nil || st.State != StateMoved {
+		t.Fatalf("resume with the killed process's statement still running: %+v %v", st, err)
+	}
+	if err := <-orphanDone; err == nil {
+		t.Fatal("the orphan statement committed instead of being ended")
+	}
+	s := shardmap.SchemaName(shard)
+	if got, want := queryInt(t, b, "SELECT count(*) FROM "+s+".photos"), queryInt(t, a, "SELECT count(*) FROM "+s+".photos"); got != want {
+		t.Fatalf("photos on b %d, on a %d", got, want)
+	}
+	if _, err := e.mover.Complete(ctx, id, CompleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -164,12 +164,12 @@ func collect(errs <-chan error) []error {
 // under snapshot into a target transaction that truncates the table first (FREEZE: the copy
 // needs no hint-bit pass on its first read).
 func (r *runner) copyWorker(ctx context.Context, snapshot string, work <-chan copyTable, done func(copyTable, int64)) error {
-	src, err := r.m.connectNode(ctx, r.mp, r.st.From)
+	src, err := r.connect(ctx, r.st.From)
 	if err != nil {
 		return err
 	}
 	defer closeAll(src)
-	dst, err := r.m.connectNode(ctx, r.mp, r.st.To)
+	dst, err := r.connect(ctx, r.st.To)
 	if err != nil {
 		return err
 	}
@@ -385,7 +385,7 @@ func (r *runner) buildIndexes(ctx context.Context) (any, error) {
 	var wg sync.WaitGroup
 	for range r.opt.CopyWorkers {
 		wg.Go(func() {
-			conn, err := r.m.connectNode(ctx, r.mp, r.st.To)
+			conn, err := r.connect(ctx, r.st.To)
 			if err != nil {
 				errs <- err
 				return

@@ -34,8 +34,11 @@ func (m *Mover) open(ctx context.Context, id int64) (*runner, func(), error) {
 		closeAll(ctl)
 		return nil, nil, err
 	}
-	if r.src, err = m.connectNode(ctx, r.mp, st.From); err == nil {
-		r.dst, err = m.connectNode(ctx, r.mp, st.To)
+	if r.src, err = r.connect(ctx, st.From); err == nil {
+		r.dst, err = r.connect(ctx, st.To)
+	}
+	if err == nil {
+		err = r.evictOrphans(ctx)
 	}
 	done := func() { unlockMove(ctl, id); closeAll(r.src, r.dst, ctl) }
 	if err != nil {

@@ -201,6 +201,48 @@ func lockMove(ctx context.Context, ctl *pgx.Conn, id int64) error {
 
 const lockWait = 3 * time.Second
 
+// evictOrphans ends the sessions that an earlier process working on the move left on the source
+// and the target, and waits until they are gone. A process killed with SIGKILL loses its
+// connections, yet each statement it had sent runs on in its backend until that backend next
+// talks to the client: a schema copy, an index build or a fence sent just before the kill can
+// still commit while the next process works on the move, and collide with it (a duplicate
+// schema, a fence turned back on after the cutover was redone). The caller holds the move's
+// lock, so every other session named for the move belongs to a process that is gone; ending
+// one rolls its open transaction back.
+func (r *runner) evictOrphans(ctx context.Context) error {
+	app := moveAppName(r.st.ID)
+	for _, c := range []struct {
+		node string
+		conn *pgx.Conn
+	}{{r.st.From, r.src}, {r.st.To, r.dst}} {
+		ours := []int32{int32(r.src.PgConn().PID()), int32(r.dst.PgConn().PID())}
+		deadline := time.Now().Add(orphanWait)
+		for {
+			// The select list runs only for the rows the WHERE clause kept: never our own.
+			var left int
+			err := c.conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE application_name = $1 AND pid <> ALL($2::int[])`, app, ours).Scan(&left)
+			if err != nil {
+				return fmt.Errorf("end the sessions a stopped process left on %s: %w", c.node, err)
+			}
+			if left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d sessions of a stopped process (application_name %s) are still running on %s after %s; "+
+					"end them with pg_terminate_backend and run the command again", left, app, c.node, orphanWait)
+			}
+			if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// orphanWait bounds how long a backend may take to exit once it is told to.
+const orphanWait = time.Minute
+
 // unlockMove releases the lock explicitly, so the next caller need not wait for the backend
 // of this session to exit.
 func unlockMove(ctl *pgx.Conn, id int64) {

@@ -148,16 +148,20 @@ func (m *Mover) drive(ctx context.Context, ctl *pgx.Conn, id int64, opt Options)
 		r.j.fail(ctx, 0, err)
 		return stuck(st.Step, err)
 	}
-	if r.src, err = m.connectNode(ctx, r.mp, st.From); err != nil {
+	if r.src, err = r.connect(ctx, st.From); err != nil {
 		r.j.fail(ctx, 0, err)
 		return stuck(st.Step, err)
 	}
 	defer closeAll(r.src)
-	if r.dst, err = m.connectNode(ctx, r.mp, st.To); err != nil {
+	if r.dst, err = r.connect(ctx, st.To); err != nil {
 		r.j.fail(ctx, 0, err)
 		return stuck(st.Step, err)
 	}
 	defer closeAll(r.dst)
+	if err := r.evictOrphans(ctx); err != nil {
+		r.j.fail(ctx, 0, err)
+		return stuck(st.Step, err)
+	}
 	for _, s := range steps[start:] {
 		if err := ctx.Err(); err != nil {
 			err = fmt.Errorf("stopped before %s: %w", s.name, err)

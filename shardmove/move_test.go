@@ -165,6 +165,7 @@ func TestPostgres(t *testing.T) {
 	t.Run("window bound and cancel", func(t *testing.T) { testBoundAndCancel(t, e) })
 	t.Run("crash then resume", func(t *testing.T) { testCrash(t, e, false) })
 	t.Run("crash then abort", func(t *testing.T) { testCrash(t, e, true) })
+	t.Run("crash leaves a statement running", func(t *testing.T) { testCrashOrphan(t, e) })
 	if testing.Verbose() {
 		ms, _ := e.mover.Status(ctx)
 		for _, m := range ms {
@@ -262,7 +263,9 @@ func (c *client) do(ctx context.Context, fn func(*pgx.Conn) error) (node string,
 	if err = fn(cn); !shardmap.IsFenced(err) {
 		return a.Node, false, err
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	// Wait for the flip as long as a loaded machine may need (a cutover that gives up unfences
+	// the source and tries again): the wait ends on the epoch, not on a clock.
+	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		if mp, lerr := shardmap.Load(ctx, c.ctl); lerr == nil {
 			c.mp = mp
@@ -303,6 +306,7 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv, shard int, copyMethod string) {
 		retries   atomic.Int64
 		maxStall  atomic.Int64
 		writes    atomic.Int64
+		onTarget  atomic.Int64 // photos acknowledged by the target node
 		likeUser  atomic.Int64
 		stop      = make(chan struct{})
 		wg        sync.WaitGroup
@@ -340,6 +344,9 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv, shard int, copyMethod string) {
 						mu.Lock()
 						photos = append(photos, ack{id, node})
 						mu.Unlock()
+						if node == "b" {
+							onTarget.Add(1)
+						}
 					}
 				case 1:
 					k := [2]int64{seeded[rng.IntN(len(seeded))], 1_000_000 + likeUser.Add(1)}
@@ -375,7 +382,11 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv, shard int, copyMethod string) {
 			}
 		})
 	}
-	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); writes.Load() < 20; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("writers made %d writes in a minute", writes.Load())
+		}
+	}
 
 	plan, err := e.mover.PlanMove(ctx, shard, "b")
 	if err != nil {
@@ -384,19 +395,27 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv, shard int, copyMethod string) {
 	var events []Event
 	opt := testOptions()
 	opt.Copy = copyMethod
+	// The bound is the contract checked below (the measured window never exceeds it), not a
+	// speed: a loaded machine may need longer than the 2 s default to catch up.
+	opt.WindowBound = 20 * time.Second
 	var evMu sync.Mutex
 	opt.Progress = func(ev Event) { evMu.Lock(); events = append(events, ev); evMu.Unlock() }
 	t0 := time.Now()
 	st, err := e.mover.Move(ctx, plan, opt)
 	moveTime := time.Since(t0)
-	time.Sleep(500 * time.Millisecond) // writes continue on the new node
+	// Writes continue on the new node: wait for some to be acknowledged there.
+	for deadline := time.Now().Add(time.Minute); err == nil && onTarget.Load() < 5; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			break // reported below as "no write reached the new node"
+		}
+	}
 	close(stop)
 	wg.Wait()
 	if err != nil {
 		t.Fatalf("move: %v", err)
 	}
 	t.Logf("move %d: %s, window %s (bound %s), %d cutover attempts; %d writes, %d retried, longest client stall %s",
-		st.ID, moveTime.Round(time.Millisecond), st.Window, 2*time.Second, st.CutoverAttempts, writes.Load(), retries.Load(),
+		st.ID, moveTime.Round(time.Millisecond), st.Window, opt.WindowBound, st.CutoverAttempts, writes.Load(), retries.Load(),
 		time.Duration(maxStall.Load())*time.Microsecond)
 	steps, err := e.mover.Steps(ctx, st.ID)
 	if err != nil {
@@ -407,7 +426,7 @@ func testMoveUnderLoad(t *testing.T, e *pgEnv, shard int, copyMethod string) {
 			t.Logf("%s: %s", s.Step, s.Details)
 		}
 	}
-	if st.State != StateMoved || st.Window <= 0 || st.Window > 2*time.Second || st.Plan.Copy != copyMethod {
+	if st.State != StateMoved || st.Window <= 0 || st.Window > opt.WindowBound || st.Plan.Copy != copyMethod {
 		t.Fatalf("after move: %+v", st)
 	}
 	// Every index and key constraint of the source exists on the target.
@@ -828,5 +847,60 @@ func testLocked(t *testing.T, e *pgEnv) {
 	mustExec(t, holder, "SELECT pg_advisory_unlock(7271, $1::int)", id)
 	if st, err := e.mover.Abort(ctx, id); err != nil || st.State != StateAborted {
 		t.Fatalf("abort: %+v %v", st, err)
+	}
+}
+
+// testCrashOrphan: a SIGKILLed mover's statement runs on in its backend until it next talks to
+// the client, so it can commit while the next process works on the move. Here the killed
+// process's last statement (its session named for the move, as the mover names them) is the
+// target's CREATE SCHEMA, still in its transaction: resume must end that session rather than
+// collide with it (before the fix: a duplicate key on pg_namespace when the orphan commits).
+func testCrashOrphan(t *testing.T, e *pgEnv) {
+	ctx := context.Background()
+	const shard = 8
+	a := e.node(t, "a")
+	seed(t, a, shard, 50)
+	id := crashAt(t, e, shard, "b", StepPrepare, "") // the next step is copy_schema
+	cfg, err := pgx.ParseConfig(e.nodes[1].DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = moveAppName(id)
+	orphan, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Close(ctx)
+	orphanDone := make(chan error, 1)
+	go func() {
+		// One implicit transaction: the schema commits when the sleep ends, unless the session
+		// is ended first.
+		_, err := orphan.Exec(ctx, shardmap.ShardSchemaSQL(shard)+"; SELECT pg_sleep(60)", pgx.QueryExecModeSimpleProtocol)
+		orphanDone <- err
+	}()
+	b := e.node(t, "b")
+	for deadline := time.Now().Add(time.Minute); queryInt(t, b, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", moveAppName(id)) == 0; time.Sleep(10 * time.Millisecond) {
+		select {
+		case err := <-orphanDone:
+			t.Fatalf("the orphan statement ended before the resume: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the orphan statement never started")
+		}
+	}
+	st, err := e.mover.Resume(ctx, id, testOptions())
+	if err != nil || st.State != StateMoved {
+		t.Fatalf("resume with the killed process's statement still running: %+v %v", st, err)
+	}
+	if err := <-orphanDone; err == nil {
+		t.Fatal("the orphan statement committed instead of being ended")
+	}
+	s := shardmap.SchemaName(shard)
+	if got, want := queryInt(t, b, "SELECT count(*) FROM "+s+".photos"), queryInt(t, a, "SELECT count(*) FROM "+s+".photos"); got != want {
+		t.Fatalf("photos on b %d, on a %d", got, want)
+	}
+	if _, err := e.mover.Complete(ctx, id, CompleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

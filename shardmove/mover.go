@@ -179,7 +179,21 @@ func (m *Mover) nodeDSN(mp shardmap.Map, node string) (string, error) {
 	return n.DSN, nil
 }
 
+// moveAppName is the application_name of every session a process opens to work on move id:
+// the next process that takes the move over finds the sessions a killed one left by it.
+func moveAppName(id int64) string { return fmt.Sprintf("instactl-shardmove-%d", id) }
+
+// connectNode connects to node for planning and setup, outside any move.
 func (m *Mover) connectNode(ctx context.Context, mp shardmap.Map, node string) (*pgx.Conn, error) {
+	return m.connectNodeAs(ctx, mp, node, "instactl-shardmove")
+}
+
+// connect connects to node for work on the runner's move.
+func (r *runner) connect(ctx context.Context, node string) (*pgx.Conn, error) {
+	return r.m.connectNodeAs(ctx, r.mp, node, moveAppName(r.st.ID))
+}
+
+func (m *Mover) connectNodeAs(ctx context.Context, mp shardmap.Map, node, app string) (*pgx.Conn, error) {
 	dsn, err := m.nodeDSN(mp, node)
 	if err != nil {
 		return nil, err
@@ -191,7 +205,7 @@ func (m *Mover) connectNode(ctx context.Context, mp shardmap.Map, node string) (
 	// Row hashes compare the text form of rows: both sides must render timestamps alike.
 	cfg.RuntimeParams["TimeZone"] = "UTC"
 	cfg.RuntimeParams["DateStyle"] = "ISO, MDY"
-	cfg.RuntimeParams["application_name"] = "instactl-shardmove"
+	cfg.RuntimeParams["application_name"] = app
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to node %s: %w", node, err)

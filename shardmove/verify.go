@@ -200,11 +200,11 @@ func (r *runner) verify(ctx context.Context) (any, error) {
 func (r *runner) verifySessions(ctx context.Context) ([][2]*pgx.Conn, error) {
 	var pairs [][2]*pgx.Conn
 	for range r.opt.VerifyWorkers {
-		src, err := r.m.connectNode(ctx, r.mp, r.st.From)
+		src, err := r.connect(ctx, r.st.From)
 		if err != nil {
 			return pairs, err
 		}
-		dst, err := r.m.connectNode(ctx, r.mp, r.st.To)
+		dst, err := r.connect(ctx, r.st.To)
 		if err != nil {
 			closeAll(src)
 			return pairs, err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -105,7 +106,9 @@ func randomBytes(n int) []byte {
 // TestApp runs the API over two real Postgres nodes, Redis, memcached and moto S3.
 func TestApp(t *testing.T) {
 	comps := apptest.StartComponents(t, 8)
-	srv := apptest.StartApp(t, comps.Config())
+	cfg := comps.Config()
+	cfg.MapRefresh = time.Hour // only NOTIFY (or a fence) re-routes: the NOTIFY check cannot pass on the timer
+	srv := apptest.StartApp(t, cfg)
 	c := client{t: t, base: srv.URL}
 
 	t.Run("sign up, follow, upload, feed, like, comment", func(t *testing.T) {
@@ -141,7 +144,7 @@ func TestApp(t *testing.T) {
 		if !bytes.Equal(got, img) {
 			t.Fatalf("image from S3: %d bytes, want %d", len(got), len(img))
 		}
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(time.Minute)
 		for !slices.Contains(c.feed(bob.ID), p.ID) {
 			if time.Now().After(deadline) {
 				t.Fatal("photo never reached bob's feed")
@@ -284,9 +287,17 @@ func testFenceRetry(t *testing.T, comps *apptest.Components, srv *apptest.Server
 		t.Fatal(err)
 	}
 	a := m.Shards[shard]
+	// Flip once the sign-up has hit the fence and waits for the map (a real condition, not a
+	// delay: on a loaded machine the sign-up may take any time to get there).
 	flipped := make(chan error, 1)
+	retriesBefore := srv.App.Router().FenceRetries()
 	go func() {
-		time.Sleep(300 * time.Millisecond)
+		for deadline := time.Now().Add(time.Minute); srv.App.Router().FenceRetries() == retriesBefore; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				flipped <- errors.New("the sign-up never hit the fence")
+				return
+			}
+		}
 		flipped <- shardmap.Flip(ctx, control, shard, a.Node, "pg2", a.Epoch)
 	}()
 	c := client{t: t, base: srv.URL}
@@ -323,7 +334,7 @@ func testFenceRetry(t *testing.T, comps *apptest.Components, srv *apptest.Server
 			t.Fatal(err)
 		}
 		want := m2.Version + int64(i) + 1
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := time.Now().Add(20 * time.Second) // under the server's MapRefresh of one hour
 		for srv.App.Router().Map().Version < want {
 			if time.Now().After(deadline) {
 				t.Fatalf("app did not see map version %d via NOTIFY", want)
@@ -379,10 +390,16 @@ func testGracefulShutdown(t *testing.T, comps *apptest.Components) {
 	time.Sleep(200 * time.Millisecond)
 	stopped := make(chan error, 1)
 	go func() { stopped <- s.Shutdown() }()
-	time.Sleep(300 * time.Millisecond)
-	if conn, err := net.DialTimeout("tcp", s.Addr, time.Second); err == nil {
+	// The listener closes as the shutdown starts: wait for that, however slow the machine.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		conn, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		if err != nil {
+			break
+		}
 		conn.Close()
-		t.Fatal("server still accepts connections during shutdown")
+		if time.Now().After(deadline) {
+			t.Fatal("server still accepts connections a minute into its shutdown")
+		}
 	}
 	select {
 	case err := <-stopped:

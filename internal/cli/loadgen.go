@@ -53,7 +53,7 @@ payload sha256) to --record, so that after a deploy, backup or shard move
 			if err := render(f.IO, out(), res, func(w io.Writer) error { return loadgenRender(w, res) }); err != nil {
 				return err
 			}
-			if res.Errors > 0 {
+			if res.Errors > 0 || res.Dropped > 0 {
 				return silentExit{ExitPartial}
 			}
 			return nil
@@ -135,11 +135,10 @@ func loadgenRender(w io.Writer, res loadgen.Result) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\n", name, n, errs, l.P50Ms, l.P99Ms, l.MaxMs)
 	}
 	for _, op := range slices.Sorted(maps.Keys(res.ByKind)) {
-		if ks := res.ByKind[op]; op != "dropped" {
-			row(op, ks.Requests, ks.Errors, ks.Latency)
-		}
+		ks := res.ByKind[op]
+		row(op, ks.Requests, ks.Errors, ks.Latency)
 	}
-	row("all", res.Requests-res.Dropped, res.Errors-res.Dropped, res.Latency)
+	row("all", res.Requests-res.Dropped, res.Errors, res.Latency)
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -88,7 +88,7 @@ func moveShard(t *testing.T, comps *apptest.Components, srv *apptest.Server, sha
 	if err := shardmap.Flip(ctx, control, shard, from, to, m.Shards[shard].Epoch); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); srv.App.Router().Map().Shards[shard].Node != to; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); srv.App.Router().Map().Shards[shard].Node != to; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("app still routes shard %d to %s", shard, from)
 		}

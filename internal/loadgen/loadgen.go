@@ -47,8 +47,14 @@ type Config struct {
 	// Timeout per request.
 	Timeout time.Duration
 	// MaxInFlight bounds concurrent requests; a request due while the bound is reached is
-	// dropped and counted as an error.
+	// dropped (shed, never sent) and counted in Result.Dropped, apart from the errors: it says
+	// the server (or this machine) could not keep up with Rate, not that a request failed.
 	MaxInFlight int
+	// WaitForSlot makes a request due while MaxInFlight requests are out wait for one to finish
+	// instead of being dropped: the generator turns closed-loop while the server cannot keep up,
+	// and every scheduled request is sent. Tests that check correctness use it, so a loaded
+	// machine slows them down rather than shedding the writes they verify.
+	WaitForSlot bool
 	// PhotoBytes is the size of each uploaded photo.
 	PhotoBytes int
 	// RecordFile receives one JSON line per acknowledged write; empty: no record.
@@ -98,11 +104,13 @@ type Record struct {
 	At     time.Time `json:"at"`
 }
 
-// Bucket is one second of the run, by scheduled send time.
+// Bucket is one second of the run, by scheduled send time. Requests and Errors count the
+// requests sent; Dropped those shed by the in-flight bound.
 type Bucket struct {
 	Second   int     `json:"second"`
 	Requests int     `json:"requests"`
 	Errors   int     `json:"errors"`
+	Dropped  int     `json:"dropped,omitempty"`
 	P50Ms    float64 `json:"p50_ms"`
 	P99Ms    float64 `json:"p99_ms"`
 }
@@ -124,10 +132,15 @@ type KindStats struct {
 
 // Result summarises a run.
 type Result struct {
+	// Requests counts every scheduled request: those sent and those dropped.
 	Requests int `json:"requests"`
-	Errors   int `json:"errors"`
-	Dropped  int `json:"dropped"`
-	Writes   int `json:"acknowledged_writes"`
+	// Errors counts requests sent that failed (an error status, a timeout, a broken
+	// connection). Dropped requests are not errors.
+	Errors int `json:"errors"`
+	// Dropped counts requests never sent because MaxInFlight requests were out: load shed by
+	// the generator, the sign of a server (or machine) slower than Rate.
+	Dropped int `json:"dropped"`
+	Writes  int `json:"acknowledged_writes"`
 	// Elapsed runs from the first send to the last answer.
 	Elapsed time.Duration `json:"elapsed"`
 	// Throughput is requests answered (dropped ones excluded) per second of Elapsed.
@@ -135,7 +148,7 @@ type Result struct {
 	// Latency covers every answered request; ByKind splits it by operation.
 	Latency Latency              `json:"latency"`
 	ByKind  map[string]KindStats `json:"by_kind"`
-	// ErrorKinds counts errors by cause: "http 503", "timeout", "connection", "dropped", "other".
+	// ErrorKinds counts errors by cause: "http 503", "timeout", "connection", "other".
 	ErrorKinds map[string]int `json:"error_kinds,omitempty"`
 	Buckets    []Bucket       `json:"buckets"`
 	// FirstErrors holds up to ten distinct error messages.
@@ -153,7 +166,8 @@ type runner struct {
 	nextName  int
 	latencies [][]time.Duration // by second
 	byOp      map[string][]time.Duration
-	errs      []int
+	errs      []int // by second
+	drops     []int // by second
 	res       Result
 
 	recMu sync.Mutex
@@ -170,7 +184,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	r := &runner{cfg: cfg, runID: time.Now().UnixNano(), rng: rand.New(rand.NewPCG(cfg.Seed, 0x1c)),
 		byOp: map[string][]time.Duration{}, res: Result{ByKind: map[string]KindStats{}, ErrorKinds: map[string]int{}}}
 	seconds := int(cfg.Duration/time.Second) + 1
-	r.latencies, r.errs = make([][]time.Duration, seconds), make([]int, seconds)
+	r.latencies, r.errs, r.drops = make([][]time.Duration, seconds), make([]int, seconds), make([]int, seconds)
 	if cfg.RecordFile != "" {
 		f, err := os.OpenFile(cfg.RecordFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
@@ -196,11 +210,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			break
 		}
 		sec := int(due.Sub(start) / time.Second)
-		select {
-		case sem <- struct{}{}:
-		default:
-			r.done(sec, "dropped", 0, errDropped)
-			continue
+		if cfg.WaitForSlot {
+			sem <- struct{}{}
+		} else {
+			select {
+			case sem <- struct{}{}:
+			default:
+				r.dropped(sec)
+				continue
+			}
 		}
 		op := r.pick()
 		wg.Go(func() {
@@ -248,31 +266,39 @@ func (r *runner) pick() string {
 	return op
 }
 
+// dropped counts a request shed by the in-flight bound.
+func (r *runner) dropped(sec int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.res.Requests++
+	r.res.Dropped++
+	r.drops[min(sec, len(r.drops)-1)]++
+	if testHookDropped != nil {
+		testHookDropped()
+	}
+}
+
+// testHookDropped, when set by a test, runs on every drop (under the runner's lock).
+var testHookDropped func()
+
 func (r *runner) done(sec int, op string, lat time.Duration, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ks := r.res.ByKind[op]
 	ks.Requests++
 	r.res.Requests++
-	if sec >= len(r.errs) {
-		sec = len(r.errs) - 1
-	}
+	sec = min(sec, len(r.errs)-1)
 	if err != nil {
 		ks.Errors++
 		r.res.Errors++
 		r.errs[sec]++
 		r.res.ErrorKinds[errorKind(err)]++
-		if op == "dropped" {
-			r.res.Dropped++
-		}
 		if msg := err.Error(); len(r.res.FirstErrors) < 10 && !slices.Contains(r.res.FirstErrors, msg) {
 			r.res.FirstErrors = append(r.res.FirstErrors, msg)
 		}
 	}
-	if op != "dropped" {
-		r.latencies[sec] = append(r.latencies[sec], lat)
-		r.byOp[op] = append(r.byOp[op], lat)
-	}
+	r.latencies[sec] = append(r.latencies[sec], lat)
+	r.byOp[op] = append(r.byOp[op], lat)
 	r.res.ByKind[op] = ks
 }
 
@@ -283,8 +309,6 @@ func errorKind(err error) string {
 	switch {
 	case errors.As(err, &se):
 		return fmt.Sprintf("http %d", se.Code)
-	case errors.Is(err, errDropped):
-		return "dropped"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF),
@@ -294,16 +318,14 @@ func errorKind(err error) string {
 	return "other"
 }
 
-var errDropped = errors.New("dropped: max in-flight reached")
-
 func (r *runner) summarise() {
 	var all []time.Duration
 	for s := range r.latencies {
 		lat := r.latencies[s]
 		all = append(all, lat...)
 		p := percentiles(lat)
-		b := Bucket{Second: s, Requests: len(lat), Errors: r.errs[s], P50Ms: p.P50Ms, P99Ms: p.P99Ms}
-		if b.Requests > 0 || b.Errors > 0 {
+		b := Bucket{Second: s, Requests: len(lat), Errors: r.errs[s], Dropped: r.drops[s], P50Ms: p.P50Ms, P99Ms: p.P99Ms}
+		if b.Requests > 0 || b.Errors > 0 || b.Dropped > 0 {
 			r.res.Buckets = append(r.res.Buckets, b)
 		}
 	}

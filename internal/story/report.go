@@ -80,7 +80,7 @@ func phaseOf(name string, buckets []loadgen.Bucket, from, to time.Duration) Phas
 			continue
 		}
 		p.Requests += b.Requests
-		p.Errors += b.Errors
+		p.Errors += b.Errors + b.Dropped
 		weighted += b.P50Ms * float64(b.Requests)
 		p.P99Ms = max(p.P99Ms, b.P99Ms)
 	}
@@ -199,7 +199,7 @@ func charts(s *Summary) []chart {
 		y := scaleY(float64(b.Requests), yr)
 		thr.Bars = append(thr.Bars, bar{X: scaleX(float64(b.Second), secs), Y: y, W: max(w-1, 1), H: chartH - padB - y})
 	}
-	thr.Paths = []path{{D: linePath(s.Buckets, secs, yr, func(b loadgen.Bucket) float64 { return float64(b.Errors) }), Color: "#c0392b", Label: "failed"}}
+	thr.Paths = []path{{D: linePath(s.Buckets, secs, yr, func(b loadgen.Bucket) float64 { return float64(b.Errors + b.Dropped) }), Color: "#c0392b", Label: "failed"}}
 	return []chart{lat, thr}
 }
 

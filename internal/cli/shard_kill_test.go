@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/instactl/instactl/internal/app"
-	"github.com/instactl/instactl/internal/shardmap"
+	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/shardmove"
 	"github.com/instactl/instactl/stack"
 )

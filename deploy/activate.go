@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/instactl/instactl/internal/errtext"
 	"github.com/instactl/instactl/remote"
 )
 
@@ -330,10 +331,10 @@ func checkOnce(ctx context.Context, hc *http.Client, url, version string) error 
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d: %s", resp.StatusCode, FirstLine(string(body)))
+		return fmt.Errorf("status %d: %s", resp.StatusCode, errtext.OneLine(string(body)))
 	}
 	if version != "" && !strings.Contains(string(body), version) {
-		return fmt.Errorf("healthy but reports another version (want %s): %s", version, FirstLine(string(body)))
+		return fmt.Errorf("healthy but reports another version (want %s): %s", version, errtext.OneLine(string(body)))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/instactl/instactl/internal/errtext"
 	"github.com/instactl/instactl/remote"
 )
 
@@ -70,7 +71,7 @@ func acquireLock(ctx context.Context, c *remote.Client, root string, info LockIn
 	case state == "held":
 		return &LockedError{Host: c.Target().String(), Info: held}
 	}
-	return fmt.Errorf("take deploy lock on %s: unexpected reply %q", c.Target(), FirstLine(string(out)))
+	return fmt.Errorf("take deploy lock on %s: unexpected reply %q", c.Target(), errtext.OneLine(string(out)))
 }
 
 // releaseLock drops the lock if runID holds it (any holder when runID is "").

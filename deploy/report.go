@@ -45,7 +45,7 @@ type HostReport struct {
 	// Uploaded says the artifact was sent; false with a staged outcome means it was there.
 	Uploaded bool  `json:"uploaded,omitempty"`
 	Bytes    int64 `json:"bytes,omitempty"`
-	// Stage is the step that failed, Error its first line.
+	// Stage is the step that failed, Error the whole error on one line.
 	Stage Stage  `json:"stage,omitempty"`
 	Error string `json:"error,omitempty"`
 	// Note explains an outcome that is not the host's own failure ("rolled back: batch 2
@@ -87,7 +87,7 @@ type Report struct {
 	Commit   string `json:"commit,omitempty"`
 	SHA256   string `json:"sha256,omitempty"`
 	Result   Result `json:"result"`
-	// Error is the run's error, if any (first line).
+	// Error is the run's error, if any, on one line.
 	Error string `json:"error,omitempty"`
 	// BatchesDone counts batches that completed; Resumes counts resumptions.
 	BatchesDone int       `json:"batches_done"`
@@ -111,7 +111,7 @@ func (r *Report) Count(o Outcome) int {
 	return n
 }
 
-// Failed lists the hosts that failed, with their first error line.
+// Failed lists the hosts that failed, with their errors.
 func (r *Report) Failed() []HostReport {
 	var out []HostReport
 	for _, h := range r.Hosts {
@@ -148,7 +148,7 @@ type MaxFailError struct {
 	Batch   int
 	Failed  int
 	Allowed int
-	// Hosts are the failed hosts and their first error lines.
+	// Hosts are the failed hosts and their errors.
 	Hosts []HostReport
 }
 

@@ -1,6 +1,8 @@
 package deploy
 
 import (
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -40,5 +42,14 @@ func TestJournalConcurrentSaves(t *testing.T) {
 		if h.State != OutcomeActivated {
 			t.Errorf("journal: %s is %s, want activated", h.Host, h.State)
 		}
+	}
+}
+
+// ErrorLine folds a multi-line remote error onto one line and keeps all of it, however long.
+func TestErrorLineKeepsTheCause(t *testing.T) {
+	cause := strings.Repeat("context ", 300) + "THE-CAUSE"
+	got := ErrorLine(errors.New("restart on app-0:\n    " + cause + "\n"))
+	if got != "restart on app-0: "+cause {
+		t.Errorf("ErrorLine cut or mangled the cause (%d bytes): ...%s", len(got), got[max(0, len(got)-60):])
 	}
 }

@@ -6,11 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/instactl/instactl/internal/errtext"
 )
 
 // Client is an open, authenticated connection to one host. Every step of a
@@ -161,17 +162,15 @@ type ExitError struct {
 	Stderr   []byte
 }
 
-// Error names the host, the command, the status and the last stderr line.
+// Error names the host, the command, the status and what the command wrote to stderr. The
+// command line is decoration and is shortened; stderr is the cause and is kept whole (it is
+// already bounded by Config.MaxOutputBytes), indented on its own lines when it has several.
 func (e *ExitError) Error() string {
 	how := fmt.Sprintf("exited %d", e.ExitCode)
 	if e.Signal != "" {
 		how = "killed by SIG" + e.Signal
 	}
-	msg := fmt.Sprintf("%s: %s %s", e.Target, shorten(e.Cmd.String(), 120), how)
-	if tail := lastLine(e.Stderr); tail != "" {
-		msg += ": " + tail
-	}
-	return msg
+	return errtext.Cause(fmt.Sprintf("%s: %s %s", e.Target, shorten(e.Cmd.String(), 120), how), string(e.Stderr))
 }
 
 // Run runs cmd on the host with stdin (nil for none) and waits for it. The
@@ -301,17 +300,11 @@ func tee(buf io.Writer, w io.Writer) io.Writer {
 	return io.MultiWriter(buf, w)
 }
 
+// shorten cuts decoration (a command line quoted in a message) to n bytes; never use it on
+// a cause.
 func shorten(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-func lastLine(b []byte) string {
-	s := strings.TrimRight(string(b), "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return shorten(s, 200)
 }

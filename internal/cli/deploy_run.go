@@ -17,6 +17,7 @@ import (
 
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/deploy"
+	"github.com/instactl/instactl/internal/errtext"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 )
@@ -403,7 +404,7 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 		if h.RollbackError != "" {
 			msg += "; rollback failed: " + h.RollbackError
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", h.Host, h.Batch, h.State, orDash(string(h.Stage)), orDash(deploy.FirstLine(msg)))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", h.Host, h.Batch, h.State, orDash(string(h.Stage)), orDash(errtext.OneLine(msg)))
 	}
 	return tw.Flush()
 }
@@ -586,7 +587,7 @@ func deployRenderReleases(w io.Writer, rels []deploy.HostReleases) error {
 	fmt.Fprintln(tw, "HOST\t \tRELEASE\tSTAGED\tSIZE\tNOTE")
 	for _, h := range rels {
 		if h.Error != "" {
-			fmt.Fprintf(tw, "%s\t \t-\t-\t-\tERROR: %s\n", h.Host, deploy.FirstLine(h.Error))
+			fmt.Fprintf(tw, "%s\t \t-\t-\t-\tERROR: %s\n", h.Host, errtext.OneLine(h.Error))
 			continue
 		}
 		if len(h.Releases) == 0 {

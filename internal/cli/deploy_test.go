@@ -80,7 +80,7 @@ func TestDeployRenderReport(t *testing.T) {
 	}
 	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded (3.0 MiB), 3 already had it",
 		"batch 1  1   hosts app-0", "batch 2  3   hosts app-1..app-3", "activated 2, rolled-back 1",
-		"app-2  2      rolled-back  health  health: 503 after 30s\n"} {
+		"app-2  2      rolled-back  health  health: 503 after 30s more\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -155,5 +156,14 @@ func TestResultStats(t *testing.T) {
 		t.Errorf("likes %+v, errors %d by kind %v", like, res.Errors, res.ErrorKinds)
 	case res.Latency.MaxMs < feed.MaxMs || res.Latency.P50Ms > feed.P50Ms:
 		t.Errorf("overall latency %+v, feed %+v", res.Latency, feed.Latency)
+	}
+}
+
+// A failed request's body is its cause: folded onto one line, never cut.
+func TestStatusErrorKeepsWholeBody(t *testing.T) {
+	body := "<html>\n<title>502 Bad Gateway</title>\n" + strings.Repeat("padding ", 60) + "upstream app-3 refused the connection</html>"
+	got := (&loadgen.StatusError{Method: "GET", Path: "/feed", Code: 502, Body: body}).Error()
+	if !strings.HasSuffix(got, "upstream app-3 refused the connection</html>") || strings.Contains(got, "\n") {
+		t.Errorf("body cut or not folded: %s", got)
 	}
 }

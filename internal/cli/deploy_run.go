@@ -20,6 +20,8 @@ import (
 	"github.com/instactl/instactl/internal/errtext"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/templates"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // deployEnv is what every command of the deploy family needs: the stack, the deploy settings
@@ -94,6 +96,12 @@ func deployRun(ctx context.Context, f *Factory, out Output, o *DeployOptions) er
 	if err != nil {
 		return err
 	}
+	if err := deployCheckShardMap(ctx, f, env); err != nil {
+		if !o.DryRun {
+			return err
+		}
+		f.IO.Statusf("note: a real deploy would be refused now: %v", err)
+	}
 	deployApplyFlags(&env.cfg, o.Batches, o.MaxFail, o.Message)
 	a, cleanup, err := deployArtifact(ctx, f, env.state, o)
 	if err != nil {
@@ -110,7 +118,36 @@ func deployRun(ctx context.Context, f *Factory, out Output, o *DeployOptions) er
 	}
 	f.IO.Statusf("deploy %s: release %s%s to %d %s hosts in %d batches", p.RunID, a.ID, deployVersionNote(a.Version),
 		len(p.Hosts), env.cfg.Role, len(p.Batches))
-	return deployExecute(ctx, f, out, env, p, o.AcceptNew, (*deploy.Deployer).Deploy)
+	return deployExecute(ctx, f, out, env, p, o.AcceptNew, o.LockWait, (*deploy.Deployer).Deploy)
+}
+
+// deployCheckShardMap refuses, before any host is touched, a deploy of the app servers on a
+// stack whose control database holds no shard map: the app server reads the map at start, so
+// every host would fail its health gate and the canary would stop the deploy with an error
+// that does not say why. Stacks without the shards role, and roles other than app, need no map.
+func deployCheckShardMap(ctx context.Context, f *Factory, env *deployEnv) error {
+	st := env.st
+	if env.cfg.Role != templates.RoleApp || st.Role(st.Shards.Role) == nil {
+		return nil
+	}
+	e, err := newShardEnv(f)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := shardLoadMap(ctx, e); err != nil {
+		init := shardCmdLine(f, "shard", "init")
+		var pe *pgconn.PgError
+		// 3D000: no such database; 42P01: no such table.
+		if errors.As(err, &pe) && (pe.Code == "3D000" || pe.Code == "42P01") {
+			return usageErrorf("stack %s has no shard map yet (control database %s on %s): the app server cannot start without it.\n"+
+				"Run `%s` first, then deploy again. No host was touched.\n(%v)", st.Name, st.Shards.ControlDatabase, e.nodes[0].Name, init, err)
+		}
+		return fmt.Errorf("read the shard map before deploying (the app server cannot start without it); no host was touched: %w", err)
+	}
+	return nil
 }
 
 // deployResume is `instactl deploy --resume RUN`.
@@ -137,7 +174,7 @@ func deployResume(ctx context.Context, f *Factory, out Output, o *DeployOptions)
 	}
 	defer pool.Close()
 	prog := deployNewProgress(f.IO, p)
-	d := &deploy.Deployer{Dialer: pool, LB: prov, OnEvent: prog.event}
+	d := &deploy.Deployer{Dialer: pool, LB: prov, OnEvent: prog.event, LockWait: o.LockWait}
 	f.IO.Statusf("resuming %s %s: release %s on %d hosts", p.Kind, p.RunID, orDash(p.Release), len(p.Hosts))
 	rep, err := d.Resume(ctx, state, o.Resume)
 	prog.finish()
@@ -159,12 +196,12 @@ func deployRollbackRun(ctx context.Context, f *Factory, out Output, o *RollbackO
 		return deployRenderPlan(f, out, p)
 	}
 	f.IO.Statusf("rollback %s: %d %s hosts to %s", p.RunID, len(p.Hosts), env.cfg.Role, deployOrText(o.To, "their previous release"))
-	return deployExecute(ctx, f, out, env, p, o.AcceptNew, (*deploy.Deployer).Rollback)
+	return deployExecute(ctx, f, out, env, p, o.AcceptNew, o.LockWait, (*deploy.Deployer).Rollback)
 }
 
 // deployExecute runs a deploy or rollback plan over one SSH pool with live progress, and
 // renders the report.
-func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, p *deploy.Plan, acceptNew bool,
+func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, p *deploy.Plan, acceptNew bool, lockWait time.Duration,
 	run func(*deploy.Deployer, context.Context, *deploy.Plan) (*deploy.Report, error)) error {
 	pool, err := f.SSH(acceptNew)
 	if err != nil {
@@ -172,7 +209,7 @@ func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, 
 	}
 	defer pool.Close()
 	prog := deployNewProgress(f.IO, p)
-	rep, err := run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event}, ctx, p)
+	rep, err := run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event, LockWait: lockWait}, ctx, p)
 	prog.finish()
 	return deployFinish(f, out, rep, err)
 }
@@ -307,8 +344,10 @@ func deployFinish(f *Factory, out Output, rep *deploy.Report, err error) error {
 	}
 	var mf *deploy.MaxFailError
 	switch {
+	case errors.As(err, &mf) && rep == nil:
+		return withCode(ExitError, err)
 	case errors.As(err, &mf):
-		return withCode(ExitError, fmt.Errorf("%w; the failing batch is back on its previous release and later batches were not touched", err))
+		return withCode(ExitError, fmt.Errorf("%w; %s; later batches were not touched", err, rep.BatchState(mf.Batch)))
 	case errors.Is(err, deploy.ErrInterrupted) || errors.Is(err, context.Canceled):
 		id := "RUN"
 		if rep != nil {
@@ -331,11 +370,23 @@ func deployLockedText(le *deploy.LockedError) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "the deploy lock on %s is held by %s since %s (%s ago)\n", le.Host, deployOrText(i.Holder, "unknown"),
 		i.Time.Format(time.RFC3339), time.Since(i.Time).Round(time.Second))
+	if i.PID > 0 {
+		fmt.Fprintf(&b, "  process: %d on %s\n", i.PID, deployOrText(i.Hostname, "?"))
+	}
 	fmt.Fprintf(&b, "  run:     %s (%s of release %s)\n", deployOrText(i.RunID, "?"), deployOrText(string(i.Kind), "deploy"), deployOrText(i.Release, "?"))
 	if i.Message != "" {
 		fmt.Fprintf(&b, "  message: %s\n", i.Message)
 	}
-	fmt.Fprintf(&b, "fix: wait for that run to finish; if it was interrupted, finish it with instactl deploy --resume %s; "+
+	if le.Gone != "" {
+		fmt.Fprintf(&b, "the lock is stale: %s, so that run was killed and will not release it\n", le.Gone)
+		fmt.Fprintf(&b, "fix: finish that run with instactl deploy --resume %s (it converges every host), "+
+			"or break the lock with instactl lock release --force", deployOrText(i.RunID, "RUN"))
+		return b.String()
+	}
+	if le.Waited > 0 {
+		fmt.Fprintf(&b, "  waited:  %s (--lock-wait)\n", le.Waited.Round(time.Second))
+	}
+	fmt.Fprintf(&b, "fix: wait for that run to finish (--lock-wait DURATION waits for it); if it was interrupted, finish it with instactl deploy --resume %s; "+
 		"if it is dead, drop the lock with instactl lock release --force", deployOrText(i.RunID, "RUN"))
 	return b.String()
 }
@@ -386,7 +437,8 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 	}
 	var bad []deploy.HostReport
 	for _, h := range rep.Hosts {
-		if h.Error != "" || h.RollbackError != "" || h.State == deploy.OutcomeFailed || h.State == deploy.OutcomeRolledBack {
+		if h.Error != "" || h.RollbackError != "" || h.State == deploy.OutcomeFailed || h.State == deploy.OutcomeRolledBack ||
+			h.State == deploy.OutcomeStopped {
 			bad = append(bad, h)
 		}
 	}
@@ -395,11 +447,13 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 	}
 	fmt.Fprintln(w, "\nHosts that failed:")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tBATCH\tOUTCOME\tSTAGE\tFIRST ERROR")
+	fmt.Fprintln(tw, "HOST\tBATCH\tOUTCOME\tSTAGE\tERROR")
 	for _, h := range bad {
 		msg := h.Error
 		if msg == "" {
 			msg = h.Note
+		} else if h.Note != "" {
+			msg += "; " + h.Note
 		}
 		if h.RollbackError != "" {
 			msg += "; rollback failed: " + h.RollbackError
@@ -613,6 +667,8 @@ type deployLockState struct {
 	Held bool             `json:"held"`
 	Host string           `json:"host"`
 	Info *deploy.LockInfo `json:"info,omitempty"`
+	// Stale says why the holder is known to be dead, if it is.
+	Stale string `json:"stale,omitempty"`
 }
 
 // deployLockStatusRun is `instactl lock status`; it exits 4 when the lock is held.
@@ -632,12 +688,15 @@ func deployLockStatusRun(ctx context.Context, f *Factory, out Output, o *LockOpt
 		return err
 	}
 	st := deployLockState{Held: info != nil, Host: host, Info: info}
+	if info != nil {
+		st.Stale = deploy.HolderGone(*info)
+	}
 	err = render(f.IO, out, st, func(w io.Writer) error {
 		if info == nil {
 			_, err := fmt.Fprintf(w, "The deploy lock of %s (on %s) is free.\n", env.st.Name, host)
 			return err
 		}
-		_, err := fmt.Fprintln(w, deployLockedText(&deploy.LockedError{Host: host, Info: *info}))
+		_, err := fmt.Fprintln(w, deployLockedText(&deploy.LockedError{Host: host, Info: *info, Gone: st.Stale}))
 		return err
 	})
 	if err != nil {

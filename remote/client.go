@@ -150,7 +150,8 @@ func (r Result) Err() error {
 	if r.ExitCode == 0 {
 		return nil
 	}
-	return &ExitError{Target: r.Target, Cmd: r.Cmd, ExitCode: r.ExitCode, Signal: r.Signal, Stderr: r.Stderr}
+	return &ExitError{Target: r.Target, Cmd: r.Cmd, ExitCode: r.ExitCode, Signal: r.Signal, Stderr: r.Stderr,
+		StderrTruncated: r.StderrTruncated}
 }
 
 // ExitError is a command that ran and exited with a non-zero status.
@@ -160,6 +161,9 @@ type ExitError struct {
 	ExitCode int
 	Signal   string
 	Stderr   []byte
+	// StderrTruncated says Stderr holds only the start of what the command wrote (see
+	// Config.MaxOutputBytes); the message says so rather than pass the head off as all of it.
+	StderrTruncated bool
 }
 
 // Error names the host, the command, the status and what the command wrote to stderr. The
@@ -170,7 +174,11 @@ func (e *ExitError) Error() string {
 	if e.Signal != "" {
 		how = "killed by SIG" + e.Signal
 	}
-	return errtext.Cause(fmt.Sprintf("%s: %s %s", e.Target, shorten(e.Cmd.String(), 120), how), string(e.Stderr))
+	msg := errtext.Cause(fmt.Sprintf("%s: %s %s", e.Target, shorten(e.Cmd.String(), 120), how), string(e.Stderr))
+	if e.StderrTruncated {
+		msg += fmt.Sprintf("\n    (stderr cut after its first %d bytes: the rest is on the host only)", len(e.Stderr))
+	}
+	return msg
 }
 
 // Run runs cmd on the host with stdin (nil for none) and waits for it. The

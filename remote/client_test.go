@@ -140,6 +140,23 @@ func TestRunExitErrorKeepsLongCause(t *testing.T) {
 	}
 }
 
+// A cause longer than MaxOutputBytes cannot be kept whole: the message says it was cut.
+func TestRunExitErrorSaysStderrWasCut(t *testing.T) {
+	env := newUnitEnv(t)
+	c, err := env.dialer(t, func(c *Config) { c.MaxOutputBytes = 1000 }).Dial(context.Background(), env.srv.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	res, err := c.Run(context.Background(), Script("head -c 5000 /dev/zero | tr '\\0' x >&2; exit 1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Err().Error(); !strings.Contains(got, strings.Repeat("x", 1000)) || !strings.Contains(got, "stderr cut after its first 1000 bytes") {
+		t.Errorf("message does not say stderr was cut:\n%s", got)
+	}
+}
+
 func TestRunBoundedOutput(t *testing.T) {
 	env := newUnitEnv(t)
 	c, err := env.dialer(t, func(c *Config) { c.MaxOutputBytes = 1000 }).Dial(context.Background(), env.srv.target())

@@ -59,15 +59,6 @@ func TestDeployUsageErrors(t *testing.T) {
 	}
 }
 
-func TestDeployRunCommand(t *testing.T) {
-	if got := deployRunCommand([]string{"df -h | tail -1"}).String(); got != `sh -c 'df -h | tail -1'` {
-		t.Errorf("script: %s", got)
-	}
-	if got := deployRunCommand([]string{"echo", "it's"}).String(); got != `echo 'it'\''s'` {
-		t.Errorf("argv: %s", got)
-	}
-}
-
 func TestDeployRenderReport(t *testing.T) {
 	rep := &deploy.Report{RunID: "R1", Kind: deploy.KindDeploy, Role: "app", Release: "abc", Version: "v2", Result: deploy.ResultPartial,
 		Hosts: []deploy.HostReport{

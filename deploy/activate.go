@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/instactl/instactl/errtext"
 	"github.com/instactl/instactl/remote"
 )
 
@@ -17,6 +19,7 @@ import (
 // healthy hosts back in the LB, and mark them done on the hosts.
 func (r *run) batch(ctx context.Context, b Batch) error {
 	todo := r.todo(b)
+	carried := r.carried(b, todo)
 	r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusStart,
 		Message: fmt.Sprintf("%d hosts (%d to do)", len(b.Hosts), len(todo))})
 	if len(todo) > 0 {
@@ -27,6 +30,12 @@ func (r *run) batch(ctx context.Context, b Batch) error {
 		todo = r.todo(b)
 	}
 	if len(todo) == 0 {
+		if len(carried) > 0 {
+			if err := r.register(ctx, b, carried); err != nil {
+				return err
+			}
+			r.mark(ctx, carried)
+		}
 		r.rep.BatchesDone = max(r.rep.BatchesDone, b.Index)
 		r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusSkip, Message: "nothing to do"})
 		return nil
@@ -43,18 +52,37 @@ func (r *run) batch(ctx context.Context, b Batch) error {
 	failed := r.failedCount()
 	breached := failed > r.plan.MaxFailAllowed
 	r.rollbackBatch(ctx, b, todo, breached)
-	if err := r.register(ctx, b, todo); err != nil {
+	if err := r.register(ctx, b, append(todo, carried...)); err != nil {
 		return err
 	}
-	r.mark(ctx, todo)
+	r.mark(ctx, append(todo, carried...))
 	if breached {
+		r.mu.Lock()
+		state := r.rep.BatchState(b.Index)
+		r.mu.Unlock()
 		r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusFail,
-			Message: fmt.Sprintf("%d hosts failed, max-fail allows %d: stopped, batch rolled back", failed, r.plan.MaxFailAllowed)})
+			Message: fmt.Sprintf("%d hosts failed, max-fail allows %d: stopped; %s", failed, r.plan.MaxFailAllowed, state)})
 		return &MaxFailError{Batch: b.Index, Failed: failed, Allowed: r.plan.MaxFailAllowed, Hosts: r.rep.Failed()}
 	}
 	r.rep.BatchesDone = max(r.rep.BatchesDone, b.Index)
 	r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusOK})
 	return nil
+}
+
+// carried lists, on a resumed run, the hosts of the batch that was interrupted which the
+// journal shows activated: the interrupted run took them out of the load balancer and was
+// killed before it put them back and marked them, so this run does both.
+func (r *run) carried(b Batch, todo []string) []string {
+	if r.rep.Resumes == 0 || b.Index <= r.rep.BatchesDone {
+		return nil
+	}
+	var out []string
+	for _, n := range b.Hosts {
+		if r.state(n) == OutcomeActivated && !slices.Contains(todo, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // todo lists the batch's hosts still to activate: staged (deploy) or pending (rollback).
@@ -223,6 +251,10 @@ func (r *run) rollbackHost(ctx context.Context, c *remote.Client, h Host, batch 
 	r.mu.Lock()
 	prev := r.byName[h.Name].Previous
 	r.mu.Unlock()
+	if prev == "" && r.plan.Kind == KindDeploy {
+		r.retractHost(ctx, c, h, batch)
+		return
+	}
 	r.ev.emit(Event{Host: h.Name, Batch: batch, Stage: StageRollback, Status: StatusStart, Message: "to " + orText(prev, "previous release")})
 	err := func() error {
 		target := prev
@@ -252,6 +284,47 @@ func (r *run) rollbackHost(ctx context.Context, c *remote.Client, h Host, batch 
 		return
 	}
 	r.ev.emit(Event{Host: h.Name, Batch: batch, Stage: StageRollback, Status: StatusOK, Message: "back on " + orText(prev, "previous release")})
+}
+
+// retractHost is the rollback of a host that ran no release before this deploy: there is
+// nothing to flip back to, so it is returned to its state before the run as far as that
+// is safe: the service stopped (it was not serving before), current removed, the release
+// left staged.
+func (r *run) retractHost(ctx context.Context, c *remote.Client, h Host, batch int) {
+	rel := r.plan.Release
+	r.ev.emit(Event{Host: h.Name, Batch: batch, Stage: StageRollback, Status: StatusStart,
+		Message: "no earlier release on this host: stopping the service"})
+	stop, canStop := r.cfg.stopCommand()
+	err := func() error {
+		if canStop {
+			if _, err := runOK(ctx, c, stop); err != nil {
+				return fmt.Errorf("stop the service: %w", err)
+			}
+		}
+		if _, err := runOK(ctx, c, RetractCommand(r.cfg.Path, rel)); err != nil {
+			return fmt.Errorf("remove the current link: %w", err)
+		}
+		return nil
+	}()
+	note := fmt.Sprintf("no earlier release to return to: service stopped, no release current, %s stays staged", rel)
+	if !canStop {
+		note = fmt.Sprintf("no earlier release to return to: no release current, %s stays staged; "+
+			"the service was left as the custom restart command left it", rel)
+	}
+	r.update(h.Name, func(hr *HostReport) {
+		if err != nil {
+			hr.State, hr.RollbackError = OutcomeFailed, ErrorLine(err)
+			hr.Note = fmt.Sprintf("no earlier release to return to: %s is still current", rel)
+			return
+		}
+		hr.State, hr.Note = OutcomeStopped, note
+	})
+	if err != nil {
+		r.ev.emit(Event{Host: h.Name, Batch: batch, Stage: StageRollback, Status: StatusFail,
+			Err: fmt.Errorf("undo the first deploy on %s: %w", h.Name, err)})
+		return
+	}
+	r.ev.emit(Event{Host: h.Name, Batch: batch, Stage: StageRollback, Status: StatusOK, Message: note})
 }
 
 // mark writes the per-host marker of the hosts that finished.
@@ -330,10 +403,10 @@ func checkOnce(ctx context.Context, hc *http.Client, url, version string) error 
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d: %s", resp.StatusCode, FirstLine(string(body)))
+		return fmt.Errorf("status %d: %s", resp.StatusCode, errtext.OneLine(string(body)))
 	}
 	if version != "" && !strings.Contains(string(body), version) {
-		return fmt.Errorf("healthy but reports another version (want %s): %s", version, FirstLine(string(body)))
+		return fmt.Errorf("healthy but reports another version (want %s): %s", version, errtext.OneLine(string(body)))
 	}
 	return nil
 }

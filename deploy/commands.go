@@ -123,6 +123,20 @@ echo "current $target"`, remote.Quote(root), remote.Quote(id), remote.Quote(bina
 	return remote.Script(script)
 }
 
+// RetractCommand undoes the first activation of release id on a host that had no release
+// before: current is removed if it points at id, and id leaves the history (so no later
+// rollback picks it). The release stays staged; a later deploy of it uploads nothing. It is
+// the rollback of a host that has nothing to roll back to.
+func RetractCommand(root, id string) remote.Command {
+	return remote.Script(fmt.Sprintf(`set -e
+root=%s target=%s
+cur=$(readlink -- "$root/current" 2>/dev/null) || cur=
+if [ "${cur##*/}" = "$target" ]; then rm -f -- "$root/current"; fi
+h="$root/.instactl/history"
+if [ -f "$h" ]; then grep -vxF -e "$target" -- "$h" > "$h.tmp" || true; mv -f -- "$h.tmp" "$h"; fi`,
+		remote.Quote(root), remote.Quote(id)))
+}
+
 // ReleasesCommand lists a host's releases: "current <id>", "previous <id>" (the rollback
 // target), then "release <id> <staged-unix-time> <size> <sha256>" per sealed release, newest
 // first.
@@ -216,6 +230,15 @@ else
   echo held
   cat -- "$dir/info.json" 2>/dev/null || true
 fi`, remote.Quote(dir), remote.Quote(string(info))))
+}
+
+// LockRewriteCommand replaces the holder's info of a held lock (a resumed run taking its own
+// lock over).
+func LockRewriteCommand(root string, info []byte) remote.Command {
+	return remote.Script(fmt.Sprintf(`set -e
+dir=%s
+printf '%%s\n' %s > "$dir/info.json.tmp"
+mv -f -- "$dir/info.json.tmp" "$dir/info.json"`, remote.Quote(LockDir(root)), remote.Quote(string(info))))
 }
 
 // LockStatusCommand prints "held" and the info, or "free".

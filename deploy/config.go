@@ -235,6 +235,16 @@ func HostsFromInstances(instances []cloud.Instance, role string) []Host {
 	return out
 }
 
+// stopCommand is the service manager's stop of Service; ok is false when Restart replaces the
+// service manager (then instactl does not know how to stop the service).
+func (c Config) stopCommand() (cmd remote.Command, ok bool) {
+	if len(c.Restart) > 0 {
+		return nil, false
+	}
+	argv := templates.StopCommand(c.ServiceManager, c.Service)
+	return remote.Command(argv), argv != nil
+}
+
 // restartCommand is Restart, or the service manager's restart of Service.
 func (c Config) restartCommand() (remote.Command, error) {
 	if len(c.Restart) > 0 {

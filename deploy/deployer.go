@@ -37,6 +37,9 @@ type Deployer struct {
 	HTTPClient *http.Client
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// LockWait is how long a run waits for a lock held by a live run before it gives up with
+	// *LockedError (0: it does not wait). A lock whose holder is gone is never waited for.
+	LockWait time.Duration
 }
 
 func (d *Deployer) now() time.Time {

@@ -1,9 +1,10 @@
 package deploy
 
 import (
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/instactl/instactl/errtext"
 )
 
 // Stage names a step of a run, as events and reports carry it.
@@ -83,27 +84,12 @@ func (e *emitter) emit(ev Event) {
 	e.fn(ev)
 }
 
-// FirstLine is the first line of s: what a per-host summary shows of an error.
-func FirstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
-
-// ErrorLine renders err on one line for per-host summaries: errors from remote quote
-// multi-line scripts, whose first line alone would hide the cause at the end, so line breaks
-// are folded and the middle of an over-long message is elided.
+// ErrorLine renders err on one line for per-host summaries and the report: a remote error
+// may span lines (a script's stderr), and its cause is often on the last one, so line breaks
+// are folded and nothing is cut.
 func ErrorLine(err error) string {
 	if err == nil {
 		return ""
 	}
-	s := strings.Join(strings.Fields(err.Error()), " ")
-	// Long enough for a host key refusal's whole fix command (ssh-keygen -R ... && ssh-keyscan ...).
-	const max = 1000
-	if len(s) > max {
-		s = s[:max/2-2] + " ... " + s[len(s)-max/2+3:]
-	}
-	return s
+	return errtext.OneLine(err.Error())
 }

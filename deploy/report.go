@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -27,6 +28,9 @@ const (
 	// OutcomeRolledBack: the host was activated or tried, then switched back to Previous
 	// (because it failed, or because its batch breached max-fail).
 	OutcomeRolledBack Outcome = "rolled-back"
+	// OutcomeStopped: the host failed its first deploy and had no earlier release to return
+	// to: its service is stopped and no release is current; this run's release stays staged.
+	OutcomeStopped Outcome = "stopped"
 	// OutcomeNotStarted: the run stopped before the host's batch.
 	OutcomeNotStarted Outcome = "not-started"
 )
@@ -45,7 +49,7 @@ type HostReport struct {
 	// Uploaded says the artifact was sent; false with a staged outcome means it was there.
 	Uploaded bool  `json:"uploaded,omitempty"`
 	Bytes    int64 `json:"bytes,omitempty"`
-	// Stage is the step that failed, Error its first line.
+	// Stage is the step that failed, Error the whole error on one line.
 	Stage Stage  `json:"stage,omitempty"`
 	Error string `json:"error,omitempty"`
 	// Note explains an outcome that is not the host's own failure ("rolled back: batch 2
@@ -87,7 +91,7 @@ type Report struct {
 	Commit   string `json:"commit,omitempty"`
 	SHA256   string `json:"sha256,omitempty"`
 	Result   Result `json:"result"`
-	// Error is the run's error, if any (first line).
+	// Error is the run's error, if any, on one line.
 	Error string `json:"error,omitempty"`
 	// BatchesDone counts batches that completed; Resumes counts resumptions.
 	BatchesDone int       `json:"batches_done"`
@@ -111,7 +115,7 @@ func (r *Report) Count(o Outcome) int {
 	return n
 }
 
-// Failed lists the hosts that failed, with their first error line.
+// Failed lists the hosts that failed, with their errors.
 func (r *Report) Failed() []HostReport {
 	var out []HostReport
 	for _, h := range r.Hosts {
@@ -122,12 +126,58 @@ func (r *Report) Failed() []HostReport {
 	return out
 }
 
+// BatchState says in one sentence where the hosts of a batch that breached max-fail ended
+// up, for the run's final verdict. It says the batch is back on its previous release only
+// when every host of it is; otherwise it counts each state and says how to go on. Batch 0
+// (staging failed) switched no host.
+func (r *Report) BatchState(batch int) string {
+	if batch == 0 {
+		return "no host was switched to the new release"
+	}
+	var back, stopped, stuck int
+	for _, h := range r.Hosts {
+		if h.Batch != batch {
+			continue
+		}
+		switch {
+		case h.State == OutcomeStopped:
+			stopped++
+		case h.State == OutcomeFailed && h.Flipped:
+			stuck++
+		default:
+			back++ // rolled back, or never switched (failed before the flip, or already current)
+		}
+	}
+	if stopped == 0 && stuck == 0 {
+		return fmt.Sprintf("batch %d is back on its previous release", batch)
+	}
+	var parts []string
+	if back > 0 {
+		parts = append(parts, fmt.Sprintf("%d on their previous release", back))
+	}
+	if stopped > 0 {
+		parts = append(parts, fmt.Sprintf("%d had no earlier release to return to: "+
+			"their service is stopped and no release is current (release %s stays staged); "+
+			"fix the app and run instactl deploy again", stopped, r.Release))
+	}
+	if stuck > 0 {
+		parts = append(parts, fmt.Sprintf("%d could not be rolled back and may still run release %s "+
+			"(see their rollback errors; instactl releases shows each host)", stuck, r.Release))
+	}
+	return fmt.Sprintf("of the %d hosts of batch %d: %s", back+stopped+stuck, batch, strings.Join(parts, "; "))
+}
+
 // LockedError is returned when another run holds the stack-wide lock. The CLI maps it to
 // exit code 4 and shows the holder.
 type LockedError struct {
 	// Host holds the lock directory.
 	Host string
 	Info LockInfo
+	// Gone, when set, says why the holder is known to be dead (see [HolderGone]): the lock
+	// is stale, and waiting for it is pointless.
+	Gone string
+	// Waited is how long the run waited for the lock before giving up.
+	Waited time.Duration
 }
 
 func (e *LockedError) Error() string {
@@ -137,6 +187,13 @@ func (e *LockedError) Error() string {
 		orText(i.Release, "?"), orText(i.RunID, "?"))
 	if i.Message != "" {
 		msg += ": " + i.Message
+	}
+	if e.Gone != "" {
+		return msg + "; the lock is stale: " + e.Gone + "; finish that run with instactl deploy --resume " +
+			orText(i.RunID, "RUN") + ", or break the lock with instactl lock release --force"
+	}
+	if e.Waited > 0 {
+		msg += fmt.Sprintf(" (waited %s)", e.Waited.Round(time.Second))
 	}
 	return msg + "; wait for it to finish, resume it with --resume " + orText(i.RunID, "RUN") +
 		", or, if it is dead, run: instactl lock release --force"
@@ -148,7 +205,7 @@ type MaxFailError struct {
 	Batch   int
 	Failed  int
 	Allowed int
-	// Hosts are the failed hosts and their first error lines.
+	// Hosts are the failed hosts and their errors.
 	Hosts []HostReport
 }
 

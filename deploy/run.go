@@ -148,8 +148,7 @@ func (r *run) lock(ctx context.Context) error {
 	r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusStart})
 	c, err := r.pool.Get(ctx, lh.Target())
 	if err == nil {
-		err = acquireLock(ctx, c, r.cfg.Path, LockInfo{Holder: r.cfg.Operator, Time: r.d.now().UTC(),
-			Kind: r.plan.Kind, Release: r.plan.Release, Message: r.cfg.Message, RunID: r.plan.RunID, Stack: r.cfg.Stack})
+		err = r.acquireWaiting(ctx, c, lh)
 	}
 	if err != nil {
 		r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusFail, Err: err})
@@ -162,6 +161,41 @@ func (r *run) lock(ctx context.Context) error {
 	r.locked = true
 	r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusOK})
 	return nil
+}
+
+// lockPoll is how often a run waiting for the lock (Deployer.LockWait) asks again.
+const lockPoll = time.Second
+
+// acquireWaiting takes the lock, waiting up to Deployer.LockWait while a live run holds it.
+// A stale lock (its holder is gone) is returned at once: only an operator may break it.
+func (r *run) acquireWaiting(ctx context.Context, c *remote.Client, lh Host) error {
+	host, _ := os.Hostname()
+	start := time.Now()
+	for waiting := false; ; {
+		err := acquireLock(ctx, c, r.cfg.Path, LockInfo{Holder: r.cfg.Operator, Hostname: host, PID: os.Getpid(),
+			Time: r.d.now().UTC(), Kind: r.plan.Kind, Release: r.plan.Release, Message: r.cfg.Message,
+			RunID: r.plan.RunID, Stack: r.cfg.Stack})
+		var le *LockedError
+		if !errors.As(err, &le) || le.Gone != "" {
+			return err
+		}
+		if time.Since(start) >= r.d.LockWait {
+			if waiting {
+				le.Waited = time.Since(start)
+			}
+			return le
+		}
+		if !waiting {
+			waiting = true
+			r.ev.emit(Event{Host: lh.Name, Stage: StageLock, Status: StatusProgress,
+				Message: fmt.Sprintf("waiting up to %s for the lock held by %s (run %s)", r.d.LockWait, orText(le.Info.Holder, "unknown"), orText(le.Info.RunID, "?"))})
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(lockPoll, max(r.d.LockWait-time.Since(start), time.Millisecond))):
+		}
+	}
 }
 
 // fanOut runs fn on the named hosts over the pool, at most Config.Parallel at a time. A host

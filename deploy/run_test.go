@@ -1,6 +1,8 @@
 package deploy
 
 import (
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -40,5 +42,38 @@ func TestJournalConcurrentSaves(t *testing.T) {
 		if h.State != OutcomeActivated {
 			t.Errorf("journal: %s is %s, want activated", h.Host, h.State)
 		}
+	}
+}
+
+// ErrorLine folds a multi-line remote error onto one line and keeps all of it, however long.
+func TestErrorLineKeepsTheCause(t *testing.T) {
+	cause := strings.Repeat("context ", 300) + "THE-CAUSE"
+	got := ErrorLine(errors.New("restart on app-0:\n    " + cause + "\n"))
+	if got != "restart on app-0: "+cause {
+		t.Errorf("ErrorLine cut or mangled the cause (%d bytes): ...%s", len(got), got[max(0, len(got)-60):])
+	}
+}
+
+// The final verdict says the batch is back on its previous release only when every host is.
+func TestBatchState(t *testing.T) {
+	rep := &Report{Release: "r2", Hosts: []HostReport{
+		{Host: "a", Batch: 1, State: OutcomeRolledBack, Flipped: true},
+		{Host: "b", Batch: 1, State: OutcomeFailed, Stage: StageConnect},
+		{Host: "c", Batch: 2, State: OutcomeNotStarted},
+	}}
+	if got := rep.BatchState(1); got != "batch 1 is back on its previous release" {
+		t.Errorf("all back: %q", got)
+	}
+	rep.Hosts = append(rep.Hosts, HostReport{Host: "d", Batch: 1, State: OutcomeStopped, Flipped: true},
+		HostReport{Host: "e", Batch: 1, State: OutcomeFailed, Flipped: true})
+	got := rep.BatchState(1)
+	for _, want := range []string{"of the 4 hosts of batch 1", "2 on their previous release", "1 had no earlier release",
+		"release r2 stays staged", "instactl deploy again", "1 could not be rolled back"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("verdict lacks %q: %s", want, got)
+		}
+	}
+	if strings.Contains(got, "back on its previous release") {
+		t.Errorf("verdict claims the batch is back: %s", got)
 	}
 }

@@ -6,11 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/instactl/instactl/errtext"
 )
 
 // Client is an open, authenticated connection to one host. Every step of a
@@ -149,7 +150,8 @@ func (r Result) Err() error {
 	if r.ExitCode == 0 {
 		return nil
 	}
-	return &ExitError{Target: r.Target, Cmd: r.Cmd, ExitCode: r.ExitCode, Signal: r.Signal, Stderr: r.Stderr}
+	return &ExitError{Target: r.Target, Cmd: r.Cmd, ExitCode: r.ExitCode, Signal: r.Signal, Stderr: r.Stderr,
+		StderrTruncated: r.StderrTruncated}
 }
 
 // ExitError is a command that ran and exited with a non-zero status.
@@ -159,17 +161,22 @@ type ExitError struct {
 	ExitCode int
 	Signal   string
 	Stderr   []byte
+	// StderrTruncated says Stderr holds only the start of what the command wrote (see
+	// Config.MaxOutputBytes); the message says so rather than pass the head off as all of it.
+	StderrTruncated bool
 }
 
-// Error names the host, the command, the status and the last stderr line.
+// Error names the host, the command, the status and what the command wrote to stderr. The
+// command line is decoration and is shortened; stderr is the cause and is kept whole (it is
+// already bounded by Config.MaxOutputBytes), indented on its own lines when it has several.
 func (e *ExitError) Error() string {
 	how := fmt.Sprintf("exited %d", e.ExitCode)
 	if e.Signal != "" {
 		how = "killed by SIG" + e.Signal
 	}
-	msg := fmt.Sprintf("%s: %s %s", e.Target, shorten(e.Cmd.String(), 120), how)
-	if tail := lastLine(e.Stderr); tail != "" {
-		msg += ": " + tail
+	msg := errtext.Cause(fmt.Sprintf("%s: %s %s", e.Target, shorten(e.Cmd.String(), 120), how), string(e.Stderr))
+	if e.StderrTruncated {
+		msg += fmt.Sprintf("\n    (stderr cut after its first %d bytes: the rest is on the host only)", len(e.Stderr))
 	}
 	return msg
 }
@@ -301,17 +308,11 @@ func tee(buf io.Writer, w io.Writer) io.Writer {
 	return io.MultiWriter(buf, w)
 }
 
+// shorten cuts decoration (a command line quoted in a message) to n bytes; never use it on
+// a cause.
 func shorten(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-func lastLine(b []byte) string {
-	s := strings.TrimRight(string(b), "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return shorten(s, 200)
 }

@@ -114,9 +114,48 @@ func TestRunExitErrorMessage(t *testing.T) {
 	if !errors.As(res.Err(), &ee) || ee.ExitCode != 28 {
 		t.Fatalf("Err() = %v", res.Err())
 	}
-	want := `unit: sh -c 'echo first >&2; echo '\''disk full'\'' >&2; exit 28' exited 28: disk full`
+	// A multi-line cause is kept whole, indented under the command.
+	want := `unit: sh -c 'echo first >&2; echo '\''disk full'\'' >&2; exit 28' exited 28:
+    first
+    disk full`
 	if got := res.Err().Error(); got != want {
 		t.Errorf("message\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestRunExitErrorKeepsLongCause: the command line (decoration) may be shortened, the remote
+// error never.
+func TestRunExitErrorKeepsLongCause(t *testing.T) {
+	c := newUnitEnv(t).client(t)
+	cause := "error: " + strings.Repeat("the service refused to start because ", 20) + "END-OF-CAUSE"
+	script := "# " + strings.Repeat("a long script ", 30) + "\necho '" + cause + "' >&2; exit 1"
+	res, err := c.Run(context.Background(), Script(script), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := res.Err().Error()
+	if !strings.HasSuffix(got, ": "+cause) {
+		t.Errorf("the remote error was not kept whole (%d bytes, cause %d):\n%s", len(got), len(cause), got)
+	}
+	if len(got) > len(cause)+200 {
+		t.Errorf("the command line was not shortened: %d bytes", len(got))
+	}
+}
+
+// A cause longer than MaxOutputBytes cannot be kept whole: the message says it was cut.
+func TestRunExitErrorSaysStderrWasCut(t *testing.T) {
+	env := newUnitEnv(t)
+	c, err := env.dialer(t, func(c *Config) { c.MaxOutputBytes = 1000 }).Dial(context.Background(), env.srv.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	res, err := c.Run(context.Background(), Script("head -c 5000 /dev/zero | tr '\\0' x >&2; exit 1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Err().Error(); !strings.Contains(got, strings.Repeat("x", 1000)) || !strings.Contains(got, "stderr cut after its first 1000 bytes") {
+		t.Errorf("message does not say stderr was cut:\n%s", got)
 	}
 }
 

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"time"
+
 	"github.com/instactl/instactl/deploy"
 	"github.com/spf13/cobra"
 )
@@ -23,16 +25,18 @@ message. A second deploy is refused with exit code 4 and that information.`,
 
 // DeployOptions are the flags of `instactl deploy`.
 type DeployOptions struct {
-	Artifact   string
-	Version    string
-	Source     string
-	Batches    []string
-	MaxFail    string
-	Message    string
-	DryRun     bool
-	Resume     string
-	AcceptNew  bool
-	Role       string
+	Artifact  string
+	Version   string
+	Source    string
+	Batches   []string
+	MaxFail   string
+	Message   string
+	DryRun    bool
+	Resume    string
+	AcceptNew bool
+	Role      string
+	// LockWait is how long to wait for a lock held by a live run (0: refuse at once).
+	LockWait   time.Duration
 	ChangedSet map[string]bool // flags given explicitly, so --resume can refuse them
 }
 
@@ -52,18 +56,27 @@ roll it out in two phases:
 
 The release id is derived from the artifact's content, so deploying the same build again is
 a no-op. When more hosts fail than --max-fail allows, the deploy stops before the next batch
-and rolls the failing batch back to the release each host ran before.
+and rolls the failing batch back to the release each host ran before; a host that ran no
+release before (a stack's first deploy) has its service stopped and no release current, the
+new release staged for the next try.
 
-A stack-wide lock refuses a concurrent deploy (exit 4, naming the holder). Every run has a
+Before touching any host, a deploy of the app role checks that the stack's shard map exists
+(the app server cannot start without it) and refuses with exit 2 and the command to run
+(instactl shard init) when it does not.
+
+A stack-wide lock refuses a concurrent deploy (exit 4, naming the holder; --lock-wait waits
+for it). A lock whose holder process on this machine is gone is reported as stale, with the
+commands that finish or break it. Every run has a
 run id and a local journal; an interrupted deploy keeps the lock and finishes with
 --resume RUN. Every deploy appends one JSON line to the local audit log and to each host's.
 
 Progress goes to stderr: one line per host event, and a line per batch as it completes.
-The result (stdout) is a per-batch summary and, for failed hosts, the first error line;
+The result (stdout) is a per-batch summary and, for failed hosts, their whole error;
 -o json prints the whole report.
 
-Exit codes: 0 ok, 4 locked, 5 some hosts failed within --max-fail, 1 max-fail breached
-(the batch was rolled back) or the deploy could not run.`,
+Exit codes: 0 ok, 2 bad flags or no shard map yet, 4 locked, 5 some hosts failed within
+--max-fail, 1 max-fail breached (the message says where each host of the batch ended up) or
+the deploy could not run.`,
 		Example: `  # Print the batches, hosts and exact commands; change nothing
   instactl deploy --dry-run
 
@@ -104,6 +117,7 @@ Exit codes: 0 ok, 4 locked, 5 some hosts failed within --max-fail, 1 max-fail br
 	fl.StringVar(&o.Resume, "resume", "", "finish interrupted run `RUN`, touching only unfinished hosts")
 	fl.BoolVar(&o.AcceptNew, "accept-new-host-keys", false, "record the keys of hosts known_hosts does not know yet (never changed keys)")
 	fl.StringVar(&o.Role, "role", "", "role to deploy to (default: the stack's deploy.role)")
+	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to `DURATION` for a lock held by a live run, then exit 4 (a stale lock is reported at once)")
 	return cmd
 }
 
@@ -145,6 +159,8 @@ type RollbackOptions struct {
 	DryRun    bool
 	AcceptNew bool
 	Role      string
+	// LockWait is how long to wait for a lock held by a live run (0: refuse at once).
+	LockWait time.Duration
 }
 
 // NewCmdRollback builds `instactl rollback`.
@@ -186,6 +202,7 @@ lock and failure policy as a deploy. A second rollback goes one release further 
 	fl.BoolVar(&o.DryRun, "dry-run", false, "print the plan and change nothing")
 	fl.BoolVar(&o.AcceptNew, "accept-new-host-keys", false, "record the keys of hosts known_hosts does not know yet")
 	fl.StringVar(&o.Role, "role", "", "role to roll back (default: the stack's deploy.role)")
+	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to `DURATION` for a lock held by a live run, then exit 4 (a stale lock is reported at once)")
 	return cmd
 }
 

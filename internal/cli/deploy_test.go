@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -21,6 +22,7 @@ import (
 	"github.com/instactl/instactl/internal/loadgen"
 	"github.com/instactl/instactl/internal/testenv"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/templates"
 )
 
 func TestDeployOptionsCaptured(t *testing.T) {
@@ -57,15 +59,6 @@ func TestDeployUsageErrors(t *testing.T) {
 	}
 }
 
-func TestDeployRunCommand(t *testing.T) {
-	if got := deployRunCommand([]string{"df -h | tail -1"}).String(); got != `sh -c 'df -h | tail -1'` {
-		t.Errorf("script: %s", got)
-	}
-	if got := deployRunCommand([]string{"echo", "it's"}).String(); got != `echo 'it'\''s'` {
-		t.Errorf("argv: %s", got)
-	}
-}
-
 func TestDeployRenderReport(t *testing.T) {
 	rep := &deploy.Report{RunID: "R1", Kind: deploy.KindDeploy, Role: "app", Release: "abc", Version: "v2", Result: deploy.ResultPartial,
 		Hosts: []deploy.HostReport{
@@ -80,7 +73,7 @@ func TestDeployRenderReport(t *testing.T) {
 	}
 	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded (3.0 MiB), 3 already had it",
 		"batch 1  1   hosts app-0", "batch 2  3   hosts app-1..app-3", "activated 2, rolled-back 1",
-		"app-2  2      rolled-back  health  health: 503 after 30s\n"} {
+		"app-2  2      rolled-back  health  health: 503 after 30s more\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
@@ -207,7 +200,7 @@ func TestDeploySandbox(t *testing.T) {
 	path, st := deployTestStack(t)
 	deploySandboxUp(t, path, st)
 	t.Logf("sandbox up in %s", time.Since(start).Round(time.Second))
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute) // a bound, not a timing: the whole test under load
 	defer cancel()
 	cli := func(args ...string) (string, string, int) {
 		return run(t, append([]string{"--stack", path}, args...)...)
@@ -243,6 +236,25 @@ func TestDeploySandbox(t *testing.T) {
 			t.Errorf("all hosts failing: exit %d, want 1", code)
 		}
 	})
+
+	t.Run("deploy before shard init is refused before any host is touched", func(t *testing.T) {
+		stdout, stderr, code := cli("deploy", "--version", "v1")
+		t.Logf("deploy before shard init (exit %d):\n%s%s", code, stdout, stderr)
+		if code != ExitUsage || !strings.Contains(stderr, "instactl --stack "+path+" shard init`") || !strings.Contains(stderr, "no shard map") {
+			t.Errorf("exit %d, want 2 naming `instactl --stack %s shard init`", code, path)
+		}
+		noRelease := `set -- /opt/instagram/releases/*; [ ! -e "$1" ] && [ ! -e /opt/instagram/current ]`
+		if stdout, stderr, code := cli("run", "--role", "app", "--", noRelease); code != 0 {
+			t.Errorf("a host was touched by the refused deploy (exit %d):\n%s%s", code, stdout, stderr)
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock after the refused deploy: exit %d %s", code, stdout)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	deployInitShards(t, path)
 
 	t.Run("unknown host key is refused with the fix", func(t *testing.T) {
 		kh := filepath.Join(t.TempDir(), "known_hosts")
@@ -296,7 +308,40 @@ func TestDeploySandbox(t *testing.T) {
 		return
 	}
 
-	deployInitShards(t, path)
+	t.Run("a first deploy failing its health check says what is true", func(t *testing.T) {
+		bin := deployBuildStandin(t, "v0")
+		alt := deployAltStack(t, path, "  health_timeout: 60s\n", "  health_timeout: 8s\n")
+		stdout, stderr, code := run(t, "--stack", alt, "deploy", "--artifact", bin, "--version", "v0")
+		t.Logf("first deploy, broken (exit %d):\n%s%s", code, stdout, stderr)
+		if code != ExitError {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		row := regexp.MustCompile(`(?m)^deploycli-app-0 +1 +stopped +health +.*status 500.*no earlier release to return to: service stopped, no release current, \w+ stays staged$`)
+		if !row.MatchString(stdout) {
+			t.Errorf("report does not say app-0 had no earlier release and is stopped")
+		}
+		for _, bad := range []string{"back on its previous release", "no previous release to roll back to", "rollback fail"} {
+			if strings.Contains(stdout+stderr, bad) {
+				t.Errorf("output claims %q", bad)
+			}
+		}
+		for _, want := range []string{"had no earlier release to return to", "fix the app and run instactl deploy again", "later batches were not touched"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("verdict lacks %q", want)
+			}
+		}
+		// What the report says is what the host shows: release staged, nothing current, app down.
+		state := `test ! -e /opt/instagram/current && ls /opt/instagram/releases && ! ` + templates.SupervisorPath + ` status app`
+		if out, stderr, code := cli("run", "--hosts", "app-0", "--", state); code != 0 || !strings.Contains(out, "app-0 | ") {
+			t.Errorf("app-0 after the failed first deploy (exit %d):\n%s%s", code, out, stderr)
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock after the failed first deploy: exit %d %s", code, stdout)
+		}
+	})
+	if t.Failed() {
+		return
+	}
 
 	var v1 deploy.Report
 	t.Run("deploy v1 of the real app", func(t *testing.T) {
@@ -493,13 +538,7 @@ func TestDeploySandbox(t *testing.T) {
 
 	t.Run("a v3 failing its health check stops at the canary under load", func(t *testing.T) {
 		// The stand-in app answers /healthz with 500; the gate gives up after 8s.
-		bin := filepath.Join(t.TempDir(), "instagram-app")
-		// The deploy package's tests build the same (same flags: the build cache serves it).
-		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v3 -X main.healthy=false", "-o", bin, "../../deploy/testdata/standin")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("build the broken v3: %v\n%s", err, out)
-		}
+		bin := deployBuildStandin(t, "v3")
 		alt := deployAltStack(t, path, "  health_timeout: 60s\n", "  health_timeout: 8s\n")
 		stopLoad := deployStartLoad(ctx, 8)
 		stdout, stderr, code := run(t, "--stack", alt, "deploy", "--artifact", bin, "--version", "v3", "--message", "broken v3")
@@ -524,6 +563,112 @@ func TestDeploySandbox(t *testing.T) {
 		}
 		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
 			t.Errorf("lock after the failed canary: exit %d %s", code, stdout)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("deploy killed with SIGKILL mid-batch: the lock is stale, --resume converges", func(t *testing.T) {
+		artifact := filepath.Join(st.Sandbox.Dir, "state", "artifacts", v2.Release, "instagram-app")
+		var runID string
+		proc := deployStartHelper(t, []string{"--stack", path, "deploy", "--artifact", artifact, "--version", "v2"},
+			func(line string) bool {
+				if m := regexp.MustCompile(`^deploy (\S+): release`).FindStringSubmatch(line); m != nil {
+					runID = m[1]
+				}
+				// Mid-batch: batch 1 finished and a host of batch 2 passed its health gate,
+				// while the batch is out of the load balancer.
+				return strings.Contains(line, "| health ok") && !strings.Contains(line, "app-0 |")
+			})
+		if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		proc.Wait()
+		t.Logf("killed run %s mid-batch", runID)
+		if runID == "" {
+			t.Fatal("the killed deploy never printed its run id")
+		}
+		// The next deploy is refused: the lock names the dead process and both ways out.
+		_, stderr, code := cli("deploy", "--artifact", artifact, "--version", "v2", "--lock-wait", "10m")
+		t.Logf("next deploy (exit %d):\n%s", code, stderr)
+		for _, want := range []string{"the lock is stale", fmt.Sprintf("process %d on", proc.Process.Pid), "is gone",
+			"instactl deploy --resume " + runID, "instactl lock release --force"} {
+			if code != ExitLocked || !strings.Contains(stderr, want) {
+				t.Errorf("next deploy: exit %d, want 4 and %q", code, want)
+			}
+		}
+		if strings.Contains(stderr, "waited") {
+			t.Errorf("--lock-wait waited for a stale lock")
+		}
+		var ls deployLockState
+		stdout, _, code := cli("lock", "status", "-o", "json")
+		if err := json.Unmarshal([]byte(stdout), &ls); err != nil || code != ExitLocked || !strings.Contains(ls.Stale, "is gone") {
+			t.Errorf("lock status after the kill: exit %d %v\n%s", code, err, stdout)
+		}
+		stdout, stderr, code = cli("deploy", "--resume", runID)
+		t.Logf("resume (exit %d):\n%s%s", code, stdout, stderr)
+		if code != 0 || !strings.Contains(stdout, "OK") {
+			t.Fatalf("resume: exit %d", code)
+		}
+		for i, b := range deployVersions(t, st) {
+			if !strings.Contains(b, `"version":"v2"`) {
+				t.Errorf("app-%d /healthz after the resume: %s", i, b)
+			}
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock after the resume: exit %d %s", code, stdout)
+		}
+		// Every host is back behind the load balancer, the ones the killed run took out too.
+		p, err := newSandbox(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		health, err := p.InstanceHealth(ctx, deploy.ConfigFromStack(st, t.TempDir()).LoadBalancer)
+		if err != nil || len(health) != deployTestApps {
+			t.Errorf("load balancer after the resume: %v, %d instances (want %d): %+v", err, len(health), deployTestApps, health)
+		}
+		for _, h := range health {
+			if h.State != "InService" {
+				t.Errorf("load balancer after the resume: %s is %s (%s)", h.InstanceID, h.State, h.Reason)
+			}
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("--lock-wait waits for a live holder, then gives up naming it", func(t *testing.T) {
+		// A lock held by this (live) test process.
+		host, _ := os.Hostname()
+		info := fmt.Sprintf(`{"holder":"alice@%s","hostname":"%s","pid":%d,"time":"%s","kind":"deploy","release":"abc","message":"long one","run_id":"R-live"}`,
+			host, host, os.Getpid(), time.Now().UTC().Format(time.RFC3339))
+		dir := deploy.LockDir("/opt/instagram")
+		plant := "mkdir -p " + dir + " && echo '" + info + "' > " + dir + "/info.json"
+		if _, stderr, code := cli("run", "--hosts", "app-0", "--", plant); code != 0 {
+			t.Fatalf("plant a lock: %s", stderr)
+		}
+		artifact := filepath.Join(st.Sandbox.Dir, "state", "artifacts", v2.Release, "instagram-app")
+		_, stderr, code := cli("deploy", "--artifact", artifact, "--version", "v2", "--lock-wait", "2s")
+		if code != ExitLocked || !strings.Contains(stderr, "alice@") || !strings.Contains(stderr, "waited:") || strings.Contains(stderr, "stale") {
+			t.Errorf("--lock-wait 2s on a live lock: exit %d, want 4 naming alice and the wait:\n%s", code, stderr)
+		}
+		// A deploy waiting for it goes on once the holder lets go.
+		proc := deployStartHelper(t, []string{"--stack", path, "deploy", "--artifact", artifact, "--version", "v2", "--lock-wait", "10m"},
+			func(line string) bool {
+				return strings.Contains(line, "waiting up to 10m0s for the lock held by alice@")
+			})
+		if _, stderr, code := cli("lock", "release", "--force"); code != 0 {
+			t.Fatalf("lock release --force: exit %d %s", code, stderr)
+		}
+		if err := proc.Wait(); err != nil {
+			t.Errorf("the waiting deploy, once the lock was free: %v", err)
+		}
+	})
+
+	t.Run("back to v1 for the last test", func(t *testing.T) {
+		if stdout, stderr, code := cli("rollback", "--to", v1.Release); code != 0 {
+			t.Fatalf("rollback --to v1: exit %d\n%s%s", code, stdout, stderr)
 		}
 	})
 	if t.Failed() {
@@ -573,6 +718,66 @@ func TestDeploySandbox(t *testing.T) {
 		}
 	})
 	t.Logf("whole test %s", time.Since(start).Round(time.Second))
+}
+
+// TestDeployHelperProcess is not a test: deployStartHelper runs the test binary with it to
+// execute one instactl command line in a process of its own, one a test can kill.
+func TestDeployHelperProcess(t *testing.T) {
+	raw := os.Getenv("INSTACTL_HELPER_ARGS")
+	if raw == "" {
+		t.Skip("only run as a helper process")
+	}
+	var args []string
+	if err := json.Unmarshal([]byte(raw), &args); err != nil {
+		t.Fatal(err)
+	}
+	os.Exit(Run(context.Background(), &IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr}, args))
+}
+
+// deployStartHelper starts instactl args in a child process and returns once a line of its
+// stderr satisfies ready (the test fails if the process ends first). The rest of its stderr
+// is logged; its stdout is discarded.
+func deployStartHelper(t *testing.T, args []string, ready func(line string) bool) *exec.Cmd {
+	t.Helper()
+	raw, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDeployHelperProcess$")
+	cmd.Env = append(os.Environ(), "INSTACTL_HELPER_ARGS="+string(raw))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var seen []string
+	for sc.Scan() {
+		seen = append(seen, sc.Text())
+		if ready(sc.Text()) {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return cmd
+		}
+	}
+	cmd.Wait()
+	t.Fatalf("instactl %v ended before it was ready:\n%s", args, strings.Join(seen, "\n"))
+	return nil
+}
+
+// deployBuildStandin builds the deploy package's stand-in app stamped with version, broken:
+// it answers /healthz with 500.
+func deployBuildStandin(t *testing.T, version string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "instagram-app")
+	// The deploy package's tests build the same (same flags: the build cache serves it).
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version+" -X main.healthy=false", "-o", bin, "../../deploy/testdata/standin")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the broken %s: %v\n%s", version, err, out)
+	}
+	return bin
 }
 
 // deployStartLoad runs the load generator through the LB until the returned function is

@@ -11,6 +11,7 @@ import (
 
 	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/deploy"
+	"github.com/instactl/instactl/errtext"
 	"github.com/instactl/instactl/internal/status"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/topology"
@@ -104,21 +105,21 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 		info, _, err := (&deploy.Deployer{Dialer: pool}).LockStatus(ctx, env.cfg, env.hosts)
 		s.Lock = info
 		if err != nil {
-			s.LockError = firstLineOf(err)
+			s.LockError = errtext.OneLine(err.Error())
 		}
 	} else {
-		s.LockError = firstLineOf(err)
+		s.LockError = errtext.OneLine(err.Error())
 	}
 	if len(st.Backup.Targets) > 0 {
 		s.Backups, err = statusBackups(ctx, f)
 		if err != nil {
-			s.BackupError = firstLineOf(err)
+			s.BackupError = errtext.OneLine(err.Error())
 		}
 	}
 	if st.Role(st.Shards.Role) != nil {
 		s.Shards, err = statusShards(ctx, f, st, topo)
 		if err != nil {
-			s.ShardError = firstLineOf(err)
+			s.ShardError = errtext.OneLine(err.Error())
 		}
 	}
 	return s, nil
@@ -258,9 +259,4 @@ func statusRender(w io.Writer, s *StackStatus) error {
 	}
 	_, err := fmt.Fprintln(w, "  free")
 	return err
-}
-
-func firstLineOf(err error) string {
-	s, _, _ := strings.Cut(err.Error(), "\n")
-	return s
 }

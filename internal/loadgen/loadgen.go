@@ -14,10 +14,11 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/instactl/instactl/errtext"
 )
 
 // Mix weighs the operations; zero weights are never chosen. An operation that needs users or
@@ -497,12 +498,8 @@ type StatusError struct {
 	Body         string
 }
 
-// Error describes the request and the answer, the body on one line and cut at 200 bytes (a
-// proxy's HTML error page would otherwise fill the screen).
+// Error describes the request and the answer, the body folded onto one line but whole: it is
+// the cause (the app's error message, or the proxy's page saying which upstream failed).
 func (e *StatusError) Error() string {
-	body := strings.Join(strings.Fields(e.Body), " ")
-	if len(body) > 200 {
-		body = body[:200] + "..."
-	}
-	return fmt.Sprintf("%s %s: HTTP %d: %s", e.Method, e.Path, e.Code, body)
+	return fmt.Sprintf("%s %s: HTTP %d: %s", e.Method, e.Path, e.Code, errtext.OneLine(e.Body))
 }

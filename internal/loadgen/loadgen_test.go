@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -211,5 +212,14 @@ func TestDroppedIsNotAnError(t *testing.T) {
 	case res.Requests != 100 || answered+res.Dropped != 100 || int64(answered) != sent.Load() || res.Writes != answered:
 		t.Errorf("%d requests = %d answered + %d dropped (server saw %d, %d writes); want 100 in all",
 			res.Requests, answered, res.Dropped, sent.Load(), res.Writes)
+	}
+}
+
+// A failed request's body is its cause: folded onto one line, never cut.
+func TestStatusErrorKeepsWholeBody(t *testing.T) {
+	body := "<html>\n<title>502 Bad Gateway</title>\n" + strings.Repeat("padding ", 60) + "upstream app-3 refused the connection</html>"
+	got := (&loadgen.StatusError{Method: "GET", Path: "/feed", Code: 502, Body: body}).Error()
+	if !strings.HasSuffix(got, "upstream app-3 refused the connection</html>") || strings.Contains(got, "\n") {
+		t.Errorf("body cut or not folded: %s", got)
 	}
 }

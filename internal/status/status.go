@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/instactl/instactl/cloud"
+	"github.com/instactl/instactl/errtext"
 	"github.com/instactl/instactl/provision"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
@@ -134,7 +135,7 @@ func Collect(ctx context.Context, st *stack.Stack, topo topology.Topology, p clo
 	})
 	for _, r := range results {
 		if r.Err != nil {
-			byTarget[r.Target.Name].Error = firstLine(r.Err.Error())
+			byTarget[r.Target.Name].Error = errtext.OneLine(r.Err.Error())
 		}
 	}
 	attachReplication(topo, rep.Hosts, replicas)
@@ -263,9 +264,4 @@ func roleOrder(st *stack.Stack, role string) int {
 		}
 	}
 	return len(st.Roles)
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/instactl/instactl/deploy"
+	"github.com/instactl/instactl/errtext"
 	"github.com/instactl/instactl/internal/loadgen"
 	"github.com/instactl/instactl/stack"
 )
@@ -95,7 +96,7 @@ func (s *story) cmd(ctx context.Context, args ...string) (string, error) {
 	s.say("$ instactl %s", strings.Join(args, " "))
 	stdout, stderr, code := s.run(ctx, full...)
 	if code != 0 {
-		return stdout, fmt.Errorf("instactl %s exited %d:\n%s%s", strings.Join(args, " "), code, stdout, lastLines(stderr, 15))
+		return stdout, fmt.Errorf("instactl %s exited %d:\n%s%s", strings.Join(args, " "), code, stdout, stderr)
 	}
 	return stdout, nil
 }
@@ -106,7 +107,7 @@ func (s *story) op(name string, fn func() (string, error)) error {
 	detail, err := fn()
 	o.End, o.Detail, o.OK = time.Since(s.start), detail, err == nil
 	if err != nil {
-		o.Detail = firstLine(err.Error())
+		o.Detail = errtext.OneLine(err.Error()) // the whole error: its cause is rarely on the first line
 	}
 	s.sum.Ops = append(s.sum.Ops, o)
 	return err
@@ -395,17 +396,4 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -802,12 +802,14 @@ func deployStartLoad(ctx context.Context, seed uint64) func() loadgen.Result {
 // deployCheckLoad wants requests through the LB and none failed.
 func deployCheckLoad(t *testing.T, load loadgen.Result) {
 	t.Helper()
-	if load.Requests < 50 || load.Errors != 0 || load.Dropped != 0 {
-		t.Errorf("load through the LB during the deploy: %d requests, %d errors, %d dropped: %v",
-			load.Requests, load.Errors, load.Dropped, load.FirstErrors)
+	// Requests the generator never sent (its in-flight bound was reached on a busy machine) are
+	// no failure of the deploy; every request that was sent must have been answered well.
+	if load.Requests-load.Dropped < 50 || load.Errors != 0 {
+		t.Errorf("load through the LB during the deploy: %d requests sent, %d errors: %v",
+			load.Requests-load.Dropped, load.Errors, load.FirstErrors)
 		return
 	}
-	t.Logf("load through the LB during the deploy: %d requests, 0 failed", load.Requests)
+	t.Logf("load through the LB during the deploy: %d requests sent, 0 failed (%d not sent)", load.Requests-load.Dropped, load.Dropped)
 }
 
 // deployAltStack writes a copy of the stack file (same stack, same sandbox) with old replaced.

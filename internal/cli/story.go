@@ -79,6 +79,9 @@ The sandbox is left up for exploration.`,
 func storyRender(w io.Writer, s *story.Summary, stackPath string) error {
 	fmt.Fprintf(w, "\nThe story of %s, %s:\n", s.Stack, s.Elapsed)
 	fmt.Fprintf(w, "  requests served          %d (%d failed)\n", s.Requests, s.FailedRequests)
+	if s.NotSent > 0 {
+		fmt.Fprintf(w, "  requests not sent        %d (the load generator was at its in-flight bound: slow answers or a busy machine)\n", s.NotSent)
+	}
 	fmt.Fprintf(w, "  acknowledged writes      %d, %d verified: %v\n", s.AcknowledgedWrite, s.WritesChecked, s.WritesVerified)
 	fmt.Fprintf(w, "  rolling deploy           %s\n", s.DeployDuration)
 	fmt.Fprintf(w, "  backup freeze window     %s; restore drill passed: %v\n", s.FreezeWindow.Round(time.Millisecond), s.BackupVerified)

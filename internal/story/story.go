@@ -217,7 +217,8 @@ func (s *story) tell(ctx context.Context) error {
 	if lo.err != nil {
 		return fmt.Errorf("load generator: %w", lo.err)
 	}
-	s.sum.Requests, s.sum.FailedRequests, s.sum.AcknowledgedWrite = lo.res.Requests, lo.res.Errors+lo.res.Dropped, lo.res.Writes
+	s.sum.Requests, s.sum.FailedRequests, s.sum.AcknowledgedWrite = lo.res.Requests-lo.res.Dropped, lo.res.Errors, lo.res.Writes
+	s.sum.NotSent = lo.res.Dropped
 	for _, b := range lo.res.Buckets {
 		if b.Requests > 0 || time.Duration(b.Second)*time.Second < lo.res.Elapsed {
 			s.sum.Buckets = append(s.sum.Buckets, b)

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -101,7 +102,7 @@ func (p *Provider) Holders(stack string, addrs []netip.Addr) ([]Holder, error) {
 		}
 		return nil
 	})
-	if err != nil && err != errDown {
+	if err != nil && !errors.Is(err, errDown) {
 		return nil, err
 	}
 	for _, h := range LiveHosts() {

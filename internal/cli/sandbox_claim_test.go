@@ -63,6 +63,19 @@ func TestSandboxHeldByAnotherStack(t *testing.T) {
 		t.Errorf("A after B and C were refused: exit %d\n%s%s", code, stdout, stderr)
 	}
 
+	// A's hosts asked to boot another image: the plan refuses, and says why for each change.
+	moved := bytes.Replace(a, []byte("provider: sandbox\n"), []byte("provider: sandbox\nimage: ami-0000000000000beef\n"), 1)
+	if err := os.WriteFile(pathA, moved, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code = run(t, "--stack", pathA, "sandbox", "up")
+	if code == 0 || !strings.Contains(stderr, "instance.app[0]: ") || !strings.Contains(stderr, "--replace instance.app[0]") {
+		t.Errorf("a refused sandbox plan: exit %d, want each refused change with its reason:\n%s", code, stderr)
+	}
+	if err := os.WriteFile(pathA, a, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	// init next to A, searching from A's base: another name, another range.
 	var errOut bytes.Buffer
 	pathD := filepath.Join(t.TempDir(), "instagram.yaml")

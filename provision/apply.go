@@ -57,11 +57,12 @@ func Apply(ctx context.Context, p cloud.Provider, plan Plan, opts ...ApplyOption
 		o(&cfg)
 	}
 	if refused := plan.Refused(); len(refused) > 0 {
-		var addrs []string
+		// Each refusal with its reason and way out: a bare list of addresses says nothing.
+		var lines []string
 		for _, c := range refused {
-			addrs = append(addrs, c.Address)
+			lines = append(lines, "  "+c.Address+": "+c.Refuse)
 		}
-		return nil, fmt.Errorf("apply %s: %w: %s", plan.Stack, ErrRefused, strings.Join(addrs, ", "))
+		return nil, fmt.Errorf("apply %s: %w, nothing was applied:\n%s", plan.Stack, ErrRefused, strings.Join(lines, "\n"))
 	}
 	actual, err := p.Describe(ctx, plan.Stack)
 	if err != nil {

@@ -215,6 +215,8 @@ func TestApplyRefusesStaleAndRefusedPlans(t *testing.T) {
 	refused := planFor(t, f, mustDesired(t, st))
 	if _, err := Apply(context.Background(), f, refused); !errors.Is(err, ErrRefused) {
 		t.Errorf("refused plan: err = %v, want ErrRefused", err)
+	} else if !strings.Contains(err.Error(), "instance.app[0]: image cannot change on a running instance; re-run with --replace instance.app[0]") {
+		t.Errorf("a refused plan must say why each change is refused:\n%v", err)
 	}
 	if f.Calls("CreateInstance") != before {
 		t.Errorf("a refused plan created instances")

@@ -6,12 +6,12 @@ import (
 	"net"
 	"os"
 	"os/user"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/instactl/instactl/internal/homedir"
 	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
 )
@@ -157,7 +157,7 @@ func loadSSHConfig(path string) (*sshConfig, error) {
 	if path == "" {
 		return &sshConfig{}, nil
 	}
-	f, err := os.Open(expandHome(path))
+	f, err := os.Open(homedir.Expand(path))
 	if err != nil {
 		return nil, fmt.Errorf("ssh config: %w", err)
 	}
@@ -271,7 +271,7 @@ func parseJumpHop(hop string) (user, host string, port int, err error) {
 // expandTokens expands the IdentityFile tokens ssh users rely on: a leading
 // ~, %d (home), %h (host), %r (remote user), %u (local user) and %%.
 func expandTokens(s string, e endpoint) string {
-	s = expandHome(s)
+	s = homedir.Expand(s)
 	if !strings.Contains(s, "%") {
 		return s
 	}
@@ -282,13 +282,4 @@ func expandTokens(s string, e endpoint) string {
 	home, _ := os.UserHomeDir()
 	r := strings.NewReplacer("%%", "%", "%d", home, "%h", e.host, "%r", e.user, "%u", local)
 	return r.Replace(s)
-}
-
-func expandHome(p string) string {
-	if p == "~" || strings.HasPrefix(p, "~/") {
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, p[1:])
-		}
-	}
-	return p
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/instactl/instactl/internal/homedir"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 )
@@ -53,7 +54,7 @@ func NewDialer(cfg Config) (*SSHDialer, error) {
 		return nil, err
 	}
 	for _, f := range cfg.IdentityFiles {
-		s, err := loadKey(expandHome(f))
+		s, err := loadKey(homedir.Expand(f))
 		if err != nil {
 			return nil, err
 		}

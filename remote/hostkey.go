@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/instactl/instactl/internal/homedir"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -93,7 +94,7 @@ type hostKeys struct {
 }
 
 func newHostKeys(file string, acceptNew bool) (*hostKeys, error) {
-	file = expandHome(file)
+	file = homedir.Expand(file)
 	h := &hostKeys{file: file, acceptNew: acceptNew}
 	if err := h.reloadLocked(); err != nil {
 		return nil, err

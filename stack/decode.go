@@ -18,15 +18,36 @@ type decoder struct {
 	file string
 	errs Errors
 	pos  map[string]Pos
+	// aliases counts the aliases followed: each one decodes its anchor's value again, so a file
+	// of aliases of aliases ("billion laughs") would cost exponential work without a bound.
+	aliases int
 }
 
+const (
+	// maxAliases is how many aliases one file may use; a stack file needs a handful at most.
+	maxAliases = 100
+	// maxErrors stops decoding once this many problems are found: a file with more is the wrong
+	// file, and the first ones say so.
+	maxErrors = 100
+)
+
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
-	e := &Error{File: d.file, Path: path, Msg: fmt.Sprintf(format, args...)}
-	if n != nil {
+	if d.full() {
+		return
+	}
+	e := &Error{File: d.file, Path: path, Msg: fmt.Sprintf(format, args...), Pos: Pos{Line: 1, Column: 1}}
+	if n != nil && n.Line > 0 {
 		e.Pos = Pos{Line: n.Line, Column: n.Column}
 	}
 	d.errs = append(d.errs, e)
+	if len(d.errs) == maxErrors {
+		d.errs = append(d.errs, &Error{File: d.file, Pos: e.Pos,
+			Msg: fmt.Sprintf("more than %d problems; stopped reading here: fix these first (is this the right file?)", maxErrors)})
+	}
 }
+
+// full reports whether the decoder stopped collecting errors.
+func (d *decoder) full() bool { return len(d.errs) > maxErrors }
 
 var (
 	durationType = reflect.TypeOf(time.Duration(0))
@@ -57,8 +78,19 @@ func join(path, key string) string {
 }
 
 func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
+	if d.full() {
+		return
+	}
 	if n.Kind == yaml.AliasNode {
-		n = n.Alias
+		if d.aliases++; d.aliases > maxAliases {
+			d.errorf(n, path, "more than %d aliases (*name) in one file; write the values out", maxAliases)
+			return
+		}
+		alias := n
+		if n = n.Alias; n == nil {
+			d.errorf(alias, path, "alias *%s names no anchor", alias.Value)
+			return
+		}
 	}
 	d.pos[path] = Pos{Line: n.Line, Column: n.Column}
 	switch {
@@ -118,6 +150,9 @@ func (d *decoder) decodeStrings(n *yaml.Node, path string, v reflect.Value) {
 	switch n.Kind {
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
+			if d.full() {
+				return
+			}
 			d.pos[fmt.Sprintf("%s[%d]", path, i)] = Pos{Line: c.Line, Column: c.Column}
 			if c.Kind != yaml.ScalarNode {
 				d.errorf(c, fmt.Sprintf("%s[%d]", path, i), "expected a scalar, found %s", kindName(c))
@@ -154,9 +189,13 @@ func (d *decoder) decodeStruct(n *yaml.Node, path string, v reflect.Value) {
 		names = append(names, name)
 	}
 	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
+	for i := 0; i+1 < len(n.Content) && !d.full(); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		kp := join(path, k.Value)
+		if k.Kind != yaml.ScalarNode {
+			d.errorf(k, path, "a key must be a plain name, found %s", kindName(k))
+			continue
+		}
 		if seen[k.Value] {
 			d.errorf(k, kp, "key is given twice; keep one")
 			continue
@@ -188,9 +227,13 @@ func (d *decoder) decodeRoles(n *yaml.Node, path string, v reflect.Value) {
 	}
 	var roles []Role
 	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
+	for i := 0; i+1 < len(n.Content) && !d.full(); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		kp := join(path, k.Value)
+		if k.Kind != yaml.ScalarNode {
+			d.errorf(k, path, "a role name must be a plain name, found %s", kindName(k))
+			continue
+		}
 		if seen[k.Value] {
 			d.errorf(k, kp, "role is declared twice; keep one")
 			continue

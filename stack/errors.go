@@ -57,6 +57,22 @@ func (es Errors) sorted() Errors {
 	return es
 }
 
+// locate is where keyPath was written, or else its nearest written parent (a default that
+// conflicts points at the section it belongs to), or else the top of the file (a missing
+// top-level key), so every error names a line and column.
+func locate(pos map[string]Pos, keyPath string) Pos {
+	for probe := keyPath; ; {
+		if p, ok := pos[probe]; ok && p.Line > 0 {
+			return p
+		}
+		i := strings.LastIndexAny(probe, ".[")
+		if i < 0 {
+			return Pos{Line: 1, Column: 1}
+		}
+		probe = probe[:i]
+	}
+}
+
 // suggest returns the candidate closest to word if it is close enough to be a likely typo.
 func suggest(word string, candidates []string) string {
 	best, bestDist := "", len(word)/2+2

@@ -1,8 +1,10 @@
 package stack
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"reflect"
@@ -10,39 +12,59 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/instactl/instactl/internal/homedir"
 	"go.yaml.in/yaml/v3"
 )
 
 // DefaultFile is the stack file read when neither --stack nor INSTACTL_STACK says otherwise.
 const DefaultFile = "instagram.yaml"
 
+// MaxFileSize bounds what Load reads and Parse accepts: a stack file is a few KiB, and a bound
+// keeps a wrong or hostile file from costing unbounded time and memory.
+const MaxFileSize = 1 << 20
+
 // Load reads and parses the stack file at path.
 func Load(path string) (*Stack, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("stack file %s not found: run `instactl init` to write an example, or pass --stack PATH", path)
 		}
 		return nil, fmt.Errorf("read stack file: %w", err)
 	}
+	defer f.Close()
+	// One byte more than the bound, so Parse can tell a file at the bound from one over it.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read stack file %s: %w", path, err)
+	}
 	return Parse(path, data)
 }
 
 // Parse decodes a stack file, applies defaults and validates it. On any problem it returns
-// Errors holding every problem found, each with file:line:column, key path and the fix.
+// Errors holding every problem found (up to maxErrors), each with file:line:column, key path and
+// the fix. Hostile input (binary data, alias bombs, deep nesting, files over MaxFileSize) is
+// refused the same way, in time and memory bounded by MaxFileSize.
 func Parse(file string, data []byte) (*Stack, error) {
+	if e := checkText(file, data); e != nil {
+		return nil, Errors{e}
+	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, Errors{yamlSyntaxError(file, err)}
+		return nil, Errors{yamlSyntaxError(file, data, err)}
 	}
 	d := &decoder{file: file, pos: map[string]Pos{}}
 	var st Stack
 	if len(root.Content) == 0 {
-		return nil, Errors{{File: file, Msg: "the file is empty; run `instactl init` for a documented example"}}
+		return nil, Errors{{File: file, Pos: Pos{Line: 1, Column: 1}, Msg: "the file is empty; run `instactl init` for a documented example"}}
 	}
 	d.decode(root.Content[0], "", reflect.ValueOf(&st).Elem())
 	st.Path = file
+	if d.full() {
+		return nil, d.errs.sorted()
+	}
 	// Validate even after decode errors so one run reports everything, but say nothing more
 	// about a key whose value could not be read.
 	bad := map[string]bool{}
@@ -50,6 +72,8 @@ func Parse(file string, data []byte) (*Stack, error) {
 		bad[e.Path] = true
 	}
 	applyDefaults(&st)
+	expandPaths(&st)
+	st.pos = d.pos
 	v := &validator{d: d, st: &st, skip: bad}
 	v.validate()
 	if len(d.errs) > 0 {
@@ -58,15 +82,57 @@ func Parse(file string, data []byte) (*Stack, error) {
 	return &st, nil
 }
 
+// checkText refuses what is not a stack file at all before the YAML parser sees it: a file over
+// MaxFileSize, and binary data (bytes that are not UTF-8, control characters other than tab and
+// line breaks), at the place they start. The YAML parser's own words for these name no line.
+func checkText(file string, data []byte) *Error {
+	if len(data) > MaxFileSize {
+		return &Error{File: file, Pos: posAt(data, MaxFileSize), Msg: fmt.Sprintf(
+			"the file is larger than %d KiB (a stack file is a few KiB); reading stopped here: is this the right file?", MaxFileSize>>10)}
+	}
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			return &Error{File: file, Pos: posAt(data, i), Msg: fmt.Sprintf(
+				"byte 0x%02x is not UTF-8 text: a stack file is YAML text; is this the right file?", data[i])}
+		case r < 0x20 && r != '\t' && r != '\n' && r != '\r', r >= 0x7f && r <= 0x9f && r != 0x85,
+			r == 0xfffe, r == 0xffff, r == 0xfeff && i > 0: // what YAML calls non-printable
+			return &Error{File: file, Pos: posAt(data, i), Msg: fmt.Sprintf(
+				"control character 0x%02x is not allowed in YAML text: is this the right file?", r)}
+		}
+		i += size
+	}
+	return nil
+}
+
+// posAt is the line and column (in characters, from 1) of byte offset off of data.
+func posAt(data []byte, off int) Pos {
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	start := bytes.LastIndexByte(data[:off], '\n') + 1
+	return Pos{Line: line, Column: 1 + utf8.RuneCount(data[start:off])}
+}
+
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-func yamlSyntaxError(file string, err error) *Error {
+// yamlSyntaxError places the YAML parser's error. The parser names a line but no column; a tab,
+// the most common cause, is pointed at exactly.
+func yamlSyntaxError(file string, data []byte, err error) *Error {
 	msg := err.Error()
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &Error{File: file, Pos: Pos{Line: line, Column: 1}, Msg: "invalid YAML: " + m[2]}
+	m := yamlLine.FindStringSubmatch(msg)
+	if m == nil {
+		return &Error{File: file, Pos: Pos{Line: 1, Column: 1}, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
 	}
-	return &Error{File: file, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+	line, _ := strconv.Atoi(m[1])
+	e := &Error{File: file, Pos: Pos{Line: line, Column: 1}, Msg: "invalid YAML: " + m[2]}
+	lines := bytes.Split(data, []byte("\n"))
+	if line >= 1 && line <= len(lines) {
+		if i := bytes.IndexByte(lines[line-1], '\t'); i >= 0 {
+			e.Column = 1 + utf8.RuneCount(lines[line-1][:i])
+			e.Msg += " (a tab: YAML indents with spaces only)"
+		}
+	}
+	return e
 }
 
 // RoleDefaults are the service ports and kinds of the roles instactl knows.
@@ -169,3 +235,13 @@ func applyDefaults(s *Stack) {
 }
 
 func parseCIDR(s string) (netip.Prefix, error) { return netip.ParsePrefix(s) }
+
+// expandPaths expands a leading ~ in every key that names a file or directory on this machine,
+// once, here: every command then reads the same absolute paths (the provisioner reads
+// ssh.key + ".pub", remote loads ssh.key, the sandbox creates sandbox.dir). deploy.path and
+// volume mounts are paths on the hosts, not here, and are left as written.
+func expandPaths(s *Stack) {
+	for _, p := range []*string{&s.SSH.Key, &s.SSH.KnownHosts, &s.Sandbox.Dir} {
+		*p = homedir.Expand(*p)
+	}
+}

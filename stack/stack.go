@@ -19,7 +19,9 @@ type Stack struct {
 	Zone string `json:"zone"`
 	// Image is the AMI id for AWS instances; ignored by the sandbox.
 	Image string `json:"image"`
-	SSH   SSH    `json:"ssh"`
+	// SSH's key and known_hosts are local paths; a leading ~ is expanded when the stack is
+	// loaded, as is sandbox.dir's.
+	SSH SSH `json:"ssh"`
 	// Network fixes every host's private address, so user-data can name a replica's primary
 	// before the primary exists.
 	Network Network `json:"network"`
@@ -32,6 +34,8 @@ type Stack struct {
 	Sandbox      Sandbox      `json:"sandbox"`
 	// Path is the file the stack was read from, for error messages.
 	Path string `json:"-"`
+	// pos is where each key path was written, so later checks (CheckFiles) point at it too.
+	pos map[string]Pos
 }
 
 // SSH says how instactl reaches hosts.

@@ -82,8 +82,8 @@ func TestErrors(t *testing.T) {
 			[]string{"s.yaml:6:13: backup.targets[0]: role pg has no replica"}},
 		{"yaml syntax", "name: x\nroles: [\n", []string{"s.yaml:2:1: invalid YAML"}},
 		{"duplicate key", "name: x\nname: y\nroles:\n  app: {count: 1}\n", []string{"s.yaml:2:1: name: key is given twice"}},
-		{"empty", "", []string{"s.yaml: the file is empty"}},
-		{"aws needs image", "name: x\nprovider: aws\nroles:\n  app: {count: 1}\n", []string{"s.yaml: image: provider aws needs an AMI id"}},
+		{"empty", "", []string{"s.yaml:1:1: the file is empty"}},
+		{"aws needs image", "name: x\nprovider: aws\nroles:\n  app: {count: 1}\n", []string{"s.yaml:1:1: image: provider aws needs an AMI id"}},
 		{"data role without volumes", "name: x\nroles:\n  app: {count: 1}\n  redis: {count: 1}\n",
 			[]string{"s.yaml:4:10: roles.redis.volumes: role redis keeps its data on volumes"}},
 		{"sandbox raid", "name: x\nroles:\n  app: {count: 1}\n  pg: {count: 1, volumes: {count: 2, size_gib: 1, mount: /data}}\n",
@@ -137,9 +137,12 @@ func FuzzParse(f *testing.F) {
 			if !errors.As(err, &errs) || len(errs) == 0 {
 				t.Fatalf("error is not a non-empty Errors: %v", err)
 			}
+			if len(errs) > maxErrors+1 {
+				t.Fatalf("%d errors: the list is not bounded", len(errs))
+			}
 			for _, e := range errs {
-				if e.File != "f.yaml" {
-					t.Fatalf("error without file: %v", e)
+				if e.File != "f.yaml" || e.Line < 1 || e.Column < 1 {
+					t.Fatalf("error without file:line:column: %v", e)
 				}
 			}
 		}

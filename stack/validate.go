@@ -19,25 +19,19 @@ type validator struct {
 }
 
 func (v *validator) errorf(keyPath, format string, args ...any) {
-	if v.skip[keyPath] {
-		return
-	}
-	// A key that was never written (a default) points at its nearest written parent; a missing
-	// top-level key has no position.
-	p, ok := v.d.pos[keyPath]
-	for probe := keyPath; !ok; {
-		i := strings.LastIndex(probe, ".")
+	// Nothing more is said about a key whose value (or whose parent's) could not be read.
+	for probe := keyPath; probe != ""; {
+		if v.skip[probe] {
+			return
+		}
+		i := strings.LastIndexAny(probe, ".[")
 		if i < 0 {
 			break
 		}
 		probe = probe[:i]
-		p, ok = v.d.pos[probe]
 	}
-	n := &yaml.Node{Line: p.Line, Column: p.Column}
-	if !ok {
-		n = nil
-	}
-	v.d.errorf(n, keyPath, format, args...)
+	p := locate(v.d.pos, keyPath)
+	v.d.errorf(&yaml.Node{Line: p.Line, Column: p.Column}, keyPath, format, args...)
 }
 
 var (
@@ -84,10 +78,31 @@ func (v *validator) validate() {
 	}
 }
 
+// MaxHosts bounds the hosts of one stack (and of one role): instactl is built for ~100, and a
+// bound keeps a typo such as count: 1000000000 from costing unbounded memory.
+const MaxHosts = 1000
+
 func (v *validator) roles() {
 	s := v.st
 	if len(s.Roles) == 0 {
 		v.errorf("roles", "declare at least one role, for example app: {count: 2}")
+	}
+	total := 0
+	for _, r := range s.Roles {
+		if r.Count > 0 && r.Count <= MaxHosts {
+			total += r.Count
+		}
+	}
+	if total > MaxHosts {
+		v.errorf("roles", "declares %d hosts; a stack holds at most %d", total, MaxHosts)
+	} else if a := s.Network.AddressBase; a.Is4() && total > 0 {
+		last := a
+		for i := 1; i < total && last.IsValid(); i++ {
+			last = last.Next()
+		}
+		if !last.IsValid() || s.Provider == "sandbox" && last.As4()[0] != 127 {
+			v.errorf("network.address_base", "the %d hosts from %s run past the end of the address range; choose a lower base", total, a)
+		}
 	}
 	for _, r := range s.Roles {
 		p := "roles." + r.Name
@@ -96,6 +111,8 @@ func (v *validator) roles() {
 		}
 		if r.Count < 1 {
 			v.errorf(p+".count", "must be >= 1 (got %d)", r.Count)
+		} else if r.Count > MaxHosts {
+			v.errorf(p+".count", "must be at most %d, the most hosts a stack holds (got %d)", MaxHosts, r.Count)
 		}
 		if r.Port < 0 || r.Port > 65535 {
 			v.errorf(p+".port", "must be a TCP port 1-65535 (got %d)", r.Port)
@@ -138,13 +155,15 @@ func (v *validator) roles() {
 
 func (v *validator) loadBalancer() {
 	lb := v.st.LoadBalancer
-	if v.st.Role(lb.TargetRole) == nil {
+	known := v.st.Role(lb.TargetRole) != nil
+	if !known {
 		v.errorf("load_balancer.target_role", "names no role; declared roles: %s", v.roleNames())
 	}
 	if lb.ListenerPort < 1 || lb.ListenerPort > 65535 {
 		v.errorf("load_balancer.listener_port", "must be a TCP port 1-65535 (got %d)", lb.ListenerPort)
 	}
-	if lb.TargetPort < 1 || lb.TargetPort > 65535 {
+	// target_port defaults from the target role: with no such role, one error is enough.
+	if _, written := v.d.pos["load_balancer.target_port"]; (known || written) && (lb.TargetPort < 1 || lb.TargetPort > 65535) {
 		v.errorf("load_balancer.target_port", "must be a TCP port 1-65535 (got %d)", lb.TargetPort)
 	}
 	if !strings.HasPrefix(lb.HealthCheck, "/") {
@@ -177,11 +196,11 @@ func (v *validator) deploy() {
 	if dp.HealthTimeout <= 0 {
 		v.errorf("deploy.health_timeout", "must be positive such as 30s")
 	}
-	if dp.HealthPasses < 1 {
-		v.errorf("deploy.health_passes", "must be >= 1 (got %d)", dp.HealthPasses)
+	if dp.HealthPasses < 1 || dp.HealthPasses > 100 {
+		v.errorf("deploy.health_passes", "must be 1-100 (got %d)", dp.HealthPasses)
 	}
-	if dp.Parallel < 1 {
-		v.errorf("deploy.parallel", "must be >= 1 (got %d)", dp.Parallel)
+	if dp.Parallel < 1 || dp.Parallel > MaxHosts {
+		v.errorf("deploy.parallel", "must be 1-%d (got %d)", MaxHosts, dp.Parallel)
 	}
 }
 
@@ -245,6 +264,9 @@ func (v *validator) backup() {
 			v.errorf("backup.retention."+name, "must be >= 0 (got %d)", n)
 		}
 	}
+	if b.MaxLagBytes < 0 {
+		v.errorf("backup.max_lag_bytes", "must be >= 0 (got %d)", b.MaxLagBytes)
+	}
 	if b.FreezeBudget <= 0 {
 		v.errorf("backup.freeze_budget", "must be positive such as 30s")
 	}
@@ -258,8 +280,13 @@ func (v *validator) sandbox() {
 	if a := v.st.Network.AddressBase; !a.Is4() || a.As4()[0] != 127 {
 		v.errorf("network.address_base", "the sandbox needs a loopback address in 127.0.0.0/8 such as 127.0.10.1 (got %s)", a)
 	}
-	if sb.VolumeSizeMiB < 300 {
-		v.errorf("sandbox.volume_size_mib", "must be >= 300 (XFS needs room) (got %d)", sb.VolumeSizeMiB)
+	if sb.VolumeSizeMiB < 300 || sb.VolumeSizeMiB > 1<<20 {
+		v.errorf("sandbox.volume_size_mib", "must be 300-1048576: XFS needs 300 MiB, and 1 TiB is plenty (got %d)", sb.VolumeSizeMiB)
+	}
+	for key, port := range map[string]int{"sandbox.lb_port": sb.LBPort, "sandbox.moto_port": sb.MotoPort} {
+		if port < 1 || port > 65535 {
+			v.errorf(key, "must be a TCP port 1-65535 (got %d)", port)
+		}
 	}
 }
 

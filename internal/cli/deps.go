@@ -10,6 +10,7 @@ import (
 	"github.com/instactl/instactl/cloud"
 	cloudaws "github.com/instactl/instactl/cloud/aws"
 	"github.com/instactl/instactl/cloud/sandbox"
+	"github.com/instactl/instactl/internal/homedir"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 )
@@ -58,9 +59,9 @@ func sshConfig(st *stack.Stack, acceptNew bool) remote.Config {
 	return remote.Config{
 		User:               st.SSH.User,
 		Port:               st.SSH.Port,
-		IdentityFiles:      []string{expandHome(st.SSH.Key)},
+		IdentityFiles:      []string{st.SSH.Key},
 		UseAgent:           st.Provider == "aws",
-		KnownHostsFile:     expandHome(st.SSH.KnownHosts),
+		KnownHostsFile:     st.SSH.KnownHosts,
 		AcceptNewHostKeys:  acceptNew,
 		MaxConcurrentDials: 32,
 	}
@@ -74,16 +75,7 @@ func stateDir(st *stack.Stack) string {
 	}
 	base := os.Getenv("XDG_STATE_HOME")
 	if base == "" {
-		base = filepath.Join(expandHome("~"), ".local", "state")
+		base = filepath.Join(homedir.Expand("~"), ".local", "state")
 	}
 	return filepath.Join(base, "instactl", st.Name)
-}
-
-func expandHome(p string) string {
-	if p == "~" || len(p) > 1 && p[:2] == "~/" {
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, p[1:])
-		}
-	}
-	return p
 }

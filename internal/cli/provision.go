@@ -355,8 +355,11 @@ func provisionCompute(ctx context.Context, f *Factory, replace []string) (*stack
 	if err != nil {
 		return nil, nil, provision.Plan{}, err
 	}
+	if err := st.CheckFiles(); err != nil {
+		return nil, nil, provision.Plan{}, err // stack.Errors: exit 2
+	}
 	if st.Provider == "sandbox" {
-		if _, err := os.Stat(expandHome(st.SSH.Key) + ".pub"); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(st.SSH.Key + ".pub"); errors.Is(err, os.ErrNotExist) {
 			return nil, nil, provision.Plan{}, usageErrorf("%s: sandbox %s was never brought up (no key %s.pub): run instactl sandbox up, which plans and applies the stack on this machine",
 				st.Path, st.Name, st.SSH.Key)
 		}

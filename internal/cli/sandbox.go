@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -63,6 +64,9 @@ after a reboot it restarts the hosts that are recorded but no longer running.`,
 				return err
 			}
 			rep, err := sandboxctl.Up(cmd.Context(), st, p, func(s string) { f.IO.Statusf("sandbox: %s", s) })
+			if errors.Is(err, sandboxctl.ErrInUse) {
+				return withCode(ExitUsage, err) // nothing was changed; the stack file must change
+			}
 			if err != nil {
 				return err
 			}

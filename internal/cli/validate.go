@@ -24,7 +24,8 @@ func NewCmdValidate(f *Factory, out func() Output) *cobra.Command {
 		Use:   "validate",
 		Short: "Check a stack file and report every problem at once",
 		Long: `Parse and check the stack file. Every problem is reported with file:line:column, the key
-path, what was expected and what was found. Exits 2 when the file is invalid.`,
+path, what was expected and what was found. With provider: aws the files it names must exist
+too (ssh.key's public half). Exits 2 when the file is invalid.`,
 		Example: `  instactl validate
   instactl validate --stack prod.yaml -o json`,
 		Args: noArgs,
@@ -63,6 +64,11 @@ func validateRun(f *Factory) (*ValidateResult, error) {
 		return res, nil
 	case err != nil:
 		return nil, withCode(ExitUsage, err)
+	}
+	// The files the stack names must exist too: plan would fail on a missing key.
+	if err := st.CheckFiles(); errors.As(err, &errs) {
+		res.Errors = errs
+		return res, nil
 	}
 	res.Valid = true
 	res.Hosts = len(st.Hosts())

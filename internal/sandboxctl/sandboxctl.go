@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-multierror"
@@ -42,6 +43,18 @@ func Up(ctx context.Context, st *stack.Stack, p *sandbox.Provider, progress func
 		return nil, err
 	}
 	rep := &UpReport{Stack: st.Name, Dir: st.Sandbox.Dir}
+	// Another stack in the way is said once, with the command that frees it, before anything
+	// starts: its plan would otherwise destroy or refuse to change the other stack's hosts, or
+	// fail once per host.
+	if err := checkOwner(st); err != nil {
+		return nil, err
+	}
+	if err := checkAddresses(st, p); err != nil {
+		return nil, err
+	}
+	if err := recordOwner(st); err != nil {
+		return nil, err
+	}
 	// Hosts left from an earlier session whose processes are gone come back first.
 	restarted, err := p.StartStopped(ctx)
 	if err != nil {
@@ -72,6 +85,14 @@ func Up(ctx context.Context, st *stack.Stack, p *sandbox.Provider, progress func
 	plan := provision.Compute(desired, actual)
 	rep.Plan = plan.Summary().String()
 	progress(rep.Plan)
+	if refused := plan.Refused(); len(refused) > 0 {
+		var lines []string
+		for _, c := range refused {
+			lines = append(lines, "  "+c.Address+": "+c.Refuse)
+		}
+		return nil, fmt.Errorf("%s: %d change(s) cannot be applied to the sandbox, so nothing was:\n%s\nchange the stack file back, or run instactl --stack %s apply --replace ADDR to replace a host",
+			st.Path, len(refused), strings.Join(lines, "\n"), st.Path)
+	}
 	if plan.HasChanges() {
 		if _, err := provision.Apply(ctx, p, plan, provision.WithParallelism(8)); err != nil {
 			return nil, fmt.Errorf("apply the stack to the sandbox: %w", err)

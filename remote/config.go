@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/instactl/instactl/internal/homedir"
+	"github.com/instactl/instactl/homedir"
 	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
 )

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/instactl/instactl/internal/homedir"
+	"github.com/instactl/instactl/homedir"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 )

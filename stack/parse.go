@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/instactl/instactl/internal/homedir"
+	"github.com/instactl/instactl/homedir"
 	"go.yaml.in/yaml/v3"
 )
 

@@ -10,7 +10,7 @@ import (
 	"github.com/instactl/instactl/cloud"
 	cloudaws "github.com/instactl/instactl/cloud/aws"
 	"github.com/instactl/instactl/cloud/sandbox"
-	"github.com/instactl/instactl/internal/homedir"
+	"github.com/instactl/instactl/homedir"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 )

@@ -38,6 +38,10 @@ var testHosts = []struct {
 func testStack() *stack.Stack {
 	return &stack.Stack{
 		Name: "bk", Provider: "sandbox", Zone: sandbox.DefaultZone, SSH: stack.SSH{User: "root", Port: sandbox.DefaultSSHPort},
+		// The stack's addresses are testHosts' (pg-0 is 127.0.50.1): the topology looks for the
+		// control database on pg-0.
+		Network: stack.Network{AddressBase: netip.MustParseAddr("127.0.50.1")},
+		Shards:  stack.Shards{Role: "pg", Database: "instagram", ControlDatabase: "instagram_control"},
 		Roles: []stack.Role{
 			{Name: "pg", Count: 2, Replicas: 1, Port: 5432, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/postgresql"}},
 			{Name: "redis", Count: 2, Replicas: 1, Port: 6379, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/redis"}},

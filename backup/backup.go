@@ -13,6 +13,7 @@ import (
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
+	"github.com/instactl/instactl/topology"
 )
 
 // Tags written on every snapshot of a set, in the CreateSnapshots call itself.
@@ -177,8 +178,11 @@ func (e *PartialError) Error() string {
 type host struct {
 	inst    cloud.Instance
 	role    *stack.Role
-	primary *cloud.Instance // for a replica
+	primary *cloud.Instance // the group's primary now, when it exists
 	volumes []cloud.Volume  // attached data volumes, by device
+	// group is the replication group the host is a standby of, as topology source had it.
+	group  topology.Group
+	source string
 }
 
 func (h host) name() string { return h.inst.Name }
@@ -202,38 +206,101 @@ func (e *Env) dial(ctx context.Context, in cloud.Instance) (*remote.Client, erro
 	return c, nil
 }
 
-// replicas returns the hosts to back up for target: the first replica of every physical node
-// of the role, with its primary and attached volumes.
-func (e *Env) replicas(ctx context.Context, target string) ([]host, error) {
-	role := e.Stack.Role(target)
+// controlUser is the database user backup reads the topology as, like the shard commands.
+const controlUser = "postgres"
+
+// topology returns the replication groups now (topology.Resolve): which member of each group
+// is primary. Before `shard init` the control database does not exist (and with its node down
+// it cannot be read): the stack file's groups are then the answer, as they were before the
+// topology existed, and a progress event says so. The standby gates still refuse a host that
+// is a primary in fact.
+func (e *Env) topology(ctx context.Context) (topology.Topology, error) {
+	topo, err := topology.Resolve(ctx, e.Stack, controlUser)
+	if err != nil {
+		if len(topo.Groups) == 0 {
+			return topo, fmt.Errorf("backup: %w", err)
+		}
+		e.emit("", "", "topology", "the control database cannot be read, so the stack file's primaries are taken as current: %v", err)
+	}
+	return topo, nil
+}
+
+// groupKind is the topology's kind of group for a backup target.
+func groupKind(st *stack.Stack, target string) (string, error) {
+	switch {
+	case target == TargetRedis:
+		return topology.KindRedis, nil
+	case target == TargetPostgres && st.Shards.Role == target:
+		return topology.KindPostgres, nil
+	case target == TargetPostgres:
+		return "", fmt.Errorf("backup target %s: the topology's PostgreSQL groups are role %s (shards.role), not %s; set shards.role: %s",
+			target, st.Shards.Role, target, target)
+	}
+	return "", fmt.Errorf("backup target %q: want pg or redis", target)
+}
+
+// pick is one host to back up as the topology has it now: a standby and its group's primary.
+type pick struct {
+	group   topology.Group
+	standby string
+}
+
+// standbys returns the host to back up in every group of target's kind: the group's first
+// standby now, in stack order. On a stack as declared that is the first replica of every
+// physical node; after a recorded failover it is the former primary, and the new primary is
+// never chosen. A group without a standby (a trailing lone node) is left out.
+func standbys(st *stack.Stack, topo topology.Topology, target string) ([]pick, error) {
+	role := st.Role(target)
 	if role == nil {
 		return nil, fmt.Errorf("backup target %s: the stack has no role %s", target, target)
 	}
 	if role.Replicas < 1 {
 		return nil, fmt.Errorf("backup target %s: role %s has no replicas; backups are taken from replicas only", target, target)
 	}
+	kind, err := groupKind(st, target)
+	if err != nil {
+		return nil, err
+	}
+	var out []pick
+	for _, g := range topo.OfKind(kind) {
+		if _, err := g.PrimaryMember(); err != nil {
+			return nil, fmt.Errorf("backup target %s: %w", target, err)
+		}
+		if sb := g.Standbys(); len(sb) > 0 {
+			out = append(out, pick{group: g, standby: sb[0].Host})
+		}
+	}
+	return out, nil
+}
+
+// replicas returns the hosts to back up for target, as topo has them: the first standby of
+// every replication group, with its primary now and its attached volumes.
+func (e *Env) replicas(ctx context.Context, target string, topo topology.Topology) ([]host, error) {
+	picks, err := standbys(e.Stack, topo, target)
+	if err != nil {
+		return nil, err
+	}
 	res, err := e.Provider.Describe(ctx, e.Stack.Name)
 	if err != nil {
 		return nil, fmt.Errorf("describe stack %s: %w", e.Stack.Name, err)
 	}
-	byIndex := map[int]cloud.Instance{}
+	// Instances by their stack host name ("pg-1"): the topology's names, not the cloud's.
+	byHost := map[string]cloud.Instance{}
 	for _, in := range res.Instances {
 		if in.Role == target && in.State != "terminated" {
-			byIndex[in.Index] = in
+			byHost[stack.HostName(in.Role, in.Index)] = in
 		}
 	}
+	role := e.Stack.Role(target)
 	var out []host
-	for idx := 0; idx < role.Count; idx++ {
-		if role.IsPrimary(idx) || idx != role.PrimaryOf(idx)+1 {
-			continue
-		}
-		in, ok := byIndex[idx]
+	for _, p := range picks {
+		in, ok := byHost[p.standby]
 		if !ok {
-			return nil, fmt.Errorf("backup target %s: replica %s does not exist (run instactl apply)", target, stack.HostName(target, idx))
+			return nil, fmt.Errorf("backup target %s: standby %s of %s does not exist (run instactl apply)", target, p.standby, p.group.Name)
 		}
-		h := host{inst: in, role: role}
-		if p, ok := byIndex[role.PrimaryOf(idx)]; ok {
-			h.primary = &p
+		h := host{inst: in, role: role, group: p.group, source: topo.Source}
+		if pi, ok := byHost[p.group.Primary]; ok {
+			h.primary = &pi
 		}
 		h.volumes = attachedVolumes(res.Volumes, in.ID)
 		out = append(out, h)

@@ -106,9 +106,13 @@ func Create(ctx context.Context, opts Options) (*CreateResult, error) {
 	}
 	res := &CreateResult{}
 	var errs []error
+	topo, err := opts.topology(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var jobs []job
 	for _, t := range targets {
-		hosts, err := opts.replicas(ctx, t)
+		hosts, err := opts.replicas(ctx, t, topo)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -229,6 +233,7 @@ func createOne(ctx context.Context, o *Options, j job) (*Manifest, error) {
 	r.m = &Manifest{Format: ManifestFormat, SetID: newSetID(start, h.name()), Stack: o.Stack.Name,
 		Target: j.kind, Host: h.name(), InstanceID: h.inst.ID, Zone: h.inst.Zone, StartedAt: start.UTC(),
 		FreezeBudget: o.budget(), InstactlVersion: o.Version}
+	r.m.Topology = &TopologyRecord{Group: h.group.Name, Primary: h.group.Primary, Epoch: h.group.Epoch, Source: h.source}
 	r.emit("lock", "lock held")
 	if err := r.recover(ctx); err != nil {
 		return nil, err

@@ -2,6 +2,12 @@
 // keeps them under grandfather-father-son retention, restores them onto a host, and proves they
 // restore with drills.
 //
+// Which hosts. Create asks the topology (topology.Resolve) which member of every Postgres and
+// Redis replication group is primary now and backs up the group's first standby: after a
+// recorded failover that is the former primary, and the primary is never frozen. Before `shard
+// init` there is no control database; the stack file's groups are then taken as current, and a
+// "topology" progress event and each manifest's Topology record say so.
+//
 // A backup of a Postgres standby runs, on the replica host: a lock (flock held by a remote
 // process for as long as the run's SSH connection lives, so a killed run never leaves it
 // behind), recovery from an earlier crash (a volume left frozen is thawed, paused WAL replay is

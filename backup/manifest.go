@@ -37,8 +37,10 @@ type Manifest struct {
 	// Volumes in set order (by device on the instance).
 	Volumes     []VolumeRecord     `json:"volumes"`
 	Filesystems []FilesystemRecord `json:"filesystems"`
-	Postgres    *PostgresRecord    `json:"postgres,omitempty"`
-	Redis       *RedisRecord       `json:"redis,omitempty"`
+	// Topology is the replication group the host was a standby of when the run began.
+	Topology *TopologyRecord `json:"topology,omitempty"`
+	Postgres *PostgresRecord `json:"postgres,omitempty"`
+	Redis    *RedisRecord    `json:"redis,omitempty"`
 	// Recovered lists what this run undid from an earlier crash.
 	Recovered       []string      `json:"recovered,omitempty"`
 	InstactlVersion string        `json:"instactl_version"`
@@ -63,6 +65,16 @@ type FilesystemRecord struct {
 	UUID   string `json:"uuid"`
 	// Geometry holds xfs_info's numbers (bsize, agcount, agsize, blocks, sunit, swidth...).
 	Geometry map[string]string `json:"geometry,omitempty"`
+}
+
+// TopologyRecord is the replication group a set's host was backed up as a standby of, as the
+// topology had it: Source "control" is the control database, "stack" the stack file (before
+// `shard init`, or with the control database unreadable).
+type TopologyRecord struct {
+	Group   string `json:"group"`
+	Primary string `json:"primary"`
+	Epoch   int64  `json:"epoch"`
+	Source  string `json:"source"`
 }
 
 // PostgresRecord is the standby's position when its volumes were frozen (WAL replay paused).

@@ -14,12 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/cloud/sandbox"
 	"github.com/instactl/instactl/internal/testenv"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
+	"github.com/instactl/instactl/topology"
 )
 
 // Sandbox address base of this package's tests: 127.0.50.x.
@@ -38,6 +41,10 @@ var testHosts = []struct {
 func testStack() *stack.Stack {
 	return &stack.Stack{
 		Name: "bk", Provider: "sandbox", Zone: sandbox.DefaultZone, SSH: stack.SSH{User: "root", Port: sandbox.DefaultSSHPort},
+		// The stack's addresses are testHosts' (pg-0 is 127.0.50.1): the topology looks for the
+		// control database on pg-0.
+		Network: stack.Network{AddressBase: netip.MustParseAddr("127.0.50.1")},
+		Shards:  stack.Shards{Role: "pg", Database: "instagram", ControlDatabase: "instagram_control"},
 		Roles: []stack.Role{
 			{Name: "pg", Count: 2, Replicas: 1, Port: 5432, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/postgresql"}},
 			{Name: "redis", Count: 2, Replicas: 1, Port: 6379, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/redis"}},
@@ -239,6 +246,10 @@ func TestSandboxBackup(t *testing.T) {
 			t.Fatalf("manifest %+v", m)
 		}
 		t.Logf("freeze %s, replay lsn %s, lag %d bytes", m.FreezeDuration, m.Postgres.ReplayLSN, m.Postgres.LagBytes)
+		// No control database yet: the stack file's topology, recorded as such.
+		if tp := m.Topology; tp == nil || *tp != (TopologyRecord{Group: "pg-0", Primary: "pg-0", Epoch: 1, Source: topology.SourceStack}) {
+			t.Fatalf("manifest topology %+v, want pg-0's group from the stack file", tp)
+		}
 		if !s.writable("pg-1", "/var/lib/postgresql") {
 			t.Fatal("replica volume not writable after backup")
 		}
@@ -651,6 +662,33 @@ func TestSandboxBackup(t *testing.T) {
 		}
 		if len(plan.Deletes()) == 0 || len(after) != len(before)-len(plan.Deletes()) {
 			t.Errorf("before %d sets, %d deletes planned, after %d", len(before), len(plan.Deletes()), len(after))
+		}
+	})
+
+	// Last, as it leaves the control database recording pg-1 as primary: a failover recorded
+	// (not carried out) makes the next run pick pg-0, which the gate then finds is a primary in
+	// fact. The run follows the topology; the real primary is not frozen.
+	t.Run("a recorded failover is followed", func(t *testing.T) {
+		s.sh(t, "pg-0", psqlOn("postgres", "CREATE DATABASE instagram_control"))
+		topo, err := topology.Resolve(ctx, s.env.Stack, "postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgx.Connect(ctx, "postgres://postgres@127.0.50.1:5432/instagram_control?sslmode=disable")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := topology.RecordPrimary(ctx, conn, "pg-0", "pg-1", topo.Groups[0].Epoch); err != nil {
+			t.Fatal(err)
+		}
+		res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+		var unsafe *UnsafeError
+		if !errors.As(err, &unsafe) || unsafe.Host != "pg-0" || !strings.Contains(unsafe.Reason, "not in recovery") || len(res.Sets) != 0 {
+			t.Fatalf("create after pg-1 was recorded primary: %v, %d sets; want pg-0 picked and found unsafe", err, len(res.Sets))
+		}
+		if !s.writable("pg-1", "/var/lib/postgresql") || !s.writable("pg-0", "/var/lib/postgresql") {
+			t.Fatal("a volume is not writable after the refused run")
 		}
 	})
 }

@@ -126,3 +126,18 @@ func TestArchitecture(t *testing.T) {
 		}
 	}
 }
+
+// TestTopologyIsAsked: commands ask the topology which host is primary now; the topology never
+// asks them back. None of the packages that consume it is among its dependencies, direct or not.
+func TestTopologyIsAsked(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", module+"topology").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	for _, consumer := range []string{"backup", "shardmove", "deploy", "internal/status", "internal/cli"} {
+		if slices.Contains(deps, module+consumer) {
+			t.Errorf("topology depends on %s, which asks it: the arrow must point from %s to topology only", consumer, consumer)
+		}
+	}
+}

@@ -2,17 +2,13 @@ package cli
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/provision"
@@ -55,12 +51,6 @@ type DestroyOptions struct {
 	Yes bool
 }
 
-// InventoryOptions are the inputs of `instactl inventory`.
-type InventoryOptions struct {
-	// Role limits the listing to one role; empty: every role.
-	Role string
-}
-
 // ApplyReport is what apply and destroy print with -o json: the plan that was (or was not)
 // applied, one result per change in plan order, and the closing summary line.
 type ApplyReport struct {
@@ -69,14 +59,6 @@ type ApplyReport struct {
 	Applied bool               `json:"applied"`
 	Results []provision.Result `json:"results"`
 	Summary string             `json:"summary"`
-}
-
-// InventoryReport is the stack's live hosts, by role then index.
-type InventoryReport struct {
-	Stack string           `json:"stack"`
-	Hosts []provision.Host `json:"hosts"`
-	// Missing are hosts the stack file declares that do not exist (yet).
-	Missing []string `json:"missing,omitempty"`
 }
 
 const provisionReplaceHelp = "allow replacing `ADDR` (instance.app[1], lb.NAME, or * for all) when a change cannot be made in place; repeatable"
@@ -123,12 +105,12 @@ func provisionPlanRun(ctx context.Context, f *Factory, out Output, opts *PlanOpt
 	if err != nil {
 		return err
 	}
-	plan = provisionNonNil(plan)
+	plan = plan.NonNil()
 	if err := render(f.IO, out, plan, plan.Render); err != nil {
 		return err
 	}
 	if opts.Out != "" {
-		if err := provisionSavePlan(opts.Out, plan); err != nil {
+		if err := provision.SavePlan(opts.Out, plan); err != nil {
 			return err
 		}
 		f.IO.Statusf("Saved the plan to %s. Apply exactly it with: instactl apply %s", opts.Out, opts.Out)
@@ -189,9 +171,9 @@ func provisionApplyRun(ctx context.Context, f *Factory, out Output, opts *ApplyO
 		if err != nil {
 			return err
 		}
-		plan, err := provisionLoadPlan(opts.PlanFile, st.Name)
+		plan, err := provision.LoadPlan(opts.PlanFile, st.Name)
 		if err != nil {
-			return err
+			return withCode(ExitUsage, err) // wraps provision.ErrBadPlanFile
 		}
 		p, err := f.Provider(ctx)
 		if err != nil {
@@ -264,91 +246,6 @@ func provisionDestroyRun(ctx context.Context, f *Factory, out Output, opts *Dest
 	return provisionExecute(ctx, f, out, p, plan, confirm)
 }
 
-// NewCmdInventory lists the stack's live hosts. runF replaces the run in tests.
-func NewCmdInventory(f *Factory, out func() Output, runF func(*InventoryOptions) error) *cobra.Command {
-	opts := &InventoryOptions{}
-	cmd := &cobra.Command{
-		Use:   "inventory",
-		Short: "List the stack's live hosts by role: ids, addresses, volumes, load balancer",
-		Long: `List every host tagged with the stack, by role and index: instance id, private and public
-address, SSH port, state, attached data volumes (device:id:size) and the load balancers it is
-registered with. Hosts the stack file declares that do not exist are reported after the table.`,
-		Example: `  instactl inventory
-  instactl inventory --role pg
-  instactl inventory -o json | jq -r '.hosts[] | select(.role == "app") | .private_address'`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if runF != nil {
-				return runF(opts)
-			}
-			return provisionInventoryRun(cmd.Context(), f, out(), opts)
-		},
-	}
-	cmd.Flags().StringVar(&opts.Role, "role", "", "list only the hosts of `ROLE`")
-	return cmd
-}
-
-func provisionInventoryRun(ctx context.Context, f *Factory, out Output, opts *InventoryOptions) error {
-	st, err := f.Stack()
-	if err != nil {
-		return err
-	}
-	if opts.Role != "" && st.Role(opts.Role) == nil {
-		var roles []string
-		for _, r := range st.Roles {
-			roles = append(roles, r.Name)
-		}
-		return usageErrorf("--role %q: stack %s has no such role (roles: %s)", opts.Role, st.Name, strings.Join(roles, ", "))
-	}
-	p, err := f.Provider(ctx)
-	if err != nil {
-		return err
-	}
-	hosts, err := provision.Inventory(ctx, p, st.Name)
-	if err != nil {
-		return err
-	}
-	rep := &InventoryReport{Stack: st.Name, Hosts: []provision.Host{}}
-	live := map[stack.HostRef]bool{}
-	for _, h := range hosts {
-		if opts.Role == "" || h.Role == opts.Role {
-			rep.Hosts = append(rep.Hosts, h)
-			live[stack.HostRef{Role: h.Role, Index: h.Index}] = true
-		}
-	}
-	for _, h := range st.Hosts() {
-		if (opts.Role == "" || h.Role == opts.Role) && !live[h] {
-			rep.Missing = append(rep.Missing, h.Name())
-		}
-	}
-	return render(f.IO, out, rep, func(w io.Writer) error { return provisionRenderInventory(w, rep) })
-}
-
-func provisionRenderInventory(w io.Writer, rep *InventoryReport) error {
-	if len(rep.Hosts) == 0 {
-		fmt.Fprintf(w, "No hosts of stack %s exist.\n", rep.Stack)
-	} else {
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ROLE\tHOST\tID\tPRIVATE\tPUBLIC\tSSH\tSTATE\tVOLUMES\tLB")
-		for _, h := range rep.Hosts {
-			var vols []string
-			for _, v := range h.Volumes {
-				vols = append(vols, fmt.Sprintf("%s:%s:%dG", strings.TrimPrefix(v.Device, "/dev/"), v.ID, v.SizeGiB))
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", h.Role, stack.HostName(h.Role, h.Index), h.ID,
-				orDash(h.PrivateAddress), orDash(h.PublicAddress), h.SSHPort, h.State,
-				orDash(strings.Join(vols, ",")), orDash(strings.Join(h.LoadBalancers, ",")))
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-	}
-	if len(rep.Missing) > 0 {
-		fmt.Fprintf(w, "missing: %s declared in the stack file but not provisioned (run instactl plan)\n", strings.Join(rep.Missing, ", "))
-	}
-	return nil
-}
-
 // provisionCompute plans the stack file against its cloud.
 func provisionCompute(ctx context.Context, f *Factory, replace []string) (*stack.Stack, cloud.Provider, provision.Plan, error) {
 	st, err := f.Stack()
@@ -372,8 +269,8 @@ func provisionCompute(ctx context.Context, f *Factory, replace []string) (*stack
 	if err != nil {
 		return nil, nil, provision.Plan{}, withCode(ExitUsage, fmt.Errorf("%s: %w", st.Path, err))
 	}
-	if err := provisionCheckReplace(desired, replace); err != nil {
-		return nil, nil, provision.Plan{}, err
+	if err := desired.CheckReplace(replace); err != nil {
+		return nil, nil, provision.Plan{}, withCode(ExitUsage, err)
 	}
 	desired.Replace = replace
 	p, err := f.Provider(ctx)
@@ -385,62 +282,10 @@ func provisionCompute(ctx context.Context, f *Factory, replace []string) (*stack
 		return nil, nil, provision.Plan{}, err
 	}
 	plan := provision.Compute(desired, actual)
-	for _, addr := range replace {
-		if addr != "*" && !slices.ContainsFunc(plan.Changes, func(c provision.Change) bool { return c.Address == addr && c.ForceReplace }) {
-			f.IO.Statusf("note: --replace %s: nothing forces its replacement, so it is kept", addr)
-		}
+	for _, addr := range plan.KeptReplacements(replace) {
+		f.IO.Statusf("note: --replace %s: nothing forces its replacement, so it is kept", addr)
 	}
 	return st, p, plan, nil
-}
-
-// provisionCheckReplace rejects --replace addresses the stack does not declare.
-func provisionCheckReplace(d provision.DesiredState, replace []string) error {
-	var valid []string
-	for _, in := range d.Instances {
-		valid = append(valid, in.Address())
-	}
-	if d.LoadBalancer != nil {
-		valid = append(valid, "lb."+d.LoadBalancer.Name)
-	}
-	for _, addr := range replace {
-		if addr != "*" && !slices.Contains(valid, addr) {
-			return usageErrorf("--replace %q: stack %s has no such instance or load balancer; use one of %s, or * for all",
-				addr, d.Stack, strings.Join(valid, ", "))
-		}
-	}
-	return nil
-}
-
-func provisionSavePlan(path string, plan provision.Plan) error {
-	b, err := json.MarshalIndent(plan, "", "  ")
-	if err != nil {
-		return err
-	}
-	// 0600: user-data in the plan carries the stack's internal addresses and settings.
-	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("save the plan: %w", err)
-	}
-	return nil
-}
-
-func provisionLoadPlan(path, stackName string) (provision.Plan, error) {
-	var plan provision.Plan
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return plan, usageErrorf("read plan file: %v (save one with: instactl plan --out %s)", err, path)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&plan); err != nil || plan.Stack == "" || plan.Fingerprint == "" {
-		if err == nil {
-			err = errors.New("no stack or fingerprint")
-		}
-		return plan, usageErrorf("%s is not a plan saved by instactl plan --out (%v)", path, err)
-	}
-	if plan.Stack != stackName {
-		return plan, usageErrorf("%s is a plan for stack %q, but the stack file names %q; pass the matching --stack", path, plan.Stack, stackName)
-	}
-	return plan, nil
 }
 
 // provisionConfirm is how apply and destroy ask before changing anything.
@@ -469,7 +314,7 @@ func (c *provisionConfirm) ask(io *IOStreams) error {
 // provisionExecute shows plan, refuses it if it holds refused changes, asks confirm (nil: no
 // question), applies it and reports every result.
 func provisionExecute(ctx context.Context, f *Factory, out Output, p cloud.Provider, plan provision.Plan, confirm *provisionConfirm) error {
-	plan = provisionNonNil(plan)
+	plan = plan.NonNil()
 	rep := &ApplyReport{Stack: plan.Stack, Plan: plan, Results: []provision.Result{}, Summary: plan.Summary().String()}
 	if out == OutputText {
 		if err := plan.Render(f.IO.Out); err != nil {
@@ -488,7 +333,7 @@ func provisionExecute(ctx context.Context, f *Factory, out Output, p cloud.Provi
 				return err
 			}
 		}
-		return provisionRefusedError(refused)
+		return withCode(ExitUsage, provision.RefusedError(refused))
 	}
 	if confirm != nil {
 		if out == OutputJSON && f.IO.InTTY {
@@ -501,7 +346,7 @@ func provisionExecute(ctx context.Context, f *Factory, out Output, p cloud.Provi
 	var progress []provision.ApplyOption
 	if f.IO.ErrTTY {
 		progress = append(progress, provision.WithProgress(func(r provision.Result) {
-			f.IO.Statusf("%3s %s: %s", r.Action.Symbol(), r.Address, provisionResultText(r, false))
+			f.IO.Statusf("%3s %s: %s", r.Action.Symbol(), r.Address, r.Text(false))
 		}))
 	}
 	results, err := provision.Apply(ctx, p, plan, progress...)
@@ -509,99 +354,22 @@ func provisionExecute(ctx context.Context, f *Factory, out Output, p cloud.Provi
 	case errors.Is(err, provision.ErrStale):
 		return withCode(ExitError, fmt.Errorf("%w; nothing was changed: run instactl plan again (and save it anew with --out)", err))
 	case errors.Is(err, provision.ErrRefused):
-		return provisionRefusedError(plan.Refused())
+		return withCode(ExitUsage, provision.RefusedError(plan.Refused()))
 	case err != nil && results == nil:
 		return err
 	}
 	rep.Applied = true
 	rep.Results = results
-	rep.Summary = provisionApplied(plan, results)
+	rep.Summary = provision.Outcome(plan, results)
 	if rerr := render(f.IO, out, rep, func(w io.Writer) error { return provisionRenderResults(w, plan, rep) }); rerr != nil {
 		return rerr
 	}
 	if err != nil {
-		return provisionFailure(plan, results, err)
+		// A failed apply exits 1 even when it made some resources: the stack is not what the
+		// file says, and the re-run that finishes it is the next step either way.
+		return withCode(ExitError, provision.FailureError(plan, results, err))
 	}
 	return nil
-}
-
-// provisionFailure is the error that ends an apply that did not complete: one line per failed
-// change with the provider's error (for AWS its error code and message), what was made before
-// the failure, and the next step. Exit 5 when something was made, 1 when nothing was.
-func provisionFailure(plan provision.Plan, results []provision.Result, err error) error {
-	var failed, made []string
-	skipped := 0
-	for i, r := range results {
-		switch {
-		case r.Action == provision.NoOp:
-		case r.Skipped:
-			skipped++
-		case r.Err != "":
-			failed = append(failed, fmt.Sprintf("\n  %s: %s", r.Address, r.Err))
-		default:
-			made = append(made, strings.TrimSpace(r.Address+" "+provisionResultID(plan, i, r)))
-		}
-	}
-	var b strings.Builder
-	if len(failed) == 0 { // interrupted: nothing failed by itself
-		b.WriteString(err.Error())
-	} else {
-		fmt.Fprintf(&b, "apply %s: %d change(s) failed, %d skipped because of them:%s", plan.Stack, len(failed), skipped, strings.Join(failed, ""))
-	}
-	// A failed apply exits 1 even when it made some resources: the stack is not what the file
-	// says, and the re-run that finishes it is the next step either way.
-	if len(made) > 0 {
-		fmt.Fprintf(&b, "\nmade before the failure and kept (%d): %s", len(made), strings.Join(made, ", "))
-	} else {
-		b.WriteString("\nno change was completed")
-	}
-	b.WriteString("\nfix the cause and run instactl apply again: it picks up where this run stopped, without duplicates")
-	return withCode(ExitError, errors.New(b.String()))
-}
-
-// provisionNonNil makes an empty plan's changes [] rather than null in JSON.
-func provisionNonNil(plan provision.Plan) provision.Plan {
-	if plan.Changes == nil {
-		plan.Changes = []provision.Change{}
-	}
-	return plan
-}
-
-func provisionRefusedError(refused []provision.Change) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d refused change(s); nothing was applied:", len(refused))
-	for _, c := range refused {
-		fmt.Fprintf(&b, "\n  %s: %s", c.Address, c.Refuse)
-	}
-	b.WriteString("\nchange the stack file back, or allow the replacement with --replace ADDR")
-	return withCode(ExitUsage, errors.New(b.String()))
-}
-
-// provisionApplied is the closing line: what was done, counted like the plan's summary.
-func provisionApplied(plan provision.Plan, results []provision.Result) string {
-	var add, change, destroy, failed int
-	for i, r := range results {
-		switch {
-		case r.Action == provision.NoOp:
-		case r.Err != "" || r.Skipped:
-			failed++
-		case i < len(plan.Changes) && plan.Changes[i].ForceReplace:
-			add++
-			destroy++
-		case r.Action == provision.Create:
-			add++
-		case r.Action == provision.Update:
-			change++
-		case r.Action == provision.Delete:
-			destroy++
-		}
-	}
-	line := fmt.Sprintf("Apply complete: %d added, %d changed, %d destroyed.", add, change, destroy)
-	if failed > 0 {
-		line = fmt.Sprintf("Apply stopped: %d added, %d changed, %d destroyed, %d failed or skipped; run instactl plan and apply again to converge.",
-			add, change, destroy, failed)
-	}
-	return line
 }
 
 func provisionRenderResults(w io.Writer, plan provision.Plan, rep *ApplyReport) error {
@@ -615,49 +383,11 @@ func provisionRenderResults(w io.Writer, plan provision.Plan, rep *ApplyReport) 
 		if i < len(plan.Changes) && plan.Changes[i].ForceReplace {
 			sym = "-/+"
 		}
-		fmt.Fprintf(tw, "%3s %s\t%s\t%s\n", sym, r.Address, orDash(provisionResultID(plan, i, r)), provisionResultText(r, true))
+		fmt.Fprintf(tw, "%3s %s\t%s\t%s\n", sym, r.Address, orDash(provision.ResultID(plan, i, r)), r.Text(true))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	_, err := fmt.Fprintf(w, "\n%s\n", rep.Summary)
 	return err
-}
-
-// provisionResultID is the id a result acted on, or the name of a key pair or load balancer
-// (which have no other id).
-func provisionResultID(plan provision.Plan, i int, r provision.Result) string {
-	if r.ID != "" || i >= len(plan.Changes) {
-		return r.ID
-	}
-	switch c := plan.Changes[i]; {
-	case c.KeyPair != nil:
-		return c.KeyPair.Name
-	case c.LoadBalancer != nil:
-		return c.LoadBalancer.Name
-	}
-	return plan.Changes[i].Name
-}
-
-func provisionResultText(r provision.Result, withDuration bool) string {
-	var s string
-	switch {
-	case r.Skipped:
-		return "skipped: " + strings.TrimPrefix(r.Err, "skipped: ")
-	case r.Err != "":
-		return "FAILED: " + r.Err
-	case r.Action == provision.Create:
-		s = "created"
-	case r.Action == provision.Update:
-		s = "updated"
-	case r.Action == provision.Delete:
-		s = "deleted"
-	}
-	if !withDuration {
-		if r.ID != "" {
-			s += " " + r.ID
-		}
-		return s
-	}
-	return fmt.Sprintf("%s in %s", s, r.Duration.Round(10*time.Millisecond))
 }

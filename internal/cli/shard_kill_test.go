@@ -22,7 +22,6 @@ import (
 	"github.com/instactl/instactl/internal/app"
 	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/shardmove"
-	"github.com/instactl/instactl/stack"
 )
 
 // shardKillArgsEnv carries the instactl arguments of the child process of TestShardMoveKill9.
@@ -139,23 +138,8 @@ sandbox:
 	}
 	st := sandboxUp(t, path)
 	ctx := context.Background()
-	addr := func(i int) string {
-		a, err := st.Address(stack.HostRef{Role: "pg", Index: i})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a.String()
-	}
-	pg0, pg2 := addr(0), addr(2)
-	connect := func(user, host, db string) *pgx.Conn {
-		t.Helper()
-		c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://%s@%s:5432/%s?sslmode=disable", user, host, db))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(context.Background()) })
-		return c
-	}
+	pg0, pg2 := shardTestAddr(t, st, 0), shardTestAddr(t, st, 2)
+	connect := func(user, host, db string) *pgx.Conn { t.Helper(); return shardTestConnect(t, user, host, db) }
 	if stdout, stderr, code := run(t, "--stack", path, "shard", "init"); code != 0 {
 		t.Fatalf("shard init: exit %d\n%s\n%s", code, stdout, stderr)
 	}

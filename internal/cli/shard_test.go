@@ -125,23 +125,8 @@ sandbox:
 		t.Logf("shard %s: exit %d in %s", strings.Join(args, " "), code, time.Since(start).Round(time.Millisecond))
 		return stdout, stderr, code
 	}
-	nodeAddr := func(i int) string {
-		a, err := st.Address(stack.HostRef{Role: "pg", Index: i})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a.String()
-	}
-	pg0, pg2 := nodeAddr(0), nodeAddr(2)
-	connect := func(user, addr, db string) *pgx.Conn {
-		t.Helper()
-		c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://%s@%s:5432/%s?sslmode=disable", user, addr, db))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(context.Background()) })
-		return c
-	}
+	pg0, pg2 := shardTestAddr(t, st, 0), shardTestAddr(t, st, 2)
+	connect := func(user, addr, db string) *pgx.Conn { t.Helper(); return shardTestConnect(t, user, addr, db) }
 	count := func(c *pgx.Conn, sql string, args ...any) int64 {
 		t.Helper()
 		var n int64
@@ -389,4 +374,26 @@ sandbox:
 	if r := replication(); r["pg-0"] != "pg-1 absent" || r["pg-1"] != "" {
 		t.Fatalf("replication after pg-1 is recorded as the primary of pg-0: %v", r)
 	}
+}
+
+// shardTestAddr is the loopback address of sandbox host pg-i.
+func shardTestAddr(t *testing.T, st *stack.Stack, i int) string {
+	t.Helper()
+	a, err := st.Address(stack.HostRef{Role: "pg", Index: i})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.String()
+}
+
+// shardTestConnect opens a connection to database db on a sandbox Postgres host as user,
+// closed when the test ends.
+func shardTestConnect(t *testing.T, user, addr, db string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://%s@%s:5432/%s?sslmode=disable", user, addr, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
 }

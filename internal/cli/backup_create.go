@@ -101,7 +101,7 @@ func backupCreateRun(ctx context.Context, f *Factory, out Output, o *BackupCreat
 	}
 	code := backupCreateExitCode(res, cerr)
 	if o.MetricsFile != "-" {
-		run := backup.CreateRun{Result: res, Ended: res.Ended, Start: start, ExitCode: code}
+		run := backup.CreateRun{Result: res, Start: start, ExitCode: code}
 		if merr := backup.WriteMetrics(d.env, o.MetricsFile, run); merr != nil {
 			f.IO.Statusf("warning: %v", merr)
 		}

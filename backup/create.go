@@ -51,6 +51,9 @@ type Options struct {
 // CreateResult is what Create did: one manifest per set taken (partial ones included).
 type CreateResult struct {
 	Sets []*Manifest `json:"sets"`
+	// Ended maps a set id to the time its manifest was recorded (the "manifest" progress
+	// event): the end of that replica's run, which the metrics report as its duration.
+	Ended map[string]time.Time `json:"-"`
 }
 
 func (o *Options) hook(point string) {
@@ -104,7 +107,16 @@ func Create(ctx context.Context, opts Options) (*CreateResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &CreateResult{}
+	res := &CreateResult{Ended: map[string]time.Time{}}
+	progress := opts.Progress
+	opts.Progress = func(e Event) {
+		if e.Step == "manifest" && e.Set != "" {
+			res.Ended[e.Set] = e.Time
+		}
+		if progress != nil {
+			progress(e)
+		}
+	}
 	var errs []error
 	topo, err := opts.topology(ctx)
 	if err != nil {

@@ -42,7 +42,8 @@ type MetricsState struct {
 type CreateRun struct {
 	Result *CreateResult
 	// Ended maps a set id to the time its manifest was recorded: the end of that replica's run
-	// (the "manifest" progress event). A set missing from it ends now.
+	// (the "manifest" progress event). Nil uses Result.Ended, which Create fills; a set missing
+	// from it ends now.
 	Ended map[string]time.Time
 	Start time.Time
 	// ExitCode is the run's exit code (0 ok, 3 unsafe, 4 locked, 5 partial, 1 failed).
@@ -68,14 +69,18 @@ func WriteMetrics(env Env, path string, run CreateRun) error {
 	}
 	now := time.Now()
 	var sets []*Manifest
+	ended := run.Ended
 	if run.Result != nil {
 		sets = run.Result.Sets
+		if ended == nil {
+			ended = run.Result.Ended
+		}
 	}
 	for _, m := range sets {
 		if m.State == StatePartial {
 			continue
 		}
-		end, ok := run.Ended[m.SetID]
+		end, ok := ended[m.SetID]
 		if !ok {
 			end = now
 		}

@@ -71,3 +71,24 @@ func TestWriteMetricsKeepsHistory(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 }
+
+// TestWriteMetricsUsesCreateEnds: without CreateRun.Ended, a set's duration runs to the end
+// Create recorded in its result, not to the time the metrics are written.
+func TestWriteMetricsUsesCreateEnds(t *testing.T) {
+	dir := t.TempDir()
+	env := Env{Stack: &stack.Stack{Name: "bk"}, StateDir: dir}
+	start := time.Unix(1700000000, 0)
+	m := &Manifest{SetID: "s1", Target: "pg", Host: "bk-pg-1", State: StateComplete, StartedAt: start}
+	res := &CreateResult{Sets: []*Manifest{m}, Ended: map[string]time.Time{"s1": start.Add(5 * time.Second)}}
+	if err := WriteMetrics(env, "", CreateRun{Result: res, Start: start}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `instactl_backup_duration_seconds{stack="bk",target="pg",host="bk-pg-1"} 5` + "\n"
+	if !strings.Contains(string(b), want) {
+		t.Errorf("metrics lack %q:\n%s", want, b)
+	}
+}

@@ -56,6 +56,18 @@ func List(ctx context.Context, env Env) ([]Set, error) {
 	return sets, nil
 }
 
+// OfTarget returns the sets of target ("pg" or "redis") in their order; an empty target keeps
+// every set. The result is never nil, so that it encodes as an empty JSON list.
+func OfTarget(sets []Set, target string) []Set {
+	out := []Set{}
+	for _, s := range sets {
+		if target == "" || s.Target == target {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // groupSets groups snapshots into sets, newest first; State is left to setState.
 func groupSets(stackName string, snaps []cloud.Snapshot) ([]Set, error) {
 	byID := map[string]*Set{}

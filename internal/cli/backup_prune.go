@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/instactl/instactl/backup"
+	"github.com/spf13/cobra"
+)
+
+// BackupPruneOptions are the flags of `instactl backup prune`.
+type BackupPruneOptions struct {
+	Yes bool
+}
+
+// NewCmdBackupPrune builds `instactl backup prune`. runF replaces the run in tests.
+func NewCmdBackupPrune(f *Factory, out func() Output, runF func(*BackupPruneOptions) error) *cobra.Command {
+	o := &BackupPruneOptions{}
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Apply grandfather-father-son retention: show the plan, delete with --yes",
+		Long: `Plan retention over this stack's sets, per target and host, by snapshot start time, using
+backup.retention of the stack file (hourly, daily, weekly, monthly, min_verified), and print
+every set with the reasons it is kept or deleted.
+
+A set is kept when it is pending, the newest complete set, the newest verified set, one of
+the min_verified newest verified sets, or the newest set of one of the kept hours, days,
+ISO weeks or months. Partial sets are deleted. Only snapshots tagged with this stack are
+ever touched.
+
+Without --yes nothing is deleted. With --yes the plan is applied and every deleted set is
+confirmed gone by listing the snapshots again; a set that is still there is an error.`,
+		Example: `  instactl backup prune          # dry run: the plan
+  instactl backup prune --yes    # delete what the plan says
+  instactl backup prune -o json | jq '.decisions[] | select(.keep | not) | .set.id'`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if runF != nil {
+				return runF(o)
+			}
+			return backupPruneRun(cmd.Context(), f, out(), o)
+		},
+	}
+	cmd.Flags().BoolVar(&o.Yes, "yes", false, "delete the sets the plan marks for deletion")
+	return cmd
+}
+
+func backupPruneRun(ctx context.Context, f *Factory, out Output, o *BackupPruneOptions) error {
+	d, err := backupSetup(ctx, f, o.Yes && f.IO.ErrTTY)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	plan, err := backup.Prune(ctx, backup.PruneOptions{Env: d.env})
+	if err != nil {
+		return err
+	}
+	if !o.Yes || len(plan.Deletes()) == 0 {
+		return render(f.IO, out, plan, func(w io.Writer) error {
+			if err := backupRenderPlan(w, plan); err != nil {
+				return err
+			}
+			if n := len(plan.Deletes()); n > 0 {
+				_, err := fmt.Fprintf(w, "Nothing deleted. To delete %d set(s): instactl backup prune --yes\n", n)
+				return err
+			}
+			return nil
+		})
+	}
+	if out == OutputText {
+		if err := backupRenderPlan(f.IO.Out, plan); err != nil {
+			return err
+		}
+	}
+	applied, perr := backup.Prune(ctx, backup.PruneOptions{Env: d.env, Apply: true})
+	if applied == nil {
+		return perr
+	}
+	if rerr := render(f.IO, out, applied, func(w io.Writer) error {
+		deleted := 0
+		for _, dec := range applied.Deletes() {
+			if dec.Deleted {
+				deleted++
+				fmt.Fprintf(w, "deleted %s (%s %s): confirmed gone\n", dec.Set.ID, dec.Set.Target, dec.Set.Host)
+			} else {
+				fmt.Fprintf(w, "NOT deleted %s: its snapshots are still listed\n", dec.Set.ID)
+			}
+		}
+		_, err := fmt.Fprintf(w, "Pruned %d of %d set(s).\n", deleted, len(applied.Decisions))
+		return err
+	}); rerr != nil {
+		return rerr
+	}
+	return perr
+}
+
+func backupRenderPlan(w io.Writer, plan *backup.PrunePlan) error {
+	r := plan.Retention
+	fmt.Fprintf(w, "Retention: hourly %d, daily %d, weekly %d, monthly %d, min_verified %d\n",
+		r.Hourly, r.Daily, r.Weekly, r.Monthly, r.MinVerified)
+	if len(plan.Decisions) == 0 {
+		_, err := fmt.Fprintln(w, "No backup sets. No changes.")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACTION\tTIME\tTARGET\tHOST\tSTATE\tSET\tWHY")
+	for _, d := range plan.Decisions {
+		action := "keep"
+		if !d.Keep {
+			action = "delete"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", action, d.Set.Time.UTC().Format("2006-01-02 15:04:05Z"),
+			d.Set.Target, d.Set.Host, backupStateText(d.Set), d.Set.ID, strings.Join(d.Reasons, ", "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	n := len(plan.Deletes())
+	if n == 0 {
+		_, err := fmt.Fprintf(w, "Plan: keep all %d set(s). No changes.\n", len(plan.Decisions))
+		return err
+	}
+	_, err := fmt.Fprintf(w, "Plan: keep %d, delete %d.\n", len(plan.Decisions)-n, n)
+	return err
+}

@@ -87,16 +87,11 @@ type deployLockState struct {
 
 // deployLockStatusRun is `instactl lock status`; it exits 4 when the lock is held.
 func deployLockStatusRun(ctx context.Context, f *Factory, out Output, o *LockOptions) error {
-	env, err := deployLoad(ctx, f, o.Role)
+	env, d, done, err := deployLockEnv(ctx, f, o.Role)
 	if err != nil {
 		return err
 	}
-	pool, err := f.SSH(false)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	d := &deploy.Deployer{Dialer: pool}
+	defer done()
 	info, host, err := d.LockStatus(ctx, env.cfg, env.hosts)
 	if err != nil {
 		return err
@@ -124,16 +119,11 @@ func deployLockStatusRun(ctx context.Context, f *Factory, out Output, o *LockOpt
 
 // deployLockReleaseRun is `instactl lock release`.
 func deployLockReleaseRun(ctx context.Context, f *Factory, o *LockOptions) error {
-	env, err := deployLoad(ctx, f, o.Role)
+	env, d, done, err := deployLockEnv(ctx, f, o.Role)
 	if err != nil {
 		return err
 	}
-	pool, err := f.SSH(false)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	d := &deploy.Deployer{Dialer: pool}
+	defer done()
 	if err := d.ReleaseLock(ctx, env.cfg, env.hosts, o.Run, o.Force); err != nil {
 		var le *deploy.LockedError
 		if errors.As(err, &le) {
@@ -143,4 +133,18 @@ func deployLockReleaseRun(ctx context.Context, f *Factory, o *LockOptions) error
 	}
 	f.IO.Statusf("The deploy lock of %s is released.", env.st.Name)
 	return nil
+}
+
+// deployLockEnv loads what both lock commands need: the deploy settings and hosts of role,
+// and a deployer over an SSH pool that done closes.
+func deployLockEnv(ctx context.Context, f *Factory, role string) (*deployEnv, *deploy.Deployer, func(), error) {
+	env, err := deployLoad(ctx, f, role)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pool, err := f.SSH(false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return env, &deploy.Deployer{Dialer: pool}, func() { pool.Close() }, nil
 }

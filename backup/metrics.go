@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -58,6 +59,13 @@ func WriteMetrics(env Env, path string, run CreateRun) error {
 		path = filepath.Join(env.StateDir, MetricsFile)
 	}
 	statePath := filepath.Join(env.StateDir, metricsStateFile)
+	// Runs of different targets overlap (each takes only its own replicas' locks), and each
+	// reads, changes and rewrites the state: without this lock one run's update is lost.
+	unlock, err := lockFile(statePath + ".lock")
+	if err != nil {
+		return fmt.Errorf("metrics state: %w", err)
+	}
+	defer unlock()
 	st := &MetricsState{}
 	if b, err := os.ReadFile(statePath); err == nil {
 		_ = json.Unmarshal(b, st) // a damaged state only loses the history
@@ -171,4 +179,18 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// lockFile takes an exclusive flock on path (created if missing), waiting for other holders,
+// and returns its release. The kernel drops the lock if the process dies.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }

@@ -1,9 +1,11 @@
 package backup
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,5 +92,41 @@ func TestWriteMetricsUsesCreateEnds(t *testing.T) {
 	want := `instactl_backup_duration_seconds{stack="bk",target="pg",host="bk-pg-1"} 5` + "\n"
 	if !strings.Contains(string(b), want) {
 		t.Errorf("metrics lack %q:\n%s", want, b)
+	}
+}
+
+// TestWriteMetricsConcurrentRuns: overlapping runs (cron starting `backup create --target pg`
+// while `--target redis` still writes) each read, change and write the state; none may lose
+// what another wrote.
+func TestWriteMetricsConcurrentRuns(t *testing.T) {
+	dir := t.TempDir()
+	env := Env{Stack: &stack.Stack{Name: "bk"}, StateDir: dir}
+	start := time.Unix(1700000000, 0)
+	const runs = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, runs)
+	for i := range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := &Manifest{SetID: fmt.Sprintf("s%d", i), Target: "pg", Host: fmt.Sprintf("bk-pg-%d", i), State: StateComplete, StartedAt: start}
+			errs <- WriteMetrics(env, "", CreateRun{Result: &CreateResult{Sets: []*Manifest{m}}, Start: start})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range runs {
+		if want := fmt.Sprintf(`host="bk-pg-%d"`, i); !strings.Contains(string(b), want) {
+			t.Errorf("the update of run %d was lost: no %s in\n%s", i, want, b)
+		}
 	}
 }

@@ -126,6 +126,9 @@ func shardRenderMoves(w io.Writer, f *Factory, moves []shardmove.MoveStatus) err
 			window = m.Window.Round(100 * time.Microsecond).String()
 		}
 		next := strings.Join(shardNext(f, m), " | ")
+		if m.State == shardmove.StateRunning && m.Locked {
+			next = "wait: a session holds it (" + shardCmdLine(f, "shard", "status", strconv.FormatInt(m.ID, 10)) + ")"
+		}
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Shard, m.From, m.To, m.Kind,
 			shardStateLabel(m), m.Step, window, m.UpdatedAt.UTC().Format(time.DateTime), orDash(next))
 	}
@@ -138,6 +141,13 @@ func shardRenderDetail(w io.Writer, d ShardMoveDetail) error {
 		m.FromEpoch, shardStateLabel(m), m.Step)
 	if m.Error != "" {
 		fmt.Fprintf(w, "Error: %s\n", m.Error)
+	}
+	if m.State == shardmove.StateRunning && m.Locked {
+		// After a SIGKILL the killed process's session keeps the move's lock until the server
+		// notices the closed connection, which can take seconds: say so rather than nothing.
+		fmt.Fprintln(w, "A session holds this move's lock: a `shard move` or `shard resume` is running it, or one was killed\n"+
+			"and the server has not yet seen its connection close (seconds). Run shard status again; once no session\n"+
+			"holds it, the next command is printed here.")
 	}
 	if m.Window > 0 {
 		fmt.Fprintf(w, "Write-blocked window: %s (cutover attempts: %d)\n", m.Window.Round(100*time.Microsecond), m.CutoverAttempts)

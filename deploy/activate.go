@@ -51,8 +51,8 @@ func (r *run) batch(ctx context.Context, b Batch) error {
 	}
 	failed := r.failedCount()
 	breached := failed > r.plan.MaxFailAllowed
-	r.rollbackBatch(ctx, b, todo, breached)
-	if err := r.register(ctx, b, append(todo, carried...)); err != nil {
+	back := r.rollbackBatch(ctx, b, todo, breached)
+	if err := r.register(ctx, b, union(todo, carried, back)); err != nil {
 		return err
 	}
 	r.mark(ctx, append(todo, carried...))
@@ -225,34 +225,71 @@ func (r *run) expectVersion() string {
 	return ""
 }
 
-// rollbackBatch returns hosts of the batch to their previous release: the failed ones that
-// flipped, and, when max-fail is breached, every host of the batch that flipped.
-func (r *run) rollbackBatch(ctx context.Context, b Batch, todo []string, breached bool) {
-	var names []string
-	r.mu.Lock()
-	for _, n := range todo {
-		h := r.byName[n]
-		if h.Flipped && (h.failed() || breached) {
-			names = append(names, n)
-		}
-	}
-	r.mu.Unlock()
+// rollbackBatch returns hosts of the batch to their previous release and lists them: the
+// failed ones that flipped, and, when max-fail is breached, every host that flipped.
+func (r *run) rollbackBatch(ctx context.Context, b Batch, todo []string, breached bool) []string {
+	names, earlier := r.rollbackSet(b, todo, breached)
 	if len(names) == 0 {
-		return
+		return nil
 	}
 	r.fanOut(ctx, names, func(ctx context.Context, c *remote.Client, h Host) error {
-		r.rollbackHost(ctx, c, h, b.Index)
+		r.rollbackHost(ctx, c, h, b.Index, slices.Contains(earlier, h.Name))
 		return nil
 	})
+	return names
 }
 
-// rollbackHost flips one host back to the release it ran before this run.
-func (r *run) rollbackHost(ctx context.Context, c *remote.Client, h Host, batch int) {
+// rollbackSet lists the hosts of batch b that the journal shows on the new release (flipped
+// and not yet switched back) and that must go back: the failed ones, or all of them when
+// max-fail is breached. It looks at every host of the batch, not only todo (the ones this
+// run activated): on a resumed run the interrupted run may have flipped some (activated, or
+// failed before its rollback) before it was killed; earlier lists those.
+func (r *run) rollbackSet(b Batch, todo []string, breached bool) (names, earlier []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range b.Hosts {
+		h := r.byName[n]
+		if !h.Flipped || h.State == OutcomeRolledBack || h.State == OutcomeStopped {
+			continue
+		}
+		if h.failed() || breached {
+			names = append(names, n)
+			if !slices.Contains(todo, n) {
+				earlier = append(earlier, n)
+			}
+		}
+	}
+	return names, earlier
+}
+
+// union is the names of all lists, each once, in order of first appearance.
+func union(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		for _, n := range l {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// earlierNote ends the report note of a host rolled back by a resumed run that the
+// interrupted run had flipped.
+const earlierNote = "the interrupted run this one resumed had switched it to the new release"
+
+// rollbackHost flips one host back to the release it ran before this run. byEarlier says
+// the interrupted run this one resumes flipped it, which its report says.
+func (r *run) rollbackHost(ctx context.Context, c *remote.Client, h Host, batch int, byEarlier bool) {
 	r.mu.Lock()
 	prev := r.byName[h.Name].Previous
 	r.mu.Unlock()
 	if prev == "" && r.plan.Kind == KindDeploy {
 		r.retractHost(ctx, c, h, batch)
+		if byEarlier {
+			r.update(h.Name, func(hr *HostReport) { hr.Note += "; " + earlierNote })
+		}
 		return
 	}
 	r.ev.emit(Event{Host: h.Name, Batch: batch, Stage: StageRollback, Status: StatusStart, Message: "to " + orText(prev, "previous release")})
@@ -274,9 +311,12 @@ func (r *run) rollbackHost(ctx context.Context, c *remote.Client, h Host, batch 
 			hr.State, hr.RollbackError = OutcomeFailed, ErrorLine(err)
 			return
 		}
-		hr.State = OutcomeRolledBack
+		hr.State, hr.RollbackError = OutcomeRolledBack, "" // a killed run's failed attempt is over
 		if hr.Error == "" {
 			hr.Note = fmt.Sprintf("rolled back: batch %d breached max-fail", batch)
+		}
+		if byEarlier {
+			hr.Note = strings.TrimPrefix(hr.Note+"; ", "; ") + earlierNote
 		}
 	})
 	if err != nil {

@@ -26,7 +26,8 @@
 // Every run has a run id and a journal (<state dir>/runs/<run-id>.json: the plan and the
 // report so far, rewritten on every host change), plus per-host markers
 // (<path>/.instactl/runs/<run-id>); [Deployer.Resume] finishes an interrupted run touching
-// only unfinished hosts. An interrupted run (its context ended) keeps the lock, so nobody
+// only unfinished hosts; if its batch then breaches max-fail, the hosts the interrupted run
+// had already switched are rolled back with the rest. An interrupted run (its context ended) keeps the lock, so nobody
 // deploys over a half-done run by accident.
 //
 // Release ids come from the artifact's content (the first 12 hex digits of its sha256), so

@@ -531,3 +531,91 @@ func (e *env) newOtherKey(t *testing.T) string {
 	fs := strings.Fields(string(b))
 	return fs[0] + " " + fs[1]
 }
+
+// A deploy interrupted mid-batch after one host took the release, resumed with another host
+// of the batch dead: max-fail 0 is breached, and the host the interrupted run activated goes
+// back to the previous release with the one the resumed run activated.
+func TestSandboxResumeBreach(t *testing.T) {
+	e := newEnv(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	v1, v2 := e.build("v1", true), e.build("v2", true)
+	if rep, _, err := e.deploy(ctx, e.config(), v1, nil); err != nil {
+		t.Fatalf("deploy v1: %v (%s)", err, outcomes(rep))
+	}
+
+	cfg := e.config()
+	cfg.Batches, cfg.Parallel = []string{"1", "100%"}, 1
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	// One host at a time: when the second host of batch 2 is about to flip, the first is
+	// activated and journaled. The journal then is what a SIGKILL leaves behind (a cancelled
+	// run goes on to record the hosts it did not reach), so it is put back after the run.
+	var first string
+	var killed []byte
+	rep, _, err := e.deploy(rctx, cfg, v2, func(ev Event) {
+		if ev.Batch != 2 || ev.Stage != StageFlip || ev.Status != StatusStart || killed != nil {
+			return
+		}
+		if first == "" {
+			first = ev.Host
+			return
+		}
+		b, err := os.ReadFile(JournalPath(e.state, ev.RunID))
+		if err != nil {
+			t.Errorf("journal: %v", err)
+		}
+		killed = b
+		stop()
+	})
+	if !errors.Is(err, ErrInterrupted) || killed == nil {
+		t.Fatalf("interrupted deploy = %v (%s); journal saved: %v", err, outcomes(rep), killed != nil)
+	}
+	if err := os.WriteFile(JournalPath(e.state, rep.RunID), killed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, j, err := LoadJournal(e.state, rep.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range j.Hosts {
+		if want := h.Host == first || h.Host == "app-0"; (h.State == OutcomeActivated && h.Flipped) != want {
+			t.Fatalf("journal of the killed run: %s; want app-0 and %s activated", outcomes(j), first)
+		}
+	}
+	var dead, third string
+	for _, n := range []string{"app-1", "app-2", "app-3"} {
+		switch {
+		case n == first:
+		case dead == "":
+			dead = n
+		default:
+			third = n
+		}
+	}
+	e.killSSHD(t, dead)
+
+	d := &Deployer{Dialer: e.dialer, LB: e.p}
+	rep2, err := d.Resume(ctx, e.state, rep.RunID)
+	var mf *MaxFailError
+	if !errors.As(err, &mf) || mf.Batch != 2 {
+		t.Fatalf("resume = %v (%s); want a max-fail stop in batch 2", err, outcomes(rep2))
+	}
+	by := map[string]HostReport{}
+	for _, h := range rep2.Hosts {
+		by[h.Host] = h
+	}
+	if h := by[first]; h.State != OutcomeRolledBack || !strings.Contains(h.Note, earlierNote) {
+		t.Errorf("%s (activated by the interrupted run) = %+v; want rolled back with a note saying so", first, h)
+	}
+	if h := by[third]; h.State != OutcomeRolledBack || strings.Contains(h.Note, earlierNote) {
+		t.Errorf("%s (activated by the resumed run) = %+v; want rolled back", third, h)
+	}
+	vs := e.versions()
+	for i, h := range e.hosts {
+		if (h.Name == first || h.Name == third) && vs[i] != "v1" {
+			t.Errorf("%s runs %s after the breach; want v1 (versions %v)", h.Name, vs[i], vs)
+		}
+	}
+	t.Logf("after the breach: %s; versions %v", outcomes(rep2), vs)
+}

@@ -1,9 +1,13 @@
 package deploy
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/instactl/instactl/remote"
 )
 
 // A deploy killed mid-batch leaves hosts on the new release that its journal records as
@@ -72,5 +76,40 @@ func TestResumeBreachRollsBackHostsTheKilledRunFlipped(t *testing.T) {
 	r.update("app-3", func(hr *HostReport) { hr.State = OutcomeRolledBack })
 	if names, _ := r.rollbackSet(b, todo, true); slices.Contains(names, "app-3") {
 		t.Errorf("rollback on breach = %v; app-3 is already rolled back", names)
+	}
+}
+
+// cancelledDialer stands for hosts a run never reached: every dial ends with the context.
+type cancelledDialer struct{}
+
+func (cancelledDialer) Dial(ctx context.Context, t remote.Target) (*remote.Client, error) {
+	<-ctx.Done()
+	return nil, fmt.Errorf("dial %s: %w", t, ctx.Err())
+}
+
+// TestInterruptedFanOutFailsNoHost: Ctrl-C stops a run after the current step; hosts it had
+// not reached, or whose step the interrupt cut short, did not fail. Recording them as failed
+// made `deploy --resume` stop on max-fail before doing anything.
+func TestInterruptedFanOutFailsNoHost(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.MaxFail = "0"
+	a := Artifact{ID: "abcdef012345", SHA256: "00", Size: 1, Path: "/dev/null"}
+	p, err := NewPlan(KindDeploy, cfg, testHosts(5), a, "", "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRun(&Deployer{}, p, nil, remote.NewPool(cancelledDialer{}))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var names []string
+	for _, h := range p.Hosts {
+		names = append(names, h.Name)
+	}
+	r.fanOut(ctx, names, func(ctx context.Context, c *remote.Client, h Host) error {
+		t.Errorf("%s reached through a cancelled run", h.Name)
+		return nil
+	})
+	if n := r.failedCount(); n != 0 {
+		t.Errorf("an interrupted fan-out recorded %d failed hosts: %+v", n, r.rep.Hosts)
 	}
 }

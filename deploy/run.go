@@ -213,9 +213,15 @@ func (r *run) fanOut(ctx context.Context, names []string, fn func(ctx context.Co
 	})
 	for i, res := range results {
 		// fn records its own failures; what is left is a failure to connect or to start.
-		if res.Err != nil && !errors.Is(res.Err, errRecorded) {
-			r.hostFailed(names[i], StageConnect, res.Err)
+		if res.Err == nil || errors.Is(res.Err, errRecorded) {
+			continue
 		}
+		// An interrupt (Ctrl-C, or the caller's deadline) is no failure of the host: its state
+		// stays what the journal says, and --resume picks it up from there.
+		if ctx.Err() != nil && errors.Is(res.Err, ctx.Err()) {
+			continue
+		}
+		r.hostFailed(names[i], StageConnect, res.Err)
 	}
 }
 

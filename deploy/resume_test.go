@@ -15,13 +15,7 @@ import (
 // host of the batch on the new release, whichever run flipped it, and say which ones the
 // interrupted run had flipped.
 func TestResumeBreachRollsBackHostsTheKilledRunFlipped(t *testing.T) {
-	cfg := testConfig(t.TempDir())
-	cfg.MaxFail = "0"
-	a := Artifact{ID: "abcdef012345", SHA256: "00", Size: 1, Path: "/dev/null"}
-	p, err := NewPlan(KindDeploy, cfg, testHosts(5), a, "", "R1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, p := resumeTestPlan(t)
 	b := p.Batches[1]
 	if got := strings.Join(b.Hosts, ","); got != "app-1,app-2,app-3" {
 		t.Fatalf("batch 2 = %s", got)
@@ -91,13 +85,7 @@ func (cancelledDialer) Dial(ctx context.Context, t remote.Target) (*remote.Clien
 // not reached, or whose step the interrupt cut short, did not fail. Recording them as failed
 // made `deploy --resume` stop on max-fail before doing anything.
 func TestInterruptedFanOutFailsNoHost(t *testing.T) {
-	cfg := testConfig(t.TempDir())
-	cfg.MaxFail = "0"
-	a := Artifact{ID: "abcdef012345", SHA256: "00", Size: 1, Path: "/dev/null"}
-	p, err := NewPlan(KindDeploy, cfg, testHosts(5), a, "", "R1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := resumeTestPlan(t)
 	r := newRun(&Deployer{}, p, nil, remote.NewPool(cancelledDialer{}))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -112,4 +100,18 @@ func TestInterruptedFanOutFailsNoHost(t *testing.T) {
 	if n := r.failedCount(); n != 0 {
 		t.Errorf("an interrupted fan-out recorded %d failed hosts: %+v", n, r.rep.Hosts)
 	}
+}
+
+// resumeTestPlan is run R1: five hosts in batches [1, 3, 1] with max-fail 0, journaled under
+// a fresh state directory.
+func resumeTestPlan(t *testing.T) (Config, *Plan) {
+	t.Helper()
+	cfg := testConfig(t.TempDir())
+	cfg.MaxFail = "0"
+	a := Artifact{ID: "abcdef012345", SHA256: "00", Size: 1, Path: "/dev/null"}
+	p, err := NewPlan(KindDeploy, cfg, testHosts(5), a, "", "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, p
 }

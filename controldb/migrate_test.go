@@ -49,7 +49,7 @@ func tables(t *testing.T, conn *pgx.Conn) []string {
 	return out
 }
 
-var allTables = []string{"replication_groups", "replication_members", "schema_version", "shard_map",
+var allTables = []string{"replication_events", "replication_groups", "replication_members", "schema_version", "shard_map",
 	"shard_map_meta", "shard_move_steps", "shard_moves", "shard_nodes"}
 
 func versions(t *testing.T, conn *pgx.Conn) []int {

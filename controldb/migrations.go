@@ -9,7 +9,26 @@ package controldb
 var Migrations = []Migration{
 	{Version: 1, Name: "shard map and move journal", SQL: shardMapV1 + moveJournalV1},
 	{Version: 2, Name: "replication topology", SQL: topologyV2},
+	{Version: 3, Name: "replication events", SQL: replicationEventsV3},
 }
+
+// replicationEventsV3 records every finished switchover, failover and rejoin: what status
+// shows as "last switchover" and what an operator reads the morning after.
+const replicationEventsV3 = `
+CREATE TABLE IF NOT EXISTS replication_events (
+	id bigserial PRIMARY KEY,
+	group_name text NOT NULL REFERENCES replication_groups (name),
+	op text NOT NULL,
+	old_primary text NOT NULL,
+	new_primary text NOT NULL,
+	epoch bigint NOT NULL,
+	write_block_ms double precision,
+	loss_bytes bigint,
+	detail text NOT NULL DEFAULT '',
+	at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS replication_events_group ON replication_events (group_name, id);
+`
 
 const shardMapV1 = `
 CREATE TABLE IF NOT EXISTS shard_nodes (

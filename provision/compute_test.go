@@ -184,7 +184,7 @@ func TestDesiredGroups(t *testing.T) {
 	}
 	want := map[string][]string{
 		"lb":  {"tcp 80 from 0.0.0.0/0"},
-		"app": {"tcp 22 from 203.0.113.0/24", "tcp 8000 from sg.lb"},
+		"app": {"tcp 22 from 203.0.113.0/24", "tcp 6432 from 203.0.113.0/24", "tcp 8000 from sg.lb"},
 		"pg":  {"tcp 22 from 203.0.113.0/24", "tcp 5432 from sg.app", "tcp 5432 from sg.pg"},
 	}
 	for g, w := range want {

@@ -190,8 +190,25 @@ func frontRole(st *stack.Stack) string {
 	return ""
 }
 
+// The role whose hosts run PgBouncer beside the app server (templates.RoleApp), and its port
+// (templates.Data.PgBouncerPort's default). instactl drives the poolers' admin console (PAUSE,
+// RELOAD, RESUME) from where it runs: the operator's CIDR, like SSH.
+const (
+	pgBouncerRole = "app"
+	pgBouncerPort = 6432
+)
+
+// pgBouncerAdmin adds the PgBouncer admin rule (from ssh.admin_cidr) to the app role's rules.
+func pgBouncerAdmin(st *stack.Stack, rules []cloud.Rule) []cloud.Rule {
+	if st.SSH.AdminCIDR == "" {
+		return rules
+	}
+	return append(rules, cloud.Rule{FromPort: pgBouncerPort, ToPort: pgBouncerPort, CIDR: st.SSH.AdminCIDR})
+}
+
 // desiredGroups: lb (listener from anywhere), the front role (target port from lb, ssh from
-// admin), every other role (its port from the front role and from itself, ssh from admin).
+// admin), every other role (its port from the front role and from itself, ssh from admin); the
+// app role also takes PgBouncer's port from admin.
 // The order is one groups can be created in: a group comes after those its rules name.
 func desiredGroups(st *stack.Stack) []GroupSpec {
 	var out []GroupSpec
@@ -216,6 +233,9 @@ func desiredGroups(st *stack.Stack) []GroupSpec {
 		if lb.TargetRole == front {
 			rules = append(rules, cloud.Rule{FromPort: lb.TargetPort, ToPort: lb.TargetPort, FromGroup: "lb"})
 		}
+		if front == pgBouncerRole {
+			rules = pgBouncerAdmin(st, rules)
+		}
 		out = append(out, GroupSpec{Name: front, Description: st.Name + " " + front, Rules: sortRules(admin(rules))})
 	}
 	for _, r := range st.Roles {
@@ -223,6 +243,9 @@ func desiredGroups(st *stack.Stack) []GroupSpec {
 			continue
 		}
 		var rules []cloud.Rule
+		if r.Name == pgBouncerRole {
+			rules = pgBouncerAdmin(st, rules)
+		}
 		if r.Port > 0 {
 			if front != "" {
 				rules = append(rules, cloud.Rule{FromPort: r.Port, ToPort: r.Port, FromGroup: front})

@@ -21,6 +21,7 @@ check unshare util-linux
 check nsenter util-linux
 check /usr/lib/postgresql/15/bin/postgres postgresql-15
 check psql postgresql-client-15
+check /usr/sbin/pgbouncer pgbouncer
 check curl curl
 check shellcheck shellcheck
 check chromium chromium

@@ -42,7 +42,23 @@ const (
 	// AppEnvFile is the app server's configuration (INSTAGRAM_LISTEN plus Data.AppEnv); it is
 	// instagram-app's default -config and the unit's EnvironmentFile.
 	AppEnvFile = "/etc/instagram/app.env"
+	// PgBouncerDatabasesFile holds PgBouncer's [databases] section on app hosts, pulled into
+	// pgbouncer.ini with %include; package pooler rewrites it to repoint a group.
+	PgBouncerDatabasesFile = "/etc/instagram/pgbouncer-databases.ini"
+	// PgBouncerAdminUser is PgBouncer's admin user (admin_users): instactl's PAUSE, RELOAD,
+	// RESUME. On AWS it authenticates with the replication password.
+	PgBouncerAdminUser = "instactl"
+	// PgBouncerEnv is the app.env variable holding the app host's own PgBouncer (ADDR:PORT).
+	PgBouncerEnv = "INSTAGRAM_PGBOUNCER"
 )
+
+// PoolerDatabase is one [databases] entry of an app host's PgBouncer: a Postgres group's name
+// and the address of its primary.
+type PoolerDatabase struct {
+	Name string `json:"name"`
+	Host string `json:"host"`
+	Port int    `json:"port"`
+}
 
 // Data is everything the templates need to know about one host. FromStack fills it from a
 // stack file; callers then set the secrets. Zero values get the defaults documented per field.
@@ -102,10 +118,22 @@ type Data struct {
 	// WALKeepMB is wal_keep_size on pg hosts, so a replica that falls behind can catch up
 	// without a slot (default 1024).
 	WALKeepMB int `json:"wal_keep_mb"`
-	// PgBouncer installs and starts PgBouncer on pg hosts (AWS; the sandbox has none).
+	// PgBouncer installs and starts PgBouncer beside the app server (app hosts, both flavours):
+	// the app reaches every Postgres group through it (INSTAGRAM_PGBOUNCER in app.env) and
+	// instactl repoints it at a group's new primary (package pooler).
 	PgBouncer bool `json:"pgbouncer"`
 	// PgBouncerPort is PgBouncer's port on Address (default 6432).
 	PgBouncerPort int `json:"pgbouncer_port"`
+	// PoolerDatabases are PgBouncer's first [databases] entries, one per Postgres group, each
+	// pointing at the group's primary at render time (database Database there). Bootstrap writes
+	// them to PgBouncerDatabasesFile only when that file does not exist yet: after a failover
+	// the file on the host, which instactl rewrote, is the truth, not the stack file.
+	PoolerDatabases []PoolerDatabase `json:"pooler_databases,omitempty"`
+
+	// RedisMinReplicas is min-replicas-to-write on a Redis master and replica (either may become
+	// master): with a replica in the group, a master that lost it stops taking writes, so a
+	// fenced old master cannot diverge. 0 leaves it off (a group without replica).
+	RedisMinReplicas int `json:"redis_min_replicas,omitempty"`
 
 	// CacheMB is memcached's memory limit (default 64).
 	CacheMB int `json:"cache_mb"`
@@ -228,6 +256,14 @@ func (d Data) Validate() error {
 		if !envKeyRe.MatchString(k) || strings.ContainsAny(v, "\n\x00'\\") {
 			bad("app_env %q: keys are shell identifiers, values single lines without ' or \\", k)
 		}
+	}
+	for _, db := range d.PoolerDatabases {
+		if _, err := netip.ParseAddr(db.Host); err != nil || !nameRe.MatchString(db.Name) || db.Port <= 0 || db.Port > 65535 {
+			bad("pooler_databases: %q = %s:%d is not a group name and an IP address and port", db.Name, db.Host, db.Port)
+		}
+	}
+	if _, ok := d.AppEnv[PgBouncerEnv]; ok && d.PgBouncer {
+		bad("app_env must not set %s: it is the host's own PgBouncer, rendered per host", PgBouncerEnv)
 	}
 	for _, pw := range []string{d.AppPassword, d.ReplicationPassword} {
 		if strings.ContainsAny(pw, "\n\x00") {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
 
 // Sandbox conventions shared with cloud/sandbox.
@@ -43,8 +44,37 @@ func FromStack(st *stack.Stack, role string, index int, address, primaryAddress 
 		d.ServiceManager = ServiceManagerSystemd
 		d.DeviceDir = "/dev"
 		d.InstallPackages = true
-		d.PgBouncer = role == RolePostgres
+	}
+	if role == RoleApp {
+		// The app's shard schemas live in the shards database on every group's primary.
+		d.PgBouncer, d.Database = true, st.Shards.Database
+		dbs, err := poolerDatabases(st)
+		if err != nil {
+			return Data{}, err
+		}
+		d.PoolerDatabases = dbs
+	}
+	if role == RoleRedis && r.Replicas > 0 {
+		d.RedisMinReplicas = 1
 	}
 	d = d.withDefaults()
 	return d, d.Validate()
+}
+
+// poolerDatabases is one PgBouncer entry per Postgres group of the stack's topology, pointing
+// at the group's primary as the stack file seeds it.
+func poolerDatabases(st *stack.Stack) ([]PoolerDatabase, error) {
+	topo, err := topology.FromStack(st)
+	if err != nil {
+		return nil, fmt.Errorf("templates: PgBouncer databases of stack %s: %w", st.Name, err)
+	}
+	var out []PoolerDatabase
+	for _, g := range topo.OfKind(topology.KindPostgres) {
+		m, err := g.PrimaryMember()
+		if err != nil {
+			return nil, fmt.Errorf("templates: PgBouncer databases of stack %s: %w", st.Name, err)
+		}
+		out = append(out, PoolerDatabase{Name: g.Name, Host: m.Addr.Addr().String(), Port: int(m.Addr.Port())})
+	}
+	return out, nil
 }

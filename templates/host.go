@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
 
 // ForHost renders the user-data of host h of a stack, with every address taken from the stack's
@@ -40,10 +41,16 @@ func ForHost(st *stack.Stack, h stack.HostRef, appEnv map[string]string) (string
 // PhotoBucket is the S3 bucket the stack's photos live in.
 func PhotoBucket(st *stack.Stack) string { return st.Name + "-photos" }
 
-// AppEnv is the app server's environment derived from the stack: the control database (on the
-// first shard node), the first Redis master, every memcached host and the photo bucket. On the
-// sandbox S3 is the local moto_server, so the AWS SDK is pointed there and never looks for
-// instance metadata.
+// AppEnv is the app server's environment derived from the stack, the same on every app host:
+// the control database, the first Redis master, every memcached host and the photo bucket. On
+// the sandbox S3 is the local moto_server, so the AWS SDK is pointed there and never looks for
+// instance metadata. The host's own PgBouncer (INSTAGRAM_PGBOUNCER) is per host: app.env
+// renders it from Data.Address and Data.PgBouncerPort.
+//
+// INSTAGRAM_CONTROL_DSN is a multi-host libpq URL over every member of the control group (the
+// first Postgres group, members in stack order) with target_session_attrs=read-write:
+// whichever member is primary answers, a standby or a fenced old primary does not, so the app
+// finds the control database after a failover without a new app.env.
 func AppEnv(st *stack.Stack) (map[string]string, error) {
 	env := map[string]string{"INSTAGRAM_S3_BUCKET": PhotoBucket(st)}
 	hostPort := func(role string, index int) (string, error) {
@@ -53,12 +60,10 @@ func AppEnv(st *stack.Stack) (map[string]string, error) {
 		}
 		return fmt.Sprintf("%s:%d", a, st.Role(role).Port), nil
 	}
-	if r := st.Role(st.Shards.Role); r != nil {
-		pg, err := hostPort(r.Name, 0)
-		if err != nil {
-			return nil, err
-		}
-		env["INSTAGRAM_CONTROL_DSN"] = fmt.Sprintf("postgres://app@%s/%s?sslmode=disable", pg, st.Shards.ControlDatabase)
+	if dsn, err := ControlDSN(st, "app"); err != nil {
+		return nil, err
+	} else if dsn != "" {
+		env["INSTAGRAM_CONTROL_DSN"] = dsn
 	}
 	if st.Role(RoleRedis) != nil {
 		rd, err := hostPort(RoleRedis, 0)
@@ -86,4 +91,24 @@ func AppEnv(st *stack.Stack) (map[string]string, error) {
 		env["AWS_EC2_METADATA_DISABLED"] = "true"
 	}
 	return env, nil
+}
+
+// ControlDSN is the multi-host URL of the control database as user: every member of the
+// control group in stack order, target_session_attrs=read-write, a short connect_timeout so a
+// dead member costs little. It is "" for a stack without Postgres groups.
+func ControlDSN(st *stack.Stack, user string) (string, error) {
+	topo, err := topology.FromStack(st)
+	if err != nil {
+		return "", fmt.Errorf("templates: control database of stack %s: %w", st.Name, err)
+	}
+	pg := topo.OfKind(topology.KindPostgres)
+	if len(pg) == 0 {
+		return "", nil
+	}
+	hosts := make([]string, len(pg[0].Members))
+	for i, m := range pg[0].Members {
+		hosts[i] = m.Addr.String()
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
+		user, strings.Join(hosts, ","), st.Shards.ControlDatabase), nil
 }

@@ -30,3 +30,36 @@ func TestForHostNamesPrimaryByFixedAddress(t *testing.T) {
 		t.Fatalf("app env not rendered: %v", err)
 	}
 }
+
+// TestAppEnvControlDSN: the control database is reached over every member of the control group,
+// read-write only; the host's own PgBouncer is in app.env, not in the shared environment.
+func TestAppEnvControlDSN(t *testing.T) {
+	st, err := stack.Parse("s.yaml", stack.Example())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := AppEnv(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "postgres://app@127.0.10.3:5432,127.0.10.4:5432/instagram_control?sslmode=disable&target_session_attrs=read-write&connect_timeout=2"
+	if got := env["INSTAGRAM_CONTROL_DSN"]; got != want {
+		t.Errorf("INSTAGRAM_CONTROL_DSN = %s, want %s", got, want)
+	}
+	if _, ok := env[PgBouncerEnv]; ok {
+		t.Errorf("AppEnv sets %s, which differs per host", PgBouncerEnv)
+	}
+	for i, addr := range []string{"127.0.10.1", "127.0.10.2"} {
+		ud, err := ForHost(st, stack.HostRef{Role: "app", Index: i}, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"INSTAGRAM_PGBOUNCER='" + addr + ":6432'", "listen_addr = " + addr,
+			"%include /etc/instagram/pgbouncer-databases.ini", "pg-0 = host=127.0.10.3 port=5432 dbname=instagram\n",
+			"pg-2 = host=127.0.10.5 port=5432 dbname=instagram\n", "auth_type = trust"} {
+			if !strings.Contains(ud, want) {
+				t.Errorf("app-%d user-data lacks %q", i, want)
+			}
+		}
+	}
+}

@@ -25,6 +25,8 @@ const (
 	testPGPort        = 25432
 	testRedisPort     = 26379
 	testMemcachedPort = 21211
+	testAppPort       = 28080
+	testPgBouncerPort = 26432
 )
 
 // requirement is a binary the real test needs and the Debian package that provides it.
@@ -38,6 +40,7 @@ var sandboxRequirements = []requirement{
 	{"/usr/bin/redis-server", "redis-server"},
 	{"/usr/bin/redis-cli", "redis-tools"},
 	{"/usr/bin/memcached", "memcached"},
+	{"/usr/sbin/pgbouncer", "pgbouncer"},
 	{"/usr/sbin/mkfs.xfs", "xfsprogs"},
 	{"/usr/bin/unshare", "util-linux"},
 	{"/usr/bin/nsenter", "util-linux"},
@@ -267,9 +270,14 @@ func TestSandboxBootstrap(t *testing.T) {
 	r1.PrimaryAddress = r0.Address
 	mc := host(RoleMemcached, 0, testMemcachedPort, true, "127.0.77.5", "")
 	mc.Devices = nil
+	app := host(RoleApp, 0, testAppPort, true, "127.0.77.6", "")
+	app.Devices = nil
+	app.PgBouncerPort = testPgBouncerPort
+	// pg-2 names a group that does not run here: PgBouncer starts without reaching it.
+	app.PoolerDatabases = []PoolerDatabase{{Name: "pg-0", Host: pg0.Address, Port: testPGPort}, {Name: "pg-2", Host: "127.0.77.9", Port: testPGPort}}
 
 	var hosts []*sandboxHostUnderTest
-	for _, d := range []Data{pg0, pg1, r0, r1, mc} {
+	for _, d := range []Data{pg0, pg1, r0, r1, mc, app} {
 		hosts = append(hosts, startSandboxHost(t, d))
 	}
 	start := time.Now()
@@ -279,13 +287,24 @@ func TestSandboxBootstrap(t *testing.T) {
 	checkPostgresReplication(t, pg0, pg1, "first")
 	checkRedisReplication(t, r0, r1, "first")
 	checkMemcached(t, mc)
+	checkPgBouncer(t, app, pg0)
 	checkDaemonized(t, hosts)
+
+	// instactl owns the databases file once it exists (it repoints groups): a re-run keeps it.
+	appHost := hosts[len(hosts)-1]
+	repointed := "[databases]\npg-0 = host=" + pg1.Address + " port=" + strconv.Itoa(testPGPort) + " dbname=instagram\n"
+	if err := os.WriteFile(appHost.path(PgBouncerDatabasesFile), []byte(repointed), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	start = time.Now()
 	bootstrapAll(t, hosts)
 	t.Logf("second (idempotent) bootstrap: %s", time.Since(start).Round(time.Millisecond))
 	checkPostgresReplication(t, pg0, pg1, "second")
 	checkRedisReplication(t, r0, r1, "second")
+	if b, err := os.ReadFile(appHost.path(PgBouncerDatabasesFile)); err != nil || string(b) != repointed {
+		t.Errorf("the second bootstrap rewrote %s: %q (%v)", PgBouncerDatabasesFile, b, err)
+	}
 
 	checkSupervisor(t, hosts[2])
 }
@@ -348,6 +367,25 @@ func checkPostgresReplication(t *testing.T, primary, replica Data, round string)
 	})
 }
 
+// checkPgBouncer: the app host's PgBouncer reaches group pg-0's primary as user app (database
+// pg-0, as the app connects with INSTAGRAM_PGBOUNCER), and its admin console answers instactl.
+func checkPgBouncer(t *testing.T, app, primary Data) {
+	t.Helper()
+	bouncer := func(user, db, sql string) (string, error) {
+		out, err := exec.Command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", app.Address,
+			"-p", strconv.Itoa(app.PgBouncerPort), "-U", user, "-d", db, "-c", sql).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	got, err := bouncer("app", "pg-0", "SELECT current_user || ' ' || host(inet_server_addr()) || ' ' || current_database()")
+	if want := "app " + primary.Address + " instagram"; err != nil || got != want {
+		t.Fatalf("through PgBouncer on %s: %q (%v), want %q", app.HostName, got, err, want)
+	}
+	got, err = bouncer(PgBouncerAdminUser, "pgbouncer", "SHOW DATABASES")
+	if err != nil || !strings.Contains(got, "pg-0|"+primary.Address+"|"+strconv.Itoa(primary.Port)+"|instagram") {
+		t.Fatalf("PgBouncer admin console SHOW DATABASES: %v\n%s", err, got)
+	}
+}
+
 func redisCLI(d Data, args ...string) (string, error) {
 	out, err := exec.Command("redis-cli", append([]string{"-h", d.Address, "-p", strconv.Itoa(d.Port)}, args...)...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
@@ -355,9 +393,13 @@ func redisCLI(d Data, args ...string) (string, error) {
 
 func checkRedisReplication(t *testing.T, master, replica Data, round string) {
 	t.Helper()
-	if out, err := redisCLI(master, "SET", "probe", round); err != nil || out != "OK" {
-		t.Fatalf("SET on the master: %v %s", err, out)
-	}
+	// min-replicas-to-write 1: the master takes writes once its replica has connected.
+	eventually(t, 30*time.Second, func() string {
+		if out, err := redisCLI(master, "SET", "probe", round); err != nil || out != "OK" {
+			return fmt.Sprintf("SET on the master: %v %s", err, out)
+		}
+		return ""
+	})
 	eventually(t, 30*time.Second, func() string {
 		out, err := redisCLI(replica, "GET", "probe")
 		if err != nil || out != round {
@@ -400,6 +442,9 @@ func checkDaemonized(t *testing.T, hosts []*sandboxHostUnderTest) {
 	t.Helper()
 	for _, h := range hosts {
 		for _, s := range Services(h.data) {
+			if !s.Start {
+				continue // the app waits for its first deploy
+			}
 			pid := servicePid(t, h, s.Name)
 			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 			if err != nil {

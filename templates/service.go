@@ -55,15 +55,6 @@ func Services(d Data) []Service {
 			Dir:     d.Mount, RuntimeDir: "/run/postgresql",
 			StopSignal: "INT", StopTimeout: 120, Start: true, RequiresMount: d.mountIfAny(),
 		})
-		if d.PgBouncer {
-			out = append(out, Service{
-				Name: "pgbouncer", Description: "PgBouncer in front of postgres",
-				User:    "postgres",
-				Command: []string{"/usr/sbin/pgbouncer", "/etc/instagram/pgbouncer.ini"},
-				Dir:     "/", RuntimeDir: "/run/postgresql", After: UnitName("postgres"),
-				StopSignal: "INT", StopTimeout: 30, Start: true,
-			})
-		}
 	case RoleRedis:
 		user := "redis"
 		if sandbox {
@@ -90,6 +81,19 @@ func Services(d Data) []Service {
 			StopSignal: "TERM", StopTimeout: 10, Start: true,
 		})
 	case RoleApp:
+		after := ""
+		if d.PgBouncer {
+			// PgBouncer refuses to run as root; user postgres comes with its Debian package
+			// (postgresql-common) and exists on the sandbox machine.
+			out = append(out, Service{
+				Name: "pgbouncer", Description: "PgBouncer beside the app server",
+				User:    "postgres",
+				Command: []string{"/usr/sbin/pgbouncer", "/etc/instagram/pgbouncer.ini"},
+				Dir:     "/", RuntimeDir: "/run/pgbouncer",
+				StopSignal: "INT", StopTimeout: 30, Start: true,
+			})
+			after = UnitName("pgbouncer")
+		}
 		user := "instagram"
 		if sandbox {
 			user = "root"
@@ -98,7 +102,7 @@ func Services(d Data) []Service {
 			Name: "app", Description: "app server",
 			User:    user,
 			Command: []string{path.Join(d.AppPath, "current", d.AppBinary)},
-			Dir:     d.AppPath, EnvFile: AppEnvFile,
+			Dir:     d.AppPath, EnvFile: AppEnvFile, After: after,
 			StopSignal: "TERM", StopTimeout: 30, Start: false,
 		})
 	}

@@ -22,21 +22,22 @@ const heredocEnd = "INSTACTL_EOF"
 
 // Public file names, as Names lists them and RenderFile takes them.
 const (
-	fileUserData   = "userdata.sh"
-	filePostgres   = "postgresql.conf"
-	filePgHba      = "pg_hba.conf"
-	filePgBouncer  = "pgbouncer.ini"
-	fileUserlist   = "pgbouncer-userlist.txt"
-	fileRedis      = "redis.conf"
-	fileAppEnv     = "app.env"
-	fileHostEnv    = "host.env"
-	fileSupervisor = "instactl-svc"
-	unitPrefix     = "systemd/"
-	svcEnvPrefix   = "services/"
+	fileUserData           = "userdata.sh"
+	filePostgres           = "postgresql.conf"
+	filePgHba              = "pg_hba.conf"
+	filePgBouncer          = "pgbouncer.ini"
+	filePgBouncerDatabases = "pgbouncer-databases.ini"
+	fileUserlist           = "pgbouncer-userlist.txt"
+	fileRedis              = "redis.conf"
+	fileAppEnv             = "app.env"
+	fileHostEnv            = "host.env"
+	fileSupervisor         = "instactl-svc"
+	unitPrefix             = "systemd/"
+	svcEnvPrefix           = "services/"
 )
 
 // staticNames are the files rendered from files/ by the same name plus ".tmpl".
-var staticNames = []string{fileUserData, filePostgres, filePgHba, filePgBouncer, fileUserlist,
+var staticNames = []string{fileUserData, filePostgres, filePgHba, filePgBouncer, filePgBouncerDatabases, fileUserlist,
 	fileRedis, fileAppEnv, fileHostEnv, fileSupervisor}
 
 // parse builds a fresh template set. Parsing is cheap next to what a script does, and a set per

@@ -25,8 +25,16 @@ func awsHost(role string, index int, port int, primary bool, devices int) Data {
 		ServiceManager: ServiceManagerSystemd, InstallPackages: true,
 		DeviceDir: "/dev", Devices: DeviceNames(devices), Filesystem: "xfs",
 		Port: port, IsPrimary: primary, AppPassword: "app-secret", ReplicationPassword: "repl's secret",
-		ClientCIDR: "10.0.0.0/16", PgBouncer: role == RolePostgres,
-		AppEnv: map[string]string{"INSTAGRAM_CONTROL_DSN": "postgres://app@10.0.1.10:5432/instagram_control", "INSTAGRAM_REDIS_ADDR": "10.0.1.30:6379"},
+		ClientCIDR: "10.0.0.0/16", PgBouncer: role == RoleApp,
+		AppEnv: map[string]string{
+			"INSTAGRAM_CONTROL_DSN": "postgres://app@10.0.1.10:5432,10.0.1.11:5432/instagram_control?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
+			"INSTAGRAM_REDIS_ADDR":  "10.0.1.30:6379"},
+	}
+	if role == RoleApp {
+		d.PoolerDatabases = []PoolerDatabase{{Name: "pg-0", Host: "10.0.1.10", Port: 5432}, {Name: "pg-2", Host: "10.0.1.12", Port: 5432}}
+	}
+	if role == RoleRedis {
+		d.RedisMinReplicas = 1
 	}
 	switch role {
 	case RolePostgres:
@@ -53,9 +61,11 @@ func sandboxHost(role string, index int, port int, primary bool, devices int) Da
 	d.DeviceDir = "/run/instactl/dev"
 	d.AppPassword, d.ReplicationPassword = "", ""
 	d.ClientCIDR, d.TrustCIDR = "", "127.0.0.0/8"
-	d.PgBouncer = false
 	d.WALKeepMB = 64
 	d.AppEnv = nil
+	if role == RoleApp {
+		d.PoolerDatabases = []PoolerDatabase{{Name: "pg-0", Host: "127.0.77.1", Port: 5432}, {Name: "pg-2", Host: "127.0.77.3", Port: 5432}}
+	}
 	if !primary {
 		d.PrimaryAddress = "127.0.77.1"
 	}
@@ -128,8 +138,8 @@ func relevant(d Data, name string) bool {
 	switch name {
 	case filePostgres, filePgHba:
 		return d.Role == RolePostgres
-	case filePgBouncer, fileUserlist:
-		return d.Role == RolePostgres && d.PgBouncer
+	case filePgBouncer, fileUserlist, filePgBouncerDatabases:
+		return d.Role == RoleApp && d.PgBouncer
 	case fileRedis:
 		return d.Role == RoleRedis
 	case fileAppEnv:
@@ -246,6 +256,8 @@ func TestValidate(t *testing.T) {
 		"host name":       func(d *Data) { d.HostName = "pg 1" },
 		"app env":         func(d *Data) { d.AppEnv = map[string]string{"A": "it's"} },
 		"trust cidr":      func(d *Data) { d.TrustCIDR = "everyone" },
+		"pooler db":       func(d *Data) { d.PoolerDatabases = []PoolerDatabase{{Name: "pg-0", Host: "db.example", Port: 5432}} },
+		"pooler env":      func(d *Data) { d.PgBouncer, d.AppEnv = true, map[string]string{PgBouncerEnv: "1.2.3.4:6432"} },
 	} {
 		d := good
 		mutate(&d)
@@ -328,7 +340,51 @@ func TestFromStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.ServiceManager != ServiceManagerSystemd || !d.InstallPackages || !d.PgBouncer || d.TrustCIDR != "" {
+	if d.ServiceManager != ServiceManagerSystemd || !d.InstallPackages || d.PgBouncer || d.TrustCIDR != "" {
 		t.Errorf("FromStack (aws) = %+v", d)
+	}
+}
+
+// TestFromStackPgBouncer: every app host, in both flavours, runs PgBouncer with one entry per
+// Postgres group pointing at the group's first host; pg hosts run none.
+func TestFromStackPgBouncer(t *testing.T) {
+	st, err := stack.Parse("example.yaml", stack.Example())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, provider := range []string{"sandbox", "aws"} {
+		st.Provider = provider
+		d, err := FromStack(st, RoleApp, 1, "127.0.10.2", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []PoolerDatabase{{Name: "pg-0", Host: "127.0.10.3", Port: 5432}, {Name: "pg-2", Host: "127.0.10.5", Port: 5432}}
+		if !d.PgBouncer || !reflect.DeepEqual(d.PoolerDatabases, want) || d.Database != st.Shards.Database {
+			t.Errorf("%s: app host PgBouncer = %v, databases %+v (want %+v), dbname %s", provider, d.PgBouncer, d.PoolerDatabases, want, d.Database)
+		}
+		if names := serviceList(d); names != "pgbouncer, app" {
+			t.Errorf("%s: app host services = %s, want pgbouncer, app", provider, names)
+		}
+		env, err := RenderFile(fileAppEnv, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(env, "\nINSTAGRAM_PGBOUNCER='127.0.10.2:6432'\n") {
+			t.Errorf("%s: app.env lacks the host's own PgBouncer:\n%s", provider, env)
+		}
+		pg, err := FromStack(st, RolePostgres, 0, "127.0.10.3", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pg.PgBouncer || serviceList(pg) != "postgres" {
+			t.Errorf("%s: a pg host runs %s", provider, serviceList(pg))
+		}
+		r, err := FromStack(st, RoleRedis, 1, "127.0.10.8", "127.0.10.7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.RedisMinReplicas != 1 {
+			t.Errorf("%s: redis replica min-replicas-to-write = %d, want 1", provider, r.RedisMinReplicas)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -47,5 +48,31 @@ func TestRedisMemcachedMoto(t *testing.T) {
 	}
 	if ep := Moto(t); ep == "" {
 		t.Fatal("moto endpoint empty")
+	}
+}
+
+// TestPgBouncer: a database entry named like a group reaches its Postgres server through the
+// pooler, and the admin console answers instactl.
+func TestPgBouncer(t *testing.T) {
+	pg := StartPostgres(t, PostgresOptions{})
+	addr := PgBouncer(t, map[string]string{"pg-0": fmt.Sprintf("host=%s port=%d dbname=postgres", pg.Host, pg.Port)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, "postgres://postgres@"+addr+"/pg-0?sslmode=disable&default_query_exec_mode=simple_protocol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var port int
+	if err := c.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil || port != pg.Port {
+		t.Fatalf("through the pooler: port %d (%v), want %d", port, err, pg.Port)
+	}
+	admin, err := pgx.Connect(ctx, "postgres://instactl@"+addr+"/pgbouncer?sslmode=disable&default_query_exec_mode=simple_protocol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "RELOAD"); err != nil {
+		t.Fatalf("admin console: %v", err)
 	}
 }

@@ -95,7 +95,75 @@ apt_install() {
 	done
 	die "apt-get install $* failed 5 times"
 }
-apt_install xfsprogs util-linux
+apt_install xfsprogs util-linux pgbouncer
+systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+
+# ---- PgBouncer beside the app server: one database per Postgres group ----
+write_file /etc/instagram/pgbouncer.ini 0640 root:postgres <<'INSTACTL_EOF'
+; pgbouncer.ini for app-0, rendered by instactl. PgBouncer beside the app server: the
+; app reaches every Postgres group through it. The [databases] section (one entry per group,
+; pointing at its primary) is its own file, which instactl rewrites and RELOADs to repoint a
+; group; nothing else here changes then.
+%include /etc/instagram/pgbouncer-databases.ini
+
+[pgbouncer]
+listen_addr = 10.0.1.10
+listen_port = 6432
+unix_socket_dir = /run/pgbouncer
+auth_type = scram-sha-256
+auth_file = /etc/instagram/pgbouncer-userlist.txt
+admin_users = instactl
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 20
+reserve_pool_size = 5
+server_idle_timeout = 60
+ignore_startup_parameters = extra_float_digits
+INSTACTL_EOF
+write_file /etc/instagram/pgbouncer-userlist.txt 0640 root:postgres <<'INSTACTL_EOF'
+"app" "app-secret"
+"instactl" "repl's secret"
+INSTACTL_EOF
+# Written once: afterwards instactl owns this file (it repoints a group after a failover), and a
+# re-run must not point the app back at the stack file's first primaries.
+if [ ! -e /etc/instagram/pgbouncer-databases.ini ]; then
+	write_file /etc/instagram/pgbouncer-databases.ini 0644 root:root <<'INSTACTL_EOF'
+; Written by instactl: one entry per Postgres group, pointing at its primary.
+[databases]
+pg-0 = host=10.0.1.10 port=5432 dbname=instagram
+pg-2 = host=10.0.1.12 port=5432 dbname=instagram
+INSTACTL_EOF
+fi
+
+write_file /etc/systemd/system/instagram-pgbouncer.service 0644 root:root <<'INSTACTL_EOF'
+# instagram-pgbouncer.service on app-0, rendered by instactl.
+[Unit]
+Description=Instagram PgBouncer beside the app server
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User=postgres
+WorkingDirectory=/
+RuntimeDirectory=pgbouncer
+RuntimeDirectoryPreserve=yes
+ExecStart=/usr/sbin/pgbouncer /etc/instagram/pgbouncer.ini
+KillSignal=SIGINT
+KillMode=mixed
+TimeoutStopSec=30
+Restart=on-failure
+RestartSec=2
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+INSTACTL_EOF
+systemctl daemon-reload
+systemctl enable --now instagram-pgbouncer.service
+
+pgbouncer_ping() { (exec 3<>"/dev/tcp/$ADDRESS/6432") 2>/dev/null; }
+wait_for "pgbouncer on $ADDRESS:6432" 60 pgbouncer_ping
 
 # ---- app server (the binary arrives with deploy into /opt/instagram/current/) ----
 if ! id -u instagram >/dev/null 2>&1; then
@@ -106,7 +174,8 @@ write_file /etc/instagram/app.env 0640 root:instagram <<'INSTACTL_EOF'
 # Environment of the app server on app-0, rendered by instactl; instagram-app reads it
 # (its default -config) and systemd loads it too.
 INSTAGRAM_LISTEN='10.0.1.10:8080'
-INSTAGRAM_CONTROL_DSN='postgres://app@10.0.1.10:5432/instagram_control'
+INSTAGRAM_PGBOUNCER='10.0.1.10:6432'
+INSTAGRAM_CONTROL_DSN='postgres://app@10.0.1.10:5432,10.0.1.11:5432/instagram_control?sslmode=disable&target_session_attrs=read-write&connect_timeout=2'
 INSTAGRAM_REDIS_ADDR='10.0.1.30:6379'
 INSTACTL_EOF
 
@@ -115,7 +184,7 @@ write_file /etc/systemd/system/instagram-app.service 0644 root:root <<'INSTACTL_
 [Unit]
 Description=Instagram app server
 Wants=network-online.target
-After=network-online.target
+After=network-online.target instagram-pgbouncer.service
 # Until the first deploy there is nothing to run.
 ConditionPathExists=/opt/instagram/current/instagram-app
 

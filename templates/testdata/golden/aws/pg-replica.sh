@@ -99,9 +99,9 @@ apt_install() {
 	done
 	die "apt-get install $* failed 5 times"
 }
-apt_install xfsprogs util-linux mdadm postgresql-15 postgresql-client-15 pgbouncer
+apt_install xfsprogs util-linux mdadm postgresql-15 postgresql-client-15
 # instactl runs its own units; the packaged ones would claim the same ports.
-systemctl disable --now postgresql.service pgbouncer.service >/dev/null 2>&1 || true
+systemctl disable --now postgresql.service >/dev/null 2>&1 || true
 
 # ---- data volume: sdf, sdg under /dev, xfs at /var/lib/postgresql ----
 readonly DEVICE_DIR=/dev MOUNT=/var/lib/postgresql
@@ -253,6 +253,9 @@ max_sync_workers_per_subscription = 2
 wal_keep_size = 1024MB
 hot_standby = on
 hot_standby_feedback = on
+# pg_rewind needs hint-bit changes in the WAL (initdb --data-checksums gives that too; both are
+# on) to bring a failed old primary back as a standby.
+wal_log_hints = on
 
 # Logs go to stderr: the journal on AWS, /var/log/instagram/postgres.log on the sandbox.
 logging_collector = off
@@ -302,57 +305,6 @@ systemctl enable --now instagram-postgres.service
 wait_for "postgres on $ADDRESS:$PORT" 300 pg_ready
 in_recovery=$(as_postgres "$PGBIN/psql" -X -At -h /run/postgresql -p "$PORT" -d postgres -c 'SELECT pg_is_in_recovery()')
 log "replica in recovery: $in_recovery"
-
-# PgBouncer in front of the local postgres.
-write_file /etc/instagram/pgbouncer.ini 0640 root:postgres <<'INSTACTL_EOF'
-; pgbouncer.ini for pg-1, rendered by instactl. Fronts the local postgres.
-[databases]
-instagram = host=10.0.1.11 port=5432 dbname=instagram
-
-[pgbouncer]
-listen_addr = 10.0.1.11
-listen_port = 6432
-unix_socket_dir = /run/postgresql
-auth_type = scram-sha-256
-auth_file = /etc/instagram/pgbouncer-userlist.txt
-admin_users = postgres
-pool_mode = transaction
-max_client_conn = 2000
-default_pool_size = 20
-reserve_pool_size = 5
-server_idle_timeout = 60
-ignore_startup_parameters = extra_float_digits
-INSTACTL_EOF
-write_file /etc/instagram/pgbouncer-userlist.txt 0640 root:postgres <<'INSTACTL_EOF'
-"app" "app-secret"
-INSTACTL_EOF
-
-write_file /etc/systemd/system/instagram-pgbouncer.service 0644 root:root <<'INSTACTL_EOF'
-# instagram-pgbouncer.service on pg-1, rendered by instactl.
-[Unit]
-Description=Instagram PgBouncer in front of postgres
-Wants=network-online.target
-After=network-online.target instagram-postgres.service
-
-[Service]
-Type=simple
-User=postgres
-WorkingDirectory=/
-RuntimeDirectory=postgresql
-RuntimeDirectoryPreserve=yes
-ExecStart=/usr/sbin/pgbouncer /etc/instagram/pgbouncer.ini
-KillSignal=SIGINT
-KillMode=mixed
-TimeoutStopSec=30
-Restart=on-failure
-RestartSec=2
-LimitNOFILE=65536
-
-[Install]
-WantedBy=multi-user.target
-INSTACTL_EOF
-systemctl daemon-reload
-systemctl enable --now instagram-pgbouncer.service
 
 date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
 log "bootstrap of pg-1 done"

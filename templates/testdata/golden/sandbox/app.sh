@@ -220,12 +220,69 @@ status) status ;;
 esac
 INSTACTL_EOF
 
+# ---- PgBouncer beside the app server: one database per Postgres group ----
+write_file /etc/instagram/pgbouncer.ini 0640 root:postgres <<'INSTACTL_EOF'
+; pgbouncer.ini for app-0, rendered by instactl. PgBouncer beside the app server: the
+; app reaches every Postgres group through it. The [databases] section (one entry per group,
+; pointing at its primary) is its own file, which instactl rewrites and RELOADs to repoint a
+; group; nothing else here changes then.
+%include /etc/instagram/pgbouncer-databases.ini
+
+[pgbouncer]
+listen_addr = 127.0.77.1
+listen_port = 6432
+unix_socket_dir = /run/pgbouncer
+; Sandbox only: loopback is trusted, as by postgres' pg_hba.conf.
+auth_type = trust
+auth_file = /etc/instagram/pgbouncer-userlist.txt
+admin_users = instactl
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 20
+reserve_pool_size = 5
+server_idle_timeout = 60
+ignore_startup_parameters = extra_float_digits
+INSTACTL_EOF
+write_file /etc/instagram/pgbouncer-userlist.txt 0640 root:postgres <<'INSTACTL_EOF'
+"app" ""
+"instactl" ""
+INSTACTL_EOF
+# Written once: afterwards instactl owns this file (it repoints a group after a failover), and a
+# re-run must not point the app back at the stack file's first primaries.
+if [ ! -e /etc/instagram/pgbouncer-databases.ini ]; then
+	write_file /etc/instagram/pgbouncer-databases.ini 0644 root:root <<'INSTACTL_EOF'
+; Written by instactl: one entry per Postgres group, pointing at its primary.
+[databases]
+pg-0 = host=127.0.77.1 port=5432 dbname=instagram
+pg-2 = host=127.0.77.3 port=5432 dbname=instagram
+INSTACTL_EOF
+fi
+
+write_file /etc/instagram/services/pgbouncer.env 0644 root:root <<'INSTACTL_EOF'
+# instactl-svc definition of pgbouncer on app-0: PgBouncer beside the app server.
+# Sourced by /opt/instagram/bin/instactl-svc; rendered by instactl.
+SVC_COMMAND=(/usr/sbin/pgbouncer /etc/instagram/pgbouncer.ini)
+SVC_USER=postgres
+SVC_DIR=/
+SVC_ENV_FILE=''
+SVC_RUNTIME_DIR=/run/pgbouncer
+SVC_PIDFILE=/run/instagram/pgbouncer.pid
+SVC_LOG=/var/log/instagram/pgbouncer.log
+SVC_STOP_SIGNAL=INT
+SVC_STOP_TIMEOUT=30
+INSTACTL_EOF
+"$SVC" start pgbouncer
+
+pgbouncer_ping() { (exec 3<>"/dev/tcp/$ADDRESS/6432") 2>/dev/null; }
+wait_for "pgbouncer on $ADDRESS:6432" 60 pgbouncer_ping
+
 # ---- app server (the binary arrives with deploy into /opt/instagram/current/) ----
 install -d -m 0755 /opt/instagram /opt/instagram/releases
 write_file /etc/instagram/app.env 0640 root:root <<'INSTACTL_EOF'
 # Environment of the app server on app-0, rendered by instactl; instagram-app reads it
 # (its default -config) and systemd loads it too.
 INSTAGRAM_LISTEN='127.0.77.1:8080'
+INSTAGRAM_PGBOUNCER='127.0.77.1:6432'
 INSTACTL_EOF
 
 write_file /etc/instagram/services/app.env 0644 root:root <<'INSTACTL_EOF'

@@ -344,6 +344,9 @@ max_sync_workers_per_subscription = 2
 wal_keep_size = 64MB
 hot_standby = on
 hot_standby_feedback = on
+# pg_rewind needs hint-bit changes in the WAL (initdb --data-checksums gives that too; both are
+# on) to bring a failed old primary back as a standby.
+wal_log_hints = on
 
 # Logs go to stderr: the journal on AWS, /var/log/instagram/postgres.log on the sandbox.
 logging_collector = off

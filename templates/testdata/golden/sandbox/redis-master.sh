@@ -300,6 +300,10 @@ stop-writes-on-bgsave-error yes
 rdbchecksum yes
 tcp-keepalive 300
 maxclients 10000
+# A master that lost its replica stops taking writes, so a fenced old master cannot diverge.
+# Set on the replica too: either may become master.
+min-replicas-to-write 1
+min-replicas-max-lag 10
 INSTACTL_EOF
 
 write_file /etc/instagram/services/redis.env 0644 root:root <<'INSTACTL_EOF'

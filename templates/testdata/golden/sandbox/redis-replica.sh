@@ -300,6 +300,10 @@ stop-writes-on-bgsave-error yes
 rdbchecksum yes
 tcp-keepalive 300
 maxclients 10000
+# A master that lost its replica stops taking writes, so a fenced old master cannot diverge.
+# Set on the replica too: either may become master.
+min-replicas-to-write 1
+min-replicas-max-lag 10
 replicaof 127.0.77.1 6379
 # Announce this host's own address: on the sandbox every connection comes from 127.0.0.1, and
 # the master's INFO must name its replicas for status and backups.

@@ -294,6 +294,7 @@ func testVolumes(e *env) {
 		e.Errorf("deleting an attached volume was accepted")
 	}
 	e.must(e.p.DetachVolume(e.ctx, v1.ID, in1.ID, "/dev/sdf"), "detach")
+	e.must(e.p.DetachVolume(e.ctx, v1.ID, in1.ID, "/dev/sdf"), "detach again (must be idempotent)")
 	r = e.describe(e.stack)
 	if got := findVolume(r, v1.ID); got == nil || got.InstanceID != "" || got.State != "available" {
 		e.Errorf("after detach, volume = %+v; want available", got)

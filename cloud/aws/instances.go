@@ -111,7 +111,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 			return cloud.Instance{}, fmt.Errorf("create instance %s: %w", spec.Name, err)
 		}
 		if found != "" {
-			return p.waitRunning(ctx, found)
+			return p.existing(ctx, found)
 		}
 	}
 	in := &ec2.RunInstancesInput{
@@ -195,6 +195,20 @@ func (p *Provider) forget(ids []string) {
 			}
 		}
 	}
+}
+
+// existing returns the instance a client token already made: as it is when stopped (a fenced
+// host stays stopped; waiting for it to run would last until the wait times out), else once it
+// runs.
+func (p *Provider) existing(ctx context.Context, id string) (cloud.Instance, error) {
+	m, err := p.instancesByID(ctx, []string{id})
+	if err != nil {
+		return cloud.Instance{}, err
+	}
+	if st := instanceState(m[id]); st == ec2types.InstanceStateNameStopped || st == ec2types.InstanceStateNameStopping {
+		return toInstance(m[id]), nil
+	}
+	return p.waitRunning(ctx, id)
 }
 
 func (p *Provider) waitRunning(ctx context.Context, id string) (cloud.Instance, error) {

@@ -653,6 +653,10 @@ func testStopStart(e *env) {
 
 	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, true), "stop (force)")
 	check("after stop", "stopped")
+	// The same client token finds the stopped instance, as it is: a fenced host stays stopped.
+	if again := e.instance(e.stack, "pg", 0, zone); again.ID != in.ID || again.State != "stopped" {
+		e.Errorf("create with the stopped instance's client token = %s %s; want %s stopped", again.ID, again.State, in.ID)
+	}
 	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, false), "stop a stopped instance (must succeed)")
 	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, true), "force-stop a stopped instance (must succeed)")
 	check("after stopping again", "stopped")

@@ -69,6 +69,14 @@ func TestStopStartInstances(t *testing.T) {
 		return nil
 	})
 	sshAddr := net.JoinHostPort(in.PrivateAddress, strconv.Itoa(in.SSHPort))
+	lb, err := p.CreateLoadBalancer(ctx, cloud.LoadBalancer{Name: stack, ListenerPort: 80, TargetPort: 8000,
+		HealthCheck: "/healthz", Tags: tags(stack)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RegisterInstances(ctx, lb.Name, []string{in.ID}); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := p.StopInstances(ctx, []string{in.ID}, true); err != nil {
 		t.Fatal(err)
@@ -118,6 +126,12 @@ func TestStopStartInstances(t *testing.T) {
 		}
 	}
 	checkStopped("after a forced stop")
+	// Like an EC2 instance, a stopped host stays registered and fails its health checks.
+	health, err := p.InstanceHealth(ctx, lb.Name)
+	if err != nil || len(health) != 1 || health[0].InstanceID != in.ID || health[0].State != "OutOfService" ||
+		!strings.Contains(health[0].Reason, "not running") {
+		t.Errorf("health of the stopped host = %+v, %v; want it registered, OutOfService, not running", health, err)
+	}
 	if err := p.StopInstances(ctx, []string{in.ID}, true); err != nil {
 		t.Errorf("stopping a stopped host: %v", err)
 	}

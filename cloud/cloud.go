@@ -166,6 +166,14 @@ type Provider interface {
 	CreateInstance(ctx context.Context, spec InstanceSpec) (Instance, error)
 	// TerminateInstances terminates and waits until they are gone.
 	TerminateInstances(ctx context.Context, ids []string) error
+	// StopInstances stops instances without terminating them: their volumes, addresses and
+	// tags stay. force skips a clean shutdown (AWS StopInstances Force; on the sandbox every
+	// process of the host dies at once, like a power cut). It returns when every instance is
+	// stopped. Stopping a stopped instance succeeds.
+	StopInstances(ctx context.Context, ids []string, force bool) error
+	// StartInstances starts stopped instances and returns when each is running and reachable
+	// (sandbox: its sshd answers); starting a running instance succeeds.
+	StartInstances(ctx context.Context, ids []string) error
 
 	CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error)
 	// AttachVolume attaches and waits for in-use. It refuses a volume in another zone or already

@@ -113,6 +113,17 @@ func TestCompute(t *testing.T) {
 			actual: func() *cloud.Resources { return actualFrom(base) },
 			want:   Summary{Destroy: 2 + 1 + 7 + 6 + 5},
 		},
+		{
+			// A fenced (stopped) host is still the stack's: no replacement is planned.
+			name: "stopped-kept", desired: func() DesiredState { return base },
+			actual: func() *cloud.Resources { return withStates(actualFrom(base), "stopped", "stopping") },
+			want:   Summary{Unchanged: 5 + 7 + 6 + 6 + 1 + 2},
+		},
+		{
+			name: "stopped-destroyed", desired: func() DesiredState { return DesiredState{Stack: "demo"} },
+			actual: func() *cloud.Resources { return withStates(actualFrom(base), "stopped", "stopping") },
+			want:   Summary{Destroy: 2 + 1 + 7 + 6 + 5},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -221,4 +232,14 @@ func TestDesiredErrors(t *testing.T) {
 	if _, err := Desired(st, func(stack.HostRef) (string, error) { return "", errTest }); err == nil {
 		t.Errorf("user data error swallowed")
 	}
+}
+
+// withStates gives the instances of r the states in turn (the rest keep theirs).
+func withStates(r *cloud.Resources, states ...string) *cloud.Resources {
+	for i := range r.Instances {
+		if i < len(states) {
+			r.Instances[i].State = states[i]
+		}
+	}
+	return r
 }

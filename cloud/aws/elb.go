@@ -49,7 +49,20 @@ func (p *Provider) lbTags(ctx context.Context, names []string) (map[string]map[s
 	return out, nil
 }
 
+// describeLoadBalancers lists the stack's load balancers. Classic ELBs cannot be filtered by
+// tag: every load balancer of the account is listed, then their tags are asked for, and one
+// deleted in between (another stack's destroy) fails the whole DescribeTags call. Listing again
+// then finds it gone.
 func (p *Provider) describeLoadBalancers(ctx context.Context, stack string) ([]cloud.LoadBalancer, error) {
+	for attempt := 1; ; attempt++ {
+		out, err := p.describeLoadBalancersOnce(ctx, stack)
+		if err == nil || !notFound(err) || attempt == 5 {
+			return out, err
+		}
+	}
+}
+
+func (p *Provider) describeLoadBalancersOnce(ctx context.Context, stack string) ([]cloud.LoadBalancer, error) {
 	raw, err := p.rawLoadBalancers(ctx, nil)
 	if err != nil || len(raw) == 0 {
 		return nil, err

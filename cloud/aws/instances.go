@@ -111,7 +111,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 			return cloud.Instance{}, fmt.Errorf("create instance %s: %w", spec.Name, err)
 		}
 		if found != "" {
-			return p.waitRunning(ctx, found)
+			return p.existing(ctx, found)
 		}
 	}
 	in := &ec2.RunInstancesInput{
@@ -197,6 +197,20 @@ func (p *Provider) forget(ids []string) {
 	}
 }
 
+// existing returns the instance a client token already made: as it is when stopped (a fenced
+// host stays stopped; waiting for it to run would last until the wait times out), else once it
+// runs.
+func (p *Provider) existing(ctx context.Context, id string) (cloud.Instance, error) {
+	m, err := p.instancesByID(ctx, []string{id})
+	if err != nil {
+		return cloud.Instance{}, err
+	}
+	if st := instanceState(m[id]); st == ec2types.InstanceStateNameStopped || st == ec2types.InstanceStateNameStopping {
+		return toInstance(m[id]), nil
+	}
+	return p.waitRunning(ctx, id)
+}
+
 func (p *Provider) waitRunning(ctx context.Context, id string) (cloud.Instance, error) {
 	w := ec2.NewInstanceRunningWaiter(p.desc, func(o *ec2.InstanceRunningWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
@@ -245,6 +259,134 @@ func (p *Provider) TerminateInstances(ctx context.Context, ids []string) error {
 	})
 	if err := w.Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: todo}, p.opts.WaitTimeout); err != nil {
 		return wrap(err, "wait for %v to terminate", todo)
+	}
+	return nil
+}
+
+// StopInstances implements cloud.Provider. It refuses instances no stack owns and terminated
+// ones before changing anything, waits for pending ones to run (EC2 refuses to stop a pending
+// instance), stops the rest (Force: no clean shutdown, as after a power cut; a stopping instance
+// is stopped again, which with Force ends a stop that hangs) and waits until all are stopped.
+func (p *Provider) StopInstances(ctx context.Context, ids []string, force bool) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	m, err := p.ownedInstances(ctx, "stop", ids)
+	if err != nil {
+		return err
+	}
+	var pending, todo []string
+	for _, id := range ids {
+		switch instanceState(m[id]) {
+		case ec2types.InstanceStateNameStopped:
+		case ec2types.InstanceStateNamePending:
+			pending = append(pending, id)
+			todo = append(todo, id)
+		default:
+			todo = append(todo, id)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if len(pending) > 0 {
+		if err := p.waitInstances(ctx, pending, ec2types.InstanceStateNameRunning); err != nil {
+			return fmt.Errorf("stop: %w", err)
+		}
+	}
+	in := &ec2.StopInstancesInput{InstanceIds: todo, Force: aws.Bool(force)}
+	if _, err := p.ec2.StopInstances(ctx, in); err != nil {
+		return wrap(err, "stop %v", todo)
+	}
+	return p.waitInstances(ctx, todo, ec2types.InstanceStateNameStopped)
+}
+
+// StartInstances implements cloud.Provider. It refuses instances no stack owns and terminated
+// ones before changing anything, lets stopping ones finish stopping (EC2 refuses to start them),
+// starts the stopped ones and waits until every instance runs. On AWS, running is what it
+// waits for: sshd answers shortly after, and callers that SSH retry until it does.
+func (p *Provider) StartInstances(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	m, err := p.ownedInstances(ctx, "start", ids)
+	if err != nil {
+		return err
+	}
+	var stopping, todo, wait []string
+	for _, id := range ids {
+		switch instanceState(m[id]) {
+		case ec2types.InstanceStateNameRunning:
+		case ec2types.InstanceStateNamePending:
+			wait = append(wait, id)
+		case ec2types.InstanceStateNameStopping:
+			stopping = append(stopping, id)
+			todo = append(todo, id)
+		default:
+			todo = append(todo, id)
+		}
+	}
+	if len(stopping) > 0 {
+		if err := p.waitInstances(ctx, stopping, ec2types.InstanceStateNameStopped); err != nil {
+			return fmt.Errorf("start: %w", err)
+		}
+	}
+	if len(todo) > 0 {
+		if _, err := p.ec2.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: todo}); err != nil {
+			return wrap(err, "start %v", todo)
+		}
+	}
+	if wait = append(wait, todo...); len(wait) == 0 {
+		return nil
+	}
+	return p.waitInstances(ctx, wait, ec2types.InstanceStateNameRunning)
+}
+
+// ownedInstances describes ids for op, refusing a missing instance (cloud.ErrNotFound), one no
+// stack owns, and a terminated (or terminating) one.
+func (p *Provider) ownedInstances(ctx context.Context, op string, ids []string) (map[string]ec2types.Instance, error) {
+	m, err := p.instancesByID(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	for _, id := range ids {
+		i := m[id]
+		if fromEC2Tags(i.Tags)[cloud.TagStack] == "" {
+			return nil, refuse("%s: instance %s is not tagged %s: instactl does not own it", op, id, cloud.TagStack)
+		}
+		if st := instanceState(i); st == ec2types.InstanceStateNameTerminated || st == ec2types.InstanceStateNameShuttingDown {
+			return nil, fmt.Errorf("%s: instance %s is %s", op, id, st)
+		}
+	}
+	return m, nil
+}
+
+func instanceState(i ec2types.Instance) ec2types.InstanceStateName {
+	if i.State == nil {
+		return ""
+	}
+	return i.State.Name
+}
+
+// waitInstances waits, within WaitTimeout and ctx, until every instance is in state (running or
+// stopped), through the SDK's waiter.
+func (p *Provider) waitInstances(ctx context.Context, ids []string, state ec2types.InstanceStateName) error {
+	in := &ec2.DescribeInstancesInput{InstanceIds: ids}
+	var err error
+	switch state {
+	case ec2types.InstanceStateNameRunning:
+		err = ec2.NewInstanceRunningWaiter(p.desc, func(o *ec2.InstanceRunningWaiterOptions) {
+			o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
+		}).Wait(ctx, in, p.opts.WaitTimeout)
+	case ec2types.InstanceStateNameStopped:
+		err = ec2.NewInstanceStoppedWaiter(p.desc, func(o *ec2.InstanceStoppedWaiterOptions) {
+			o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
+		}).Wait(ctx, in, p.opts.WaitTimeout)
+	default:
+		return fmt.Errorf("wait for %v: no waiter for state %s", ids, state)
+	}
+	if err != nil {
+		return wrap(err, "wait for %v to be %s", ids, state)
 	}
 	return nil
 }

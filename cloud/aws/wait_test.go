@@ -27,6 +27,10 @@ type slowProxy struct {
 
 	mu    sync.Mutex
 	polls map[string]int
+	// stopping: answer "stopping" instead of "stopped" (and nothing else) while holding.
+	stopping bool
+	// force is the Force parameter of the last StopInstances call.
+	force string
 }
 
 func (s *slowProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -37,12 +41,21 @@ func (s *slowProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.next.ServeHTTP(rec, r)
 	out := rec.Body.Bytes()
 	id := form.Get("InstanceId.1") + form.Get("VolumeId.1")
+	if form.Get("Action") == "StopInstances" {
+		s.mu.Lock()
+		s.force = form.Get("Force")
+		s.mu.Unlock()
+	}
 	if a := form.Get("Action"); id != "" && (a == "DescribeInstances" || a == "DescribeVolumes") {
 		s.mu.Lock()
 		s.polls[id]++
-		n := s.polls[id]
+		n, stopping := s.polls[id], s.stopping
 		s.mu.Unlock()
-		if n <= s.hold {
+		switch {
+		case n <= s.hold && stopping:
+			out = bytes.ReplaceAll(out, []byte("<code>80</code>"), []byte("<code>64</code>"))
+			out = bytes.ReplaceAll(out, []byte("<name>stopped</name>"), []byte("<name>stopping</name>"))
+		case n <= s.hold:
 			out = bytes.ReplaceAll(out, []byte("<code>16</code>"), []byte("<code>0</code>"))
 			out = bytes.ReplaceAll(out, []byte("<name>running</name>"), []byte("<name>pending</name>"))
 			out = bytes.ReplaceAll(out, []byte("<status>available</status>"), []byte("<status>creating</status>"))
@@ -55,6 +68,14 @@ func (s *slowProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(rec.Code)
 	_, _ = w.Write(out)
+}
+
+// rehold holds the next describes of id again: "stopping" for "stopped" if stopping, else
+// "pending" for "running".
+func (s *slowProxy) rehold(id string, stopping bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.polls[id], s.stopping = 0, stopping
 }
 
 func (s *slowProxy) pollsOf(id string) int {
@@ -113,5 +134,53 @@ func TestWaitTimesOut(t *testing.T) {
 		Image: "ami-785db401", Zone: "us-east-1a", Tags: map[string]string{cloud.TagStack: "wait"}})
 	if err == nil || !strings.Contains(err.Error(), "wait for instance") || ctx.Err() != nil {
 		t.Fatalf("err = %v, want the provider's own wait timeout", err)
+	}
+}
+
+// TestStopStartWait: StopInstances returns only once EC2 says stopped (not while it says
+// stopping), StartInstances only once it says running (not pending).
+func TestStopStartWait(t *testing.T) {
+	p, sp := slowMoto(t, 2, Options{PollMin: 20 * time.Millisecond, PollMax: 40 * time.Millisecond})
+	ctx := context.Background()
+	in, err := p.CreateInstance(ctx, cloud.InstanceSpec{Name: "w", Role: "pg", Type: "t2.micro", Image: "ami-785db401",
+		Zone: "us-east-1a", Tags: map[string]string{cloud.TagStack: "stopwait"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func() string {
+		t.Helper()
+		r, err := p.Describe(ctx, "stopwait")
+		if err != nil || len(r.Instances) != 1 {
+			t.Fatalf("describe: %+v, %v", r, err)
+		}
+		return r.Instances[0].State
+	}
+	// Polls: 1 before the stop (running), 2 after it held as stopping, 3 stopped.
+	sp.rehold(in.ID, true)
+	if err := p.StopInstances(ctx, []string{in.ID}, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := sp.pollsOf(in.ID); n != 3 {
+		t.Errorf("StopInstances returned after %d polls; want 3 (it must wait out \"stopping\")", n)
+	}
+	sp.mu.Lock()
+	force := sp.force
+	sp.mu.Unlock()
+	if force != "true" {
+		t.Errorf("StopInstances sent Force=%q, want true", force)
+	}
+	if st := state(); st != "stopped" {
+		t.Errorf("after StopInstances, state %s", st)
+	}
+	// Polls: 1 before the start (stopped), 2 after it held as pending, 3 running.
+	sp.rehold(in.ID, false)
+	if err := p.StartInstances(ctx, []string{in.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sp.pollsOf(in.ID); n != 3 {
+		t.Errorf("StartInstances returned after %d polls; want 3 (it must wait out \"pending\")", n)
+	}
+	if st := state(); st != "running" {
+		t.Errorf("after StartInstances, state %s", st)
 	}
 }

@@ -327,6 +327,41 @@ func (f *Fake) TerminateInstances(ctx context.Context, ids []string) error {
 	return nil
 }
 
+// StopInstances implements cloud.Provider: instances become "stopped" at once and keep their
+// volumes and load balancer registrations. A missing or terminated instance fails the call
+// before anything changes.
+func (f *Fake) StopInstances(ctx context.Context, ids []string, force bool) error {
+	return f.setState(ctx, "StopInstances", ids, "stopped")
+}
+
+// StartInstances implements cloud.Provider: instances become "running" at once.
+func (f *Fake) StartInstances(ctx context.Context, ids []string) error {
+	return f.setState(ctx, "StartInstances", ids, "running")
+}
+
+func (f *Fake) setState(ctx context.Context, op string, ids []string, state string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := f.begin(ctx, op, ids[0]); err != nil {
+		return err
+	}
+	defer f.mu.Unlock()
+	for _, id := range ids {
+		in, ok := f.instances[id]
+		if !ok {
+			return fmt.Errorf("instance %s: %w", id, cloud.ErrNotFound)
+		}
+		if in.State == "terminated" {
+			return fmt.Errorf("%s: instance %s is terminated", op, id)
+		}
+	}
+	for _, id := range ids {
+		f.instances[id].State = state
+	}
+	return nil
+}
+
 // CreateVolume implements cloud.Provider.
 func (f *Fake) CreateVolume(ctx context.Context, spec cloud.VolumeSpec) (cloud.Volume, error) {
 	if err := f.begin(ctx, "CreateVolume", spec.Tags[cloud.TagName]); err != nil {

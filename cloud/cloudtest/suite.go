@@ -57,6 +57,7 @@ func RunWith(t *testing.T, cfg Config, newProvider func(t *testing.T) cloud.Prov
 		{"Snapshots", testSnapshots},
 		{"SnapshotTags", testSnapshotTags},
 		{"StackIsolation", testIsolation},
+		{"StopStart", testStopStart},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -293,6 +294,7 @@ func testVolumes(e *env) {
 		e.Errorf("deleting an attached volume was accepted")
 	}
 	e.must(e.p.DetachVolume(e.ctx, v1.ID, in1.ID, "/dev/sdf"), "detach")
+	e.must(e.p.DetachVolume(e.ctx, v1.ID, in1.ID, "/dev/sdf"), "detach again (must be idempotent)")
 	r = e.describe(e.stack)
 	if got := findVolume(r, v1.ID); got == nil || got.InstanceID != "" || got.State != "available" {
 		e.Errorf("after detach, volume = %+v; want available", got)
@@ -607,3 +609,90 @@ func testIsolation(e *env) {
 
 // errRefused marks a refusal in Fake.
 var errRefused = errors.New("refused")
+
+// testStopStart: a stopped instance is still the stack's (same id, address, tags, volume and
+// load balancer registration), so a plan sees no change for it and destroy finds it; stop and
+// start are idempotent; only the instances named change.
+func testStopStart(e *env) {
+	zone := e.cfg.Zones[0]
+	in := e.instance(e.stack, "pg", 0, zone)
+	other := e.instance(e.stack, "pg", 1, zone)
+	v := e.volume(e.stack, zone, 1)
+	e.must(e.p.AttachVolume(e.ctx, v.ID, in.ID, "/dev/sdf"), "attach")
+	lb, err := e.p.CreateLoadBalancer(e.ctx, cloud.LoadBalancer{Name: e.stack, ListenerPort: 80, TargetPort: 8000,
+		HealthCheck: "/healthz", DrainTimeout: time.Second, Zones: []string{zone},
+		Tags: map[string]string{cloud.TagStack: e.stack}})
+	e.must(err, "create load balancer")
+	e.must(e.p.RegisterInstances(e.ctx, lb.Name, []string{in.ID}), "register")
+
+	// check describes the stack and compares in's state and everything a stop must keep.
+	check := func(when, wantState string) {
+		e.Helper()
+		r := e.describe(e.stack)
+		got := findInstance(r, in.ID)
+		if got == nil {
+			e.Fatalf("%s: describe does not list %s (a stopped instance is still the stack's): %+v", when, in.ID, r.Instances)
+		}
+		if got.State != wantState {
+			e.Errorf("%s: state %q, want %q", when, got.State, wantState)
+		}
+		if got.Role != in.Role || got.Index != in.Index || got.Type != in.Type || got.Zone != in.Zone ||
+			got.PrivateAddress != in.PrivateAddress || got.Tags[cloud.TagStack] != e.stack {
+			e.Errorf("%s: instance = %+v; want it as created: %+v", when, *got, in)
+		}
+		if o := findInstance(r, other.ID); o == nil || o.State != "running" {
+			e.Errorf("%s: the other instance = %+v; want it running, untouched", when, o)
+		}
+		if vol := findVolume(r, v.ID); vol == nil || vol.InstanceID != in.ID || vol.Device != "/dev/sdf" || vol.State != "in-use" {
+			e.Errorf("%s: volume = %+v; want in-use on %s at /dev/sdf", when, vol, in.ID)
+		}
+		if len(r.LoadBalancers) != 1 || !slices.Contains(r.LoadBalancers[0].Instances, in.ID) {
+			e.Errorf("%s: load balancers = %+v; want %s still registered", when, r.LoadBalancers, in.ID)
+		}
+	}
+
+	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, true), "stop (force)")
+	check("after stop", "stopped")
+	// The same client token finds the stopped instance, as it is: a fenced host stays stopped.
+	if again := e.instance(e.stack, "pg", 0, zone); again.ID != in.ID || again.State != "stopped" {
+		e.Errorf("create with the stopped instance's client token = %s %s; want %s stopped", again.ID, again.State, in.ID)
+	}
+	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, false), "stop a stopped instance (must succeed)")
+	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, true), "force-stop a stopped instance (must succeed)")
+	check("after stopping again", "stopped")
+
+	e.must(e.p.StartInstances(e.ctx, []string{in.ID}), "start")
+	check("after start", "running")
+	e.must(e.p.StartInstances(e.ctx, []string{in.ID, other.ID}), "start running instances (must succeed)")
+	check("after starting again", "running")
+
+	e.must(e.p.StopInstances(e.ctx, []string{in.ID}, false), "stop (clean)")
+	check("after a clean stop", "stopped")
+	e.must(e.p.StopInstances(e.ctx, nil, true), "stop nothing")
+	e.must(e.p.StartInstances(e.ctx, nil), "start nothing")
+	missing := "i-0123456789abcdef0"
+	if err := e.p.StopInstances(e.ctx, []string{missing}, true); !errors.Is(err, cloud.ErrNotFound) {
+		e.Errorf("stop of a missing instance: %v, want ErrNotFound", err)
+	}
+	if err := e.p.StartInstances(e.ctx, []string{missing}); !errors.Is(err, cloud.ErrNotFound) {
+		e.Errorf("start of a missing instance: %v, want ErrNotFound", err)
+	}
+
+	// Destroy terminates stopped instances too: terminate it while stopped.
+	e.must(e.p.DeregisterInstances(e.ctx, lb.Name, []string{in.ID}), "deregister the stopped instance")
+	e.must(e.p.TerminateInstances(e.ctx, []string{in.ID}), "terminate the stopped instance")
+	r := e.describe(e.stack)
+	if got := findInstance(r, in.ID); got != nil {
+		e.Errorf("after terminate, describe still lists the stopped instance: %+v", *got)
+	}
+	if vol := findVolume(r, v.ID); vol == nil || vol.InstanceID != "" || vol.State != "available" {
+		e.Errorf("after terminating the stopped instance, volume = %+v; want available", vol)
+	}
+	if err := e.p.StartInstances(e.ctx, []string{in.ID}); err == nil {
+		e.Errorf("starting a terminated instance was accepted")
+	}
+	if err := e.p.StopInstances(e.ctx, []string{in.ID}, true); err == nil {
+		e.Errorf("stopping a terminated instance was accepted")
+	}
+	e.must(e.p.DeleteLoadBalancer(e.ctx, lb.Name), "delete load balancer")
+}

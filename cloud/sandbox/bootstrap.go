@@ -161,7 +161,8 @@ func (p *Provider) WaitBootstrap(ctx context.Context, instanceID string) error {
 }
 
 // StartStopped brings back hosts recorded as running whose sshd is gone: after a reboot or a new
-// machine session, or when their processes were killed. For each it kills whatever is left in the
+// machine session, or when their processes were killed. Hosts stopped by StopInstances stay
+// stopped (a fenced primary must not come back by itself); StartInstances starts those. For each it kills whatever is left in the
 // host's old namespace, starts a new sshd in a new namespace (same address, host key and private
 // directories, so known_hosts stays valid), re-attaches the loop devices of its volumes (reusing
 // a device that still maps the image) and recreates their /run/instactl/dev links, mounts what

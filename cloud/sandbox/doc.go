@@ -23,6 +23,8 @@
 //
 // All state is in Config.Dir (state.json under a flock), so processes come and go: hosts and
 // nginx run detached. After a reboot, Describe reports hosts "stopped" and StartStopped brings
-// them back. Down removes everything. The sandbox kills only processes it can prove are its own
+// them back. StopInstances stops a host as EC2 does (with force, like a power cut): it stays
+// recorded "stopped", keeps its volumes, address and registrations, and only StartInstances
+// boots it again, never StartStopped. Down removes everything. The sandbox kills only processes it can prove are its own
 // (by PID it recorded, or by a host namespace's mount table), never by name.
 package sandbox

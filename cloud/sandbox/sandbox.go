@@ -222,8 +222,9 @@ func (p *Provider) KnownHostsPath() string { return p.path("known_hosts") }
 // checking against KnownHostsPath and the client key.
 func (p *Provider) SSHConfigPath() string { return p.path("ssh_config") }
 
-// Describe returns every live resource tagged with stack. A host whose sshd is gone (the machine
-// rebooted, or the processes were killed) is reported "stopped"; StartStopped brings it back.
+// Describe returns every live resource tagged with stack. A host stopped by StopInstances is
+// "stopped"; so is a host recorded running whose sshd is gone (the machine rebooted, or the
+// processes were killed), which StartStopped brings back.
 func (p *Provider) Describe(ctx context.Context, stack string) (*cloud.Resources, error) {
 	res := &cloud.Resources{}
 	err := p.view(func(s *state) error {

@@ -23,7 +23,7 @@ import (
 )
 
 // Address bases of this package's tests (distinct from the CLI's 127.0.10.x and from each other,
-// so tests running at the same time never collide): 127.0.20.x - 127.0.23.x.
+// so tests running at the same time never collide): 127.0.20.x - 127.0.26.x.
 
 // requireSandbox ends the test unless the machine can run the sandbox.
 func requireSandbox(t *testing.T) {

@@ -36,8 +36,9 @@ type state struct {
 	CreatedDirs []string `json:"created_dirs,omitempty"`
 }
 
-// instanceRec is one host. Instance.State is "running" or "terminated" as recorded; Describe
-// reports "stopped" for a recorded-running host whose sshd is gone.
+// instanceRec is one host. Instance.State is "running", "stopped" (by StopInstances; PID 0) or
+// "terminated" as recorded; Describe also reports "stopped" for a recorded-running host whose
+// sshd is gone (StartStopped brings only those back).
 type instanceRec struct {
 	cloud.Instance
 	ClientToken string `json:"client_token,omitempty"`

@@ -166,7 +166,8 @@ func volumeAndInstance(s *state, volumeID, instanceID string) (*volumeRec, *inst
 	return v, in, nil
 }
 
-// DetachVolume detaches a volume from its instance. It refuses while the volume's file system is
+// DetachVolume detaches a volume from its instance; a volume attached nowhere is detached
+// already (destroy detaches the volumes of the hosts it just terminated). It refuses while the volume's file system is
 // mounted inside the host (unmount first, as a clean detach on AWS needs too), and a device other
 // than the one the volume is attached as.
 func (p *Provider) DetachVolume(ctx context.Context, volumeID, instanceID, device string) error {
@@ -175,8 +176,11 @@ func (p *Provider) DetachVolume(ctx context.Context, volumeID, instanceID, devic
 		if err != nil {
 			return fmt.Errorf("detach volume: %w", err)
 		}
+		if v.InstanceID == "" {
+			return nil // detached already (a terminate detaches too), as on AWS
+		}
 		if v.InstanceID != in.ID {
-			return fmt.Errorf("detach volume %s: not attached to %s", v.ID, in.ID)
+			return fmt.Errorf("detach volume %s: attached to %s, not to %s", v.ID, v.InstanceID, in.ID)
 		}
 		if device != "" && device != v.Device {
 			return fmt.Errorf("detach volume %s: attached as %s, not %s", v.ID, v.Device, device)

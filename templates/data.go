@@ -35,6 +35,13 @@ const (
 	LogFile = "/var/log/instagram/bootstrap.log"
 	// SupervisorPath is the sandbox service supervisor: instactl-svc start|stop|restart|status NAME.
 	SupervisorPath = "/opt/instagram/bin/instactl-svc"
+	// PGGuardPath starts postgres on a pg host only when no other member of its group is a
+	// primary: a host that was failed over while it was down comes back fenced.
+	PGGuardPath = "/opt/instagram/bin/instactl-pg-guard"
+	// PGPeersFile lists the other members of a pg host's group for the guard.
+	PGPeersFile = "/etc/instagram/pg-peers"
+	// PGPassFile holds the replication password on pg hosts (AWS), for the guard's question.
+	PGPassFile = "/etc/instagram/pgpass"
 	// ServicesDir holds the sandbox supervisor's service definitions (NAME.env).
 	ServicesDir = "/etc/instagram/services"
 	// HostEnvFile records the host's identity (stack, role, index, name, address) for other tools.
@@ -129,6 +136,11 @@ type Data struct {
 	// them to PgBouncerDatabasesFile only when that file does not exist yet: after a failover
 	// the file on the host, which instactl rewrote, is the truth, not the stack file.
 	PoolerDatabases []PoolerDatabase `json:"pooler_databases,omitempty"`
+
+	// Peers are the other members of a pg host's replication group ("ADDRESS PORT"), written to
+	// PGPeersFile: the boot guard asks them whether one is primary before this host's cluster
+	// starts as one (see files/instactl-pg-guard.tmpl).
+	Peers []string `json:"peers,omitempty"`
 
 	// RedisMinReplicas is min-replicas-to-write on a Redis master and replica (either may become
 	// master): with a replica in the group, a master that lost it stops taking writes, so a
@@ -294,6 +306,9 @@ func DeviceNames(n int) []string {
 	}
 	return out
 }
+
+// PeersFile is where a pg host lists the other members of its group for the boot guard.
+func (d Data) PeersFile() string { return PGPeersFile }
 
 // PGData is the PostgreSQL cluster directory on a pg host: Mount/PGVersion/main.
 func (d Data) PGData() string {

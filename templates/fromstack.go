@@ -54,6 +54,13 @@ func FromStack(st *stack.Stack, role string, index int, address, primaryAddress 
 		}
 		d.PoolerDatabases = dbs
 	}
+	if role == RolePostgres {
+		peers, err := groupPeers(st, d.HostName)
+		if err != nil {
+			return Data{}, err
+		}
+		d.Peers = peers
+	}
 	if role == RoleRedis && r.Replicas > 0 {
 		d.RedisMinReplicas = 1
 	}
@@ -75,6 +82,25 @@ func poolerDatabases(st *stack.Stack) ([]PoolerDatabase, error) {
 			return nil, fmt.Errorf("templates: PgBouncer databases of stack %s: %w", st.Name, err)
 		}
 		out = append(out, PoolerDatabase{Name: g.Name, Host: m.Addr.Addr().String(), Port: int(m.Addr.Port())})
+	}
+	return out, nil
+}
+
+// groupPeers lists the other members of host's replication group as "ADDRESS PORT".
+func groupPeers(st *stack.Stack, host string) ([]string, error) {
+	topo, err := topology.FromStack(st)
+	if err != nil {
+		return nil, fmt.Errorf("templates: peers of %s: %w", host, err)
+	}
+	g, ok := topo.GroupOf(host)
+	if !ok {
+		return nil, nil
+	}
+	var out []string
+	for _, m := range g.Members {
+		if m.Host != host {
+			out = append(out, fmt.Sprintf("%s %d", m.Addr.Addr(), m.Addr.Port()))
+		}
 	}
 	return out, nil
 }

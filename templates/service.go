@@ -50,8 +50,9 @@ func Services(d Data) []Service {
 	case RolePostgres:
 		out = append(out, Service{
 			Name: "postgres", Description: "PostgreSQL " + d.PGVersion + " " + d.PGData(),
-			User:    "postgres",
-			Command: []string{path.Join(d.PGBinDir, "postgres"), "-D", d.PGData()},
+			User: "postgres",
+			// The guard execs postgres, so the service's pid is the postmaster's.
+			Command: []string{PGGuardPath, path.Join(d.PGBinDir, "postgres"), "-D", d.PGData()},
 			Dir:     d.Mount, RuntimeDir: "/run/postgresql",
 			StopSignal: "INT", StopTimeout: 120, Start: true, RequiresMount: d.mountIfAny(),
 		})

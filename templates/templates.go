@@ -32,28 +32,31 @@ const (
 	fileAppEnv             = "app.env"
 	fileHostEnv            = "host.env"
 	fileSupervisor         = "instactl-svc"
+	filePGGuard            = "instactl-pg-guard"
 	unitPrefix             = "systemd/"
 	svcEnvPrefix           = "services/"
 )
 
 // staticNames are the files rendered from files/ by the same name plus ".tmpl".
 var staticNames = []string{fileUserData, filePostgres, filePgHba, filePgBouncer, filePgBouncerDatabases, fileUserlist,
-	fileRedis, fileAppEnv, fileHostEnv, fileSupervisor}
+	fileRedis, fileAppEnv, fileHostEnv, fileSupervisor, filePGGuard}
 
 // parse builds a fresh template set. Parsing is cheap next to what a script does, and a set per
 // render keeps the functions that render nested files free of shared state.
 func parse() (*template.Template, error) {
 	t := template.New("").Option("missingkey=error")
 	t.Funcs(template.FuncMap{
-		"shq":      shellQuote,
-		"shwords":  shellWords,
-		"sdexec":   systemdExec,
-		"pgq":      pgQuote,
-		"bouncerq": bouncerQuote,
-		"services": Services,
-		"join":     strings.Join,
-		"env":      envLine,
-		"base":     path.Base,
+		"shq":         shellQuote,
+		"shwords":     shellWords,
+		"sdexec":      systemdExec,
+		"pgq":         pgQuote,
+		"bouncerq":    bouncerQuote,
+		"services":    Services,
+		"join":        strings.Join,
+		"env":         envLine,
+		"base":        path.Base,
+		"pgGuardPath": func() string { return PGGuardPath },
+		"pgPassFile":  func() string { return PGPassFile },
 		"file": func(name string, d Data) (string, error) {
 			return renderHeredoc(t, name, d)
 		},

@@ -258,6 +258,44 @@ host    replication  replicator  10.0.0.0/16         scram-sha-256
 host    all          all         10.0.0.0/16         scram-sha-256
 INSTACTL_EOF
 
+# The boot guard: a cluster that would start as primary first asks the other members.
+write_file /etc/instagram/pg-peers 0644 root:root <<'INSTACTL_EOF'
+INSTACTL_EOF
+write_file /opt/instagram/bin/instactl-pg-guard 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+# instactl-pg-guard: starts PostgreSQL only when that cannot make a second primary.
+# Usage: instactl-pg-guard COMMAND... (the postgres command line; PGDATA is /var/lib/postgresql/15/main)
+#
+# A cluster with standby.signal starts: a standby never accepts writes. A cluster that would
+# start as a primary first asks every other member of its replication group, listed in
+# /etc/instagram/pg-peers ("host port" per line): when one of them is a primary that accepts writes, a
+# failover promoted it while this host was down, so this one must not start as a primary
+# again. It exits 1 with the command that brings it back as a standby (instactl rejoin).
+# When no member answers, the whole group is starting (a cold start) and this host starts.
+# Rendered by instactl.
+set -euo pipefail
+
+readonly PGDATA=/var/lib/postgresql/15/main PEERS=/etc/instagram/pg-peers PSQL=/usr/lib/postgresql/15/bin/psql
+log() { echo "instactl-pg-guard: $*" >&2; }
+if [ -r /etc/instagram/pgpass ]; then export PGPASSFILE=/etc/instagram/pgpass; fi
+
+if [ -e "$PGDATA/standby.signal" ] || [ ! -s "$PEERS" ]; then
+	exec "$@"
+fi
+while read -r host port; do
+	[ -n "$host" ] || continue
+	if "$PSQL" -X -At -c 'SELECT 1' \
+		"host=$host port=$port dbname=postgres user=replicator connect_timeout=2 target_session_attrs=read-write" \
+		>/dev/null 2>&1; then
+		log "fenced: $host:$port is the primary of this group now, so pg-0 must not start as one"
+		log "make pg-0 its standby: instactl rejoin pg-0"
+		exit 1
+	fi
+done <"$PEERS"
+exec "$@"
+INSTACTL_EOF
+printf '*:*:*:replicator:%s\n' "$REPLICATION_PASSWORD" | write_file /etc/instagram/pgpass 0600 postgres:postgres
+
 write_file /etc/systemd/system/instagram-postgres.service 0644 root:root <<'INSTACTL_EOF'
 # instagram-postgres.service on pg-0, rendered by instactl.
 [Unit]
@@ -272,7 +310,7 @@ User=postgres
 WorkingDirectory=/var/lib/postgresql
 RuntimeDirectory=postgresql
 RuntimeDirectoryPreserve=yes
-ExecStart=/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main
+ExecStart=/opt/instagram/bin/instactl-pg-guard /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main
 KillSignal=SIGINT
 KillMode=mixed
 TimeoutStopSec=120

@@ -87,12 +87,13 @@ var (
 	descFenceRetries = prometheus.NewDesc("instagram_fence_retries_total", "Operations retried after a shard fence error.", nil, nil)
 	descEpoch        = prometheus.NewDesc("instagram_topology_epoch", "Epoch of each replication group the app follows (bumped at every change of primary).", []string{"group"}, nil)
 	descStale        = prometheus.NewDesc("instagram_topology_stale_refused_total", "Topologies or notifications refused because their epoch was older than the one held.", nil, nil)
+	descListens      = prometheus.NewDesc("instagram_control_listener_connects_total", "Times the shard map and topology listener connected to the control database (reconnects after the first).", nil, nil)
 	descFailover     = prometheus.NewDesc("instagram_failover_retries_total", "Operations that lost their primary (read-only, shut down, connection failed before sending) and waited for a topology change to retry once.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPoolConns, descPoolMax, descPoolAcquires, descPoolWaits, descPoolWaitSecs, descMapVersion, descFenceRetries, descEpoch, descStale, descFailover} {
+	for _, d := range []*prometheus.Desc{descPoolConns, descPoolMax, descPoolAcquires, descPoolWaits, descPoolWaitSecs, descMapVersion, descFenceRetries, descEpoch, descStale, descFailover, descListens} {
 		ch <- d
 	}
 }
@@ -116,4 +117,5 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStale, prometheus.CounterValue, float64(r.StaleRefused()))
 	ch <- prometheus.MustNewConstMetric(descFailover, prometheus.CounterValue, float64(r.FailoverRetries()))
+	ch <- prometheus.MustNewConstMetric(descListens, prometheus.CounterValue, float64(r.ListenerConnects()))
 }

@@ -48,9 +48,10 @@ type Router struct {
 	epochs       map[string]int64
 	noTopoLogged atomic.Bool
 
-	fenceRetries    atomic.Int64
-	failoverRetries atomic.Int64
-	staleRefused    atomic.Int64
+	fenceRetries     atomic.Int64
+	failoverRetries  atomic.Int64
+	staleRefused     atomic.Int64
+	listenerConnects atomic.Int64
 }
 
 // RouterConfig is what OpenRouter needs.
@@ -135,6 +136,10 @@ func OpenRouter(ctx context.Context, cfg RouterConfig) (*Router, error) {
 
 // Map returns the cached shard map.
 func (r *Router) Map() *shardmap.Map { return r.cur.Load() }
+
+// ListenerConnects returns how many times the listener connected to the control database and
+// listened (more than once: it reconnected, e.g. after the control primary moved).
+func (r *Router) ListenerConnects() int64 { return r.listenerConnects.Load() }
 
 // FenceRetries returns how many operations were retried after a fence error.
 func (r *Router) FenceRetries() int64 { return r.fenceRetries.Load() }
@@ -353,6 +358,7 @@ func (r *Router) listen(ctx context.Context, controlDSN string) (connected bool,
 	r.log.Info("listening for shard map and topology changes", "server", conn.PgConn().Conn().RemoteAddr().String())
 	// Reload once listening: a change made while we were not listening sent us nothing.
 	r.reload(ctx, "listen")
+	r.listenerConnects.Add(1)
 	for {
 		wctx, cancel := context.WithTimeout(ctx, listenIdle)
 		n, err := conn.WaitForNotification(wctx)

@@ -374,6 +374,41 @@ func TestDoRetriesAfterPrimaryLost(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("row 2 written %d times", n)
 	}
+
+	// The server ends the session under a running write (57P01 admin_shutdown, as a fast
+	// shutdown of the old primary does): its transaction is rolled back, and the write runs
+	// once more after the next change of primary.
+	go func() {
+		runs := 0
+		err := r.Do(ctx, 0, time.Minute, func(ctx context.Context, p *pgxpool.Pool) error {
+			runs++
+			sleep := 0
+			if runs == 1 {
+				sleep = 600 // the first run waits to be terminated
+			}
+			_, err := p.Exec(ctx, "INSERT INTO t SELECT 3 FROM pg_sleep($1) WHERE true /* victim */", sleep)
+			return err
+		})
+		if err == nil && runs != 2 {
+			err = fmt.Errorf("ran %d times, want 2", runs)
+		}
+		done <- err
+	}()
+	waitFor(t, "the write to start", func() bool {
+		var k int
+		execRow(t, pg.URL("postgres"), "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* victim */%' AND pid <> pg_backend_pid()", &k)
+		return k == 1
+	})
+	execSQL(t, pg.URL("postgres"), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%/* victim */%' AND pid <> pg_backend_pid()")
+	waitFor(t, "the terminated write to wait for the topology", func() bool { return r.FailoverRetries() == 3 })
+	recordPrimary(t, control, "pg-0", "pg-0", 2)
+	if err := <-done; err != nil {
+		t.Fatalf("write retried after its session was terminated: %v", err)
+	}
+	execRow(t, pg.URL("instagram"), "SELECT count(*) FROM t WHERE id = 3", &n)
+	if n != 1 {
+		t.Fatalf("row 3 written %d times", n)
+	}
 }
 
 func execRow(t *testing.T, dsn, sql string, dst ...any) {

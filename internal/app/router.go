@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,8 +110,8 @@ func NewRouter(ctx context.Context, controlDSN string, maxConns int32, log *slog
 // map's nodes.
 func OpenRouter(ctx context.Context, cfg RouterConfig) (*Router, error) {
 	if cfg.PgBouncer != "" {
-		if _, err := PoolerDSN("postgres://x@h/db", cfg.PgBouncer, "n"); err != nil {
-			return nil, err
+		if _, _, err := net.SplitHostPort(cfg.PgBouncer); err != nil {
+			return nil, fmt.Errorf("pgbouncer address %q: want ADDR:PORT: %w", cfg.PgBouncer, err)
 		}
 	}
 	log := cfg.Log
@@ -128,8 +129,11 @@ func OpenRouter(ctx context.Context, cfg RouterConfig) (*Router, error) {
 		return nil, err
 	}
 	if err := r.RefreshTopology(ctx); err != nil {
-		r.Close()
-		return nil, err
+		// The map is enough to serve; the listener and the timer load the topology again.
+		log.Warn("topology not loaded at start; keeping the configured addresses", "err", err)
+	}
+	if cfg.PgBouncer != "" {
+		log.Info("shard nodes are reached through PgBouncer", "pgbouncer", cfg.PgBouncer)
 	}
 	return r, nil
 }

@@ -53,11 +53,14 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	}
 	a := &App{cfg: cfg, build: build, log: log}
 	var err error
-	if a.router, err = NewRouter(ctx, cfg.ControlDSN, int32(cfg.PoolMaxConns), log); err != nil {
+	// The Redis client dials whatever the target says: the topology's Redis primary once known.
+	redisTarget := NewRedisTarget(cfg.RedisAddr)
+	if a.router, err = OpenRouter(ctx, RouterConfig{ControlDSN: cfg.ControlDSN, MaxConns: int32(cfg.PoolMaxConns),
+		PgBouncer: cfg.PgBouncer, Redis: redisTarget, Log: log}); err != nil {
 		return nil, err
 	}
 	a.store = &Store{r: a.router, fenceWait: cfg.FenceWait}
-	a.rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, DialTimeout: 2 * time.Second,
+	a.rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Dialer: redisTarget.Dial, DialTimeout: 2 * time.Second,
 		ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, PoolSize: 4*cfg.Workers + 32})
 	a.mc = memcache.New(cfg.MemcachedAddrs...)
 	a.mc.Timeout = 500 * time.Millisecond

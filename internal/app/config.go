@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -21,9 +22,18 @@ type Config struct {
 	// Listen is the HTTP listen address (INSTAGRAM_LISTEN, -listen).
 	Listen string
 	// ControlDSN is the control database holding the shard map (INSTAGRAM_CONTROL_DSN,
-	// -control-dsn). It must allow LISTEN: point it at Postgres or a session-mode pool.
+	// -control-dsn). It must allow LISTEN: point it at Postgres or a session-mode pool. It may
+	// list every member of the control group with target_session_attrs=read-write
+	// (postgres://app@h1:5432,h2:5432/instactl?target_session_attrs=read-write): the app then
+	// follows the control primary across a switchover or failover.
 	ControlDSN string
-	// RedisAddr is host:port of the Redis master (INSTAGRAM_REDIS_ADDR, -redis).
+	// PgBouncer is ADDR:PORT of the local PgBouncer (INSTAGRAM_PGBOUNCER, -pgbouncer). When set,
+	// the app reaches shard node N through it, as database N; empty: the shard map's node DSNs
+	// directly.
+	PgBouncer string
+	// RedisAddr is host:port of the Redis master (INSTAGRAM_REDIS_ADDR, -redis) until the
+	// control database's topology names the Redis group's primary; from then on the app follows
+	// the topology.
 	RedisAddr string
 	// MemcachedAddrs are host:port of the memcached servers (INSTAGRAM_MEMCACHED_ADDRS,
 	// comma-separated, -memcached).
@@ -90,6 +100,11 @@ func (c Config) Validate() error {
 	case c.PoolMaxConns < 1:
 		return fmt.Errorf("INSTAGRAM_DB_POOL_MAX must be >= 1 (got %d)", c.PoolMaxConns)
 	}
+	if c.PgBouncer != "" {
+		if _, _, err := net.SplitHostPort(c.PgBouncer); err != nil {
+			return fmt.Errorf("INSTAGRAM_PGBOUNCER (-pgbouncer) must be ADDR:PORT (got %q): %w", c.PgBouncer, err)
+		}
+	}
 	return nil
 }
 
@@ -120,6 +135,7 @@ func settings() []setting {
 	return []setting{
 		{"INSTAGRAM_LISTEN", "listen", "HTTP listen address", str(func(c *Config) *string { return &c.Listen })},
 		{"INSTAGRAM_CONTROL_DSN", "control-dsn", "control database DSN (shard map)", str(func(c *Config) *string { return &c.ControlDSN })},
+		{"INSTAGRAM_PGBOUNCER", "pgbouncer", "local PgBouncer ADDR:PORT; shard nodes are reached through it", str(func(c *Config) *string { return &c.PgBouncer })},
 		{"INSTAGRAM_REDIS_ADDR", "redis", "Redis host:port", str(func(c *Config) *string { return &c.RedisAddr })},
 		{"INSTAGRAM_MEMCACHED_ADDRS", "memcached", "memcached host:port list, comma-separated", func(c *Config, v string) error {
 			c.MemcachedAddrs = nil

@@ -9,6 +9,18 @@
 // nothing was written. Fan-out jobs go through a durable Redis queue (BLMOVE into a per-worker
 // processing list, with heartbeats and recovery of dead workers' items).
 //
+// The app follows the replication topology (package topology, docs/failover.md): with
+// Config.PgBouncer it reaches shard node N through the local PgBouncer as database N, which
+// instactl repoints at N's primary; it LISTENs on the topology channel beside the shard map's,
+// keeps the highest epoch per group (an older one is refused), resets a node's pool at a new
+// epoch and points its Redis client at the Redis group's primary. A statement that lost its
+// primary (read-only 25006, session ended 57P01, or a connection that failed before anything
+// was sent) waits up to Config.FenceWait for a new epoch or map and is retried once, like a
+// fenced one; a connection lost after a statement was sent is an unknown outcome and is not
+// retried. The control DSN may list every member of the control group with
+// target_session_attrs=read-write: the listener reconnects, with backoff, to whichever is
+// primary now.
+//
 // Main is the whole program behind cmd/instagram-app: configuration from flags, environment and
 // /etc/instagram/app.env, graceful shutdown on SIGTERM.
 package app

@@ -47,7 +47,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// fail maps an error to a status: 404, 409, 503 for a shard still fenced, 400 for bad input, else 500.
+// fail maps an error to a status: 404, 409, 503 for a shard still fenced or a node whose primary
+// went away, 400 for bad input, else 500.
 func (a *App) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusInternalServerError
 	var bad badRequest
@@ -58,7 +59,7 @@ func (a *App) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, ErrExists):
 		code = http.StatusConflict
-	case shardmap.IsFenced(err) || errors.Is(err, errStillFenced):
+	case shardmap.IsFenced(err) || errors.Is(err, errStillFenced) || errors.Is(err, errTopologyUnchanged) || primaryLost(err):
 		code = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "1")
 	}

@@ -19,7 +19,7 @@ import (
 func Main(args []string, build Build, stdout, stderr io.Writer) int {
 	opts, err := ParseArgs(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stderr, "usage: instagram-app [-config /etc/instagram/app.env] [-listen ADDR] [-control-dsn DSN] [-redis ADDR] [-memcached ADDRS] [-s3-bucket NAME] [-version]")
+		fmt.Fprintln(stderr, "usage: instagram-app [-config /etc/instagram/app.env] [-listen ADDR] [-control-dsn DSN] [-pgbouncer ADDR:PORT] [-redis ADDR] [-memcached ADDRS] [-s3-bucket NAME] [-version]")
 		return 2
 	}
 	if err != nil {

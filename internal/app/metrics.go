@@ -85,11 +85,15 @@ var (
 	descPoolWaitSecs = prometheus.NewDesc("instagram_db_pool_acquire_seconds_total", "Time spent acquiring connections.", []string{"node"}, nil)
 	descMapVersion   = prometheus.NewDesc("instagram_shard_map_version", "Version of the cached shard map.", nil, nil)
 	descFenceRetries = prometheus.NewDesc("instagram_fence_retries_total", "Operations retried after a shard fence error.", nil, nil)
+	descEpoch        = prometheus.NewDesc("instagram_topology_epoch", "Epoch of each replication group the app follows (bumped at every change of primary).", []string{"group"}, nil)
+	descStale        = prometheus.NewDesc("instagram_topology_stale_refused_total", "Topologies or notifications refused because their epoch was older than the one held.", nil, nil)
+	descListens      = prometheus.NewDesc("instagram_control_listener_connects_total", "Times the shard map and topology listener connected to the control database (reconnects after the first).", nil, nil)
+	descFailover     = prometheus.NewDesc("instagram_failover_retries_total", "Operations that lost their primary (read-only, shut down, connection failed before sending) and waited for a topology change to retry once.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPoolConns, descPoolMax, descPoolAcquires, descPoolWaits, descPoolWaitSecs, descMapVersion, descFenceRetries} {
+	for _, d := range []*prometheus.Desc{descPoolConns, descPoolMax, descPoolAcquires, descPoolWaits, descPoolWaitSecs, descMapVersion, descFenceRetries, descEpoch, descStale, descFailover, descListens} {
 		ch <- d
 	}
 }
@@ -108,4 +112,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descMapVersion, prometheus.GaugeValue, float64(r.Map().Version))
 	ch <- prometheus.MustNewConstMetric(descFenceRetries, prometheus.CounterValue, float64(r.FenceRetries()))
+	for group, epoch := range r.Epochs() {
+		ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(epoch), group)
+	}
+	ch <- prometheus.MustNewConstMetric(descStale, prometheus.CounterValue, float64(r.StaleRefused()))
+	ch <- prometheus.MustNewConstMetric(descFailover, prometheus.CounterValue, float64(r.FailoverRetries()))
+	ch <- prometheus.MustNewConstMetric(descListens, prometheus.CounterValue, float64(r.ListenerConnects()))
 }

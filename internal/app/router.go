@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,30 +17,61 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/instactl/instactl/shardmap"
+	"github.com/instactl/instactl/topology"
 )
 
 // Router caches the shard map and holds one pgx pool per physical node. Pools use
 // QueryExecModeExec (no prepared-statement cache, no session state) so they work through
 // PgBouncer in transaction mode; every statement names its shard schema explicitly.
+//
+// It also follows the replication topology (package topology): per group it holds the highest
+// epoch seen, resets a node's pool when its group gets a new primary, points the Redis client
+// at the Redis group's primary, and refuses a topology older than the one it holds.
 type Router struct {
 	control  *pgxpool.Pool
 	maxConns int32
+	pooler   string
+	redis    *RedisTarget
 	log      *slog.Logger
 
 	cur atomic.Pointer[shardmap.Map]
 
 	mu      sync.Mutex // guards pools, changed
 	pools   map[string]*nodePool
-	changed chan struct{} // closed and replaced whenever a new map is installed
+	changed chan struct{} // closed and replaced whenever a new map or topology is installed
 
 	refreshMu   sync.Mutex // one Load at a time
 	lastRefresh time.Time
 
-	fenceRetries atomic.Int64
+	topoMu       sync.Mutex // one topology load at a time
+	lastTopo     time.Time
+	epochMu      sync.Mutex // guards epochs
+	epochs       map[string]int64
+	noTopoLogged atomic.Bool
+
+	fenceRetries     atomic.Int64
+	failoverRetries  atomic.Int64
+	staleRefused     atomic.Int64
+	listenerConnects atomic.Int64
+}
+
+// RouterConfig is what OpenRouter needs.
+type RouterConfig struct {
+	// ControlDSN reaches the control database; it may list every member of the control group
+	// with target_session_attrs=read-write.
+	ControlDSN string
+	// MaxConns caps each node's pool (0: pgx's default).
+	MaxConns int32
+	// PgBouncer is ADDR:PORT of the local PgBouncer; when set, node pools connect through it
+	// to the database named after the node (see PoolerDSN). Empty: the node DSNs as they are.
+	PgBouncer string
+	// Redis, when set, is pointed at the primary of the topology's Redis group.
+	Redis *RedisTarget
+	Log   *slog.Logger
 }
 
 type nodePool struct {
-	dsn  string
+	dsn  string // the shard map's DSN, before any pooler rewrite
 	pool *pgxpool.Pool
 }
 
@@ -48,6 +82,10 @@ func newPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, er
 		return nil, fmt.Errorf("parse dsn: %w", err)
 	}
 	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// A host that vanished (failover) must not hold a connect for minutes.
+		cfg.ConnConfig.ConnectTimeout = connectTimeout
+	}
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}
@@ -59,23 +97,53 @@ func newPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, er
 	return pool, nil
 }
 
-// NewRouter loads the map from the control database and opens pools for its nodes.
+// connectTimeout bounds a connect when the DSN sets no connect_timeout.
+const connectTimeout = 5 * time.Second
+
+// NewRouter loads the map from the control database and opens pools for its nodes, connecting
+// to them directly (no pooler) and following no Redis.
 func NewRouter(ctx context.Context, controlDSN string, maxConns int32, log *slog.Logger) (*Router, error) {
-	control, err := newPool(ctx, controlDSN, 4)
+	return OpenRouter(ctx, RouterConfig{ControlDSN: controlDSN, MaxConns: maxConns, Log: log})
+}
+
+// OpenRouter loads the map and the topology from the control database and opens pools for the
+// map's nodes.
+func OpenRouter(ctx context.Context, cfg RouterConfig) (*Router, error) {
+	if cfg.PgBouncer != "" {
+		if _, _, err := net.SplitHostPort(cfg.PgBouncer); err != nil {
+			return nil, fmt.Errorf("pgbouncer address %q: want ADDR:PORT: %w", cfg.PgBouncer, err)
+		}
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	control, err := newPool(ctx, cfg.ControlDSN, 4)
 	if err != nil {
 		return nil, fmt.Errorf("control database: %w", err)
 	}
-	r := &Router{control: control, maxConns: maxConns, log: log, pools: map[string]*nodePool{},
-		changed: make(chan struct{})}
+	r := &Router{control: control, maxConns: cfg.MaxConns, pooler: cfg.PgBouncer, redis: cfg.Redis, log: log,
+		pools: map[string]*nodePool{}, changed: make(chan struct{}), epochs: map[string]int64{}}
 	if err := r.Refresh(ctx); err != nil {
-		control.Close()
+		r.Close()
 		return nil, err
+	}
+	if err := r.RefreshTopology(ctx); err != nil {
+		// The map is enough to serve; the listener and the timer load the topology again.
+		log.Warn("topology not loaded at start; keeping the configured addresses", "err", err)
+	}
+	if cfg.PgBouncer != "" {
+		log.Info("shard nodes are reached through PgBouncer", "pgbouncer", cfg.PgBouncer)
 	}
 	return r, nil
 }
 
 // Map returns the cached shard map.
 func (r *Router) Map() *shardmap.Map { return r.cur.Load() }
+
+// ListenerConnects returns how many times the listener connected to the control database and
+// listened (more than once: it reconnected, e.g. after the control primary moved).
+func (r *Router) ListenerConnects() int64 { return r.listenerConnects.Load() }
 
 // FenceRetries returns how many operations were retried after a fence error.
 func (r *Router) FenceRetries() int64 { return r.fenceRetries.Load() }
@@ -102,7 +170,13 @@ func (r *Router) Refresh(ctx context.Context) error {
 		if np, ok := r.pools[name]; ok && np.dsn == n.DSN {
 			continue
 		}
-		pool, err := newPool(ctx, n.DSN, r.maxConns)
+		dsn := n.DSN
+		if r.pooler != "" {
+			if dsn, err = PoolerDSN(n.DSN, r.pooler, name); err != nil {
+				return fmt.Errorf("node %s: %w", name, err)
+			}
+		}
+		pool, err := newPool(ctx, dsn, r.maxConns)
 		if err != nil {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
@@ -112,10 +186,15 @@ func (r *Router) Refresh(ctx context.Context) error {
 		r.pools[name] = &nodePool{dsn: n.DSN, pool: pool}
 	}
 	r.cur.Store(&m)
-	close(r.changed)
-	r.changed = make(chan struct{})
+	r.signalLocked()
 	r.log.Info("shard map loaded", "version", m.Version, "shards", m.LogicalShards(), "nodes", len(m.Nodes))
 	return nil
+}
+
+// signalLocked wakes every waiter on changed; r.mu is held.
+func (r *Router) signalLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
 }
 
 func (r *Router) changedCh() <-chan struct{} {
@@ -143,20 +222,33 @@ func (r *Router) route(shard int) (shardmap.Assignment, *pgxpool.Pool, error) {
 // Do runs fn on the pool of the node holding shard. This is the fence/retry contract: if fn fails
 // because the shard moved (fence error IG001, or its schema is gone from that node), Do refreshes
 // the map, waits up to fenceWait for the shard's epoch to change (woken by NOTIFY or polling),
-// and runs fn exactly once more on the new route. fn must be safe to run twice when its first
-// run failed (a fenced statement writes nothing).
+// and runs fn exactly once more on the new route. The same holds when fn fails because the
+// node's primary went away under it (see primaryLost): Do waits up to fenceWait for the node's
+// replication group to reach a newer epoch (or the map to change) and runs fn once more. fn
+// must be safe to run twice when its first run failed that way (nothing it did was committed).
 func (r *Router) Do(ctx context.Context, shard int, fenceWait time.Duration, fn func(ctx context.Context, db *pgxpool.Pool) error) error {
 	a, pool, err := r.route(shard)
 	if err != nil {
 		return err
 	}
+	epoch, version := r.GroupEpoch(a.Node), r.cur.Load().Version
 	err = fn(ctx, pool)
-	if err == nil || !shardMoved(err) {
+	switch {
+	case err == nil:
+		return nil
+	case shardMoved(err):
+		r.fenceRetries.Add(1)
+		if werr := r.awaitMove(ctx, shard, a.Epoch, fenceWait); werr != nil {
+			return fmt.Errorf("shard %d: %w (and %w)", shard, err, werr)
+		}
+	case primaryLost(err):
+		r.failoverRetries.Add(1)
+		r.log.Info("primary lost under a statement; waiting for the topology to change", "node", a.Node, "err", err)
+		if werr := r.awaitTopology(ctx, a.Node, epoch, version, fenceWait); werr != nil {
+			return fmt.Errorf("node %s: %w (and %w)", a.Node, err, werr)
+		}
+	default:
 		return err
-	}
-	r.fenceRetries.Add(1)
-	if werr := r.awaitMove(ctx, shard, a.Epoch, fenceWait); werr != nil {
-		return fmt.Errorf("shard %d: %w (and %w)", shard, err, werr)
 	}
 	_, pool, rerr := r.route(shard)
 	if rerr != nil {
@@ -201,8 +293,10 @@ func shardMoved(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Code == "3F000" || pgErr.Code == "42P01")
 }
 
-// Watch keeps the map fresh until ctx ends: LISTEN on a dedicated control connection
-// (reconnecting with backoff) plus a timer refresh every interval.
+// Watch keeps the map and the topology fresh until ctx ends: LISTEN on a dedicated control
+// connection plus a timer refresh every interval. When the listening connection is lost (the
+// control primary shut down or moved) it reconnects with a bounded backoff to whichever host
+// of the DSN is read-write now, and reloads both once listening again.
 func (r *Router) Watch(ctx context.Context, controlDSN string, interval time.Duration) {
 	go func() {
 		t := time.NewTicker(interval)
@@ -212,36 +306,123 @@ func (r *Router) Watch(ctx context.Context, controlDSN string, interval time.Dur
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := r.Refresh(ctx); err != nil && ctx.Err() == nil {
-					r.log.Warn("timer refresh of shard map", "err", err)
-				}
+				r.reload(ctx, "timer")
 			}
 		}
 	}()
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		conn, err := pgx.Connect(ctx, controlDSN)
-		if err == nil {
-			backoff = 100 * time.Millisecond
-			// Reload once listening, so a change between our last load and LISTEN is not missed.
-			go func() { time.Sleep(50 * time.Millisecond); _ = r.Refresh(ctx) }()
-			err = shardmap.Listen(ctx, conn, func(int64) {
-				if err := r.Refresh(ctx); err != nil {
-					r.log.Warn("notify refresh of shard map", "err", err)
-				}
-			})
-			conn.Close(context.Background())
-		}
+	backoff := minBackoff
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		connected, err := r.listen(ctx, controlDSN)
 		if ctx.Err() != nil {
 			return
 		}
-		r.log.Warn("shard map listener", "err", err, "retry_in", backoff)
+		if connected {
+			backoff, attempt = minBackoff, 1
+		}
+		r.log.Warn("control database listener lost; reconnecting", "err", err, "attempt", attempt, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// Bounds of the listener's reconnect backoff.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// listenIdle is how long the listener waits for a notification before it pings the server: a
+// control host that vanished without closing the connection must not leave the app deaf.
+const listenIdle = 10 * time.Second
+
+// listen connects, LISTENs on the shard map and topology channels, reloads both, and handles
+// notifications until the connection fails. connected says whether it got as far as listening.
+func (r *Router) listen(ctx context.Context, controlDSN string) (connected bool, err error) {
+	cfg, err := pgx.ParseConfig(controlDSN)
+	if err != nil {
+		return false, fmt.Errorf("parse control dsn: %w", err)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = connectTimeout
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return false, fmt.Errorf("connect to control database: %w", err)
+	}
+	defer conn.Close(context.Background())
+	for _, ch := range []string{shardmap.NotifyChannel, topology.NotifyChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return false, fmt.Errorf("listen %s: %w", ch, err)
+		}
+	}
+	r.log.Info("listening for shard map and topology changes", "server", conn.PgConn().Conn().RemoteAddr().String())
+	// Reload once listening: a change made while we were not listening sent us nothing.
+	r.reload(ctx, "listen")
+	r.listenerConnects.Add(1)
+	for {
+		wctx, cancel := context.WithTimeout(ctx, listenIdle)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return true, ctx.Err()
+		case err != nil && wctx.Err() != nil && !conn.IsClosed():
+			pctx, cancel := context.WithTimeout(ctx, connectTimeout)
+			err = conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return true, fmt.Errorf("control connection silent for %s and ping failed: %w", listenIdle, err)
+			}
+		case err != nil:
+			return true, fmt.Errorf("wait for notification: %w", err)
+		default:
+			r.notified(ctx, n)
+		}
+	}
+}
+
+// notified handles one notification from the control database.
+func (r *Router) notified(ctx context.Context, n *pgconn.Notification) {
+	rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	switch n.Channel {
+	case shardmap.NotifyChannel:
+		if err := r.Refresh(rctx); err != nil {
+			r.log.Warn("notify refresh of shard map", "err", err)
+		}
+	case topology.NotifyChannel:
+		group, e, _ := strings.Cut(n.Payload, " ")
+		epoch, err := strconv.ParseInt(e, 10, 64)
+		if err == nil {
+			if held := r.GroupEpoch(group); epoch < held {
+				r.refuseStale(group, epoch, held, "notification")
+				return
+			} else if epoch == held {
+				return // ours already
+			}
+		}
+		if err := r.RefreshTopology(rctx); err != nil {
+			r.log.Warn("notify refresh of topology", "err", err)
+		}
+	}
+}
+
+// refreshTimeout bounds one reload, so a control host that vanished cannot hang it.
+const refreshTimeout = 15 * time.Second
+
+// reload refreshes the map and the topology, logging failures.
+func (r *Router) reload(ctx context.Context, why string) {
+	rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	if err := r.Refresh(rctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("refresh of shard map", "on", why, "err", err)
+	}
+	if err := r.RefreshTopology(rctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("refresh of topology", "on", why, "err", err)
 	}
 }
 

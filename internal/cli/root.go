@@ -94,6 +94,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addBackupCommands(cmd, f, out)
 	addShardCommands(cmd, f, out)
 	addLoadgenCommands(cmd, f, out)
+	addHostCommands(cmd, f, out)
 	return cmd
 }
 

@@ -38,6 +38,9 @@ func (localRunner) Run(ctx context.Context, cmd remote.Command, stdin io.Reader)
 	c.Stdout, c.Stderr = &out, &errb
 	err := c.Run()
 	res := remote.Result{Cmd: cmd, Stdout: out.Bytes(), Stderr: errb.Bytes()}
+	if os.Getenv("FAILOVER_TEST_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "RUN %s\n%s%s\n", cmd, out.Bytes(), errb.Bytes())
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		res.ExitCode = ee.ExitCode()
@@ -71,6 +74,9 @@ func newNode(t *testing.T, host string, pg *testenv.Postgres) *node {
 	}}
 	t.Cleanup(func() {
 		_ = exec.Command("runuser", "-u", "postgres", "--", ctl, "stop", "-D", data, "-m", "immediate", "-s").Run()
+		if b, err := os.ReadFile(filepath.Join(dir, "restart.log")); err == nil && t.Failed() {
+			t.Logf("log of %s since its first restart:\n%s", host, b)
+		}
 	})
 	return n
 }
@@ -86,7 +92,9 @@ func (n *node) kill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = syscall.Kill(pid, syscall.SIGSTOP)
+	// The postmaster first (not SIGSTOP: its parent runuser would stop itself too and never
+	// reap it), then every child before it notices.
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range procs {
 		st, err := os.ReadFile(p)
@@ -99,10 +107,10 @@ func (n *node) kill(t *testing.T) {
 			_ = syscall.Kill(child, syscall.SIGKILL)
 		}
 	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for i := 0; i < 200; i++ {
-		if syscall.Kill(pid, 0) != nil {
-			return
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))[0] == "Z" {
+			return // gone, or a zombie its parent has not reaped yet
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -215,9 +223,9 @@ func (b *bouncer) Kill(ctx context.Context, db string) error {
 
 // fencer records the hosts it fenced; fence, when set, does the fencing.
 type fencer struct {
-	mu     sync.Mutex
-	hosts  []string
-	fence  func(host string) error
+	mu    sync.Mutex
+	hosts []string
+	fence func(host string) error
 }
 
 func (f *fencer) Fence(ctx context.Context, host string) error {
@@ -245,7 +253,9 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
 	ctl := testenv.StartPostgres(t, testenv.PostgresOptions{})
-	primary := testenv.StartPostgres(t, testenv.PostgresOptions{})
+	// wal_keep_size as the templates set it: pg_rewind needs the old primary's WAL back to the
+	// last checkpoint before the fork, which its own crash recovery would otherwise recycle.
+	primary := testenv.StartPostgres(t, testenv.PostgresOptions{Settings: []string{"wal_keep_size = '256MB'"}})
 	exec1(t, primary.URL("postgres"), "CREATE TABLE ledger (seq bigint PRIMARY KEY, at timestamptz DEFAULT now())")
 	replica := testenv.StartReplica(t, primary)
 	e := &env{t: t, ctl: ctl, nodes: map[string]*node{"pg-0": newNode(t, "pg-0", primary), "pg-1": newNode(t, "pg-1", replica)}, fencer: &fencer{}}

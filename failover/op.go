@@ -110,8 +110,12 @@ func (o *op) halfDone(err error) error {
 		what, journalPath(o.d.JournalDir, o.j.Group))
 }
 
-func (o *op) oldMember() topology.Member { return topology.Member{Host: o.j.OldPrimary, Addr: o.j.OldAddr} }
-func (o *op) newMember() topology.Member { return topology.Member{Host: o.j.NewPrimary, Addr: o.j.NewAddr} }
+func (o *op) oldMember() topology.Member {
+	return topology.Member{Host: o.j.OldPrimary, Addr: o.j.OldAddr}
+}
+func (o *op) newMember() topology.Member {
+	return topology.Member{Host: o.j.NewPrimary, Addr: o.j.NewAddr}
+}
 
 func (o *op) server(m topology.Member) (Server, error) {
 	if o.d.Server == nil {

@@ -83,7 +83,7 @@ func rejoinMember(ctx context.Context, d Deps, srv Server, m, primary topology.M
 	rewound := false
 	if need {
 		d.logf("rejoin %s: pg_rewind from %s: %s", m.Host, primary.Host, why)
-		if err := rewind(ctx, srv, m, primary); err != nil {
+		if err := rewind(ctx, d, srv, m, primary); err != nil {
 			return false, err
 		}
 		rewound = true
@@ -97,13 +97,23 @@ func rejoinMember(ctx context.Context, d Deps, srv Server, m, primary topology.M
 	if err := srv.Stop(ctx); err != nil {
 		return false, err
 	}
-	if err := rewind(ctx, srv, m, primary); err != nil {
+	if err := rewind(ctx, d, srv, m, primary); err != nil {
 		return false, err
 	}
 	return true, follow(ctx, d, srv, m, primary, stream)
 }
 
-func rewind(ctx context.Context, srv Server, m, primary topology.Member) error {
+func rewind(ctx context.Context, d Deps, srv Server, m, primary topology.Member) error {
+	// pg_rewind reads the source's timeline from its control file, which a freshly promoted
+	// server updates only at its first checkpoint: without one it sees "the same timeline"
+	// and rewinds nothing.
+	err := d.query(ctx, primary, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "CHECKPOINT")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("checkpoint on %s before pg_rewind: %w", primary.Host, err)
+	}
 	if err := srv.Rewind(ctx, primary); err != nil {
 		return fmt.Errorf("%w: pg_rewind of %s from %s failed; restore %s from the newest snapshot set (`instactl backup restore`): %w",
 			ErrRebuildNeeded, m.Host, primary.Host, m.Host, err)

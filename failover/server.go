@@ -171,4 +171,3 @@ func (s *SSHServer) Rewind(ctx context.Context, source topology.Member) error {
 }
 
 var _ Server = (*SSHServer)(nil)
-

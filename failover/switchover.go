@@ -24,7 +24,7 @@ type SwitchoverOptions struct {
 	To string
 	// MaxLag is the largest replay lag, in bytes, a standby may have to be promoted (default
 	// 16 MiB).
-	MaxLag int64
+	MaxLag   int64
 	Timeouts Timeouts
 }
 

@@ -82,6 +82,9 @@ func Failover(ctx context.Context, opts FailoverOptions) (Report, error) {
 		LastKnownLSN: opts.LastKnownLSN, Started: time.Now().UTC(), Timeouts: o.timeouts,
 		Standbys: g.Standbys(), Force: opts.Force,
 		Report: Report{Op: OpFailover, Group: g.Name, OldPrimary: old.Host, OldEpoch: epoch, NewEpoch: epoch}}
+	if m, ok := g.Member(opts.To); ok {
+		o.j.NewPrimary, o.j.NewAddr = m.Host, m.Addr // so a resumed run chooses it too
+	}
 	// The old primary may still answer (a partition, not a crash): its position bounds the loss.
 	_ = o.d.query(ctx, old, func(c *pgx.Conn) error {
 		l, err := scanLSN(c.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text"))

@@ -3,11 +3,18 @@ package failover_test
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/instactl/instactl/failover"
+	"github.com/instactl/instactl/topology"
 )
 
 // TestControlData parses a real pg_controldata of a running primary and of one shut down.
@@ -33,6 +40,20 @@ func TestControlData(t *testing.T) {
 	must(t, err)
 	if sb.State != "in archive recovery" || sb.MinRecoveryEnd == 0 {
 		t.Fatalf("control data of a standby: %+v", sb)
+	}
+	// Follow's primary_conninfo survives PostgreSQL's configuration parser and libpq's, with
+	// a password that needs quoting at both levels.
+	follower := *n.srv
+	follower.ReplicationPassword = `it's \ secret`
+	to := topology.Member{Host: "pg-1", Addr: netip.MustParseAddrPort("10.0.1.5:5432")}
+	must(t, follower.Follow(ctx, to))
+	must(t, os.Remove(filepath.Join(n.pg.DataDir, "standby.signal")))
+	out, err := exec.Command("runuser", "-u", "postgres", "--", filepath.Join(pgBin, "postgres"), "-D", n.pg.DataDir, "-C", "primary_conninfo").CombinedOutput()
+	must(t, err)
+	cfg, err := pgconn.ParseConfig(strings.TrimSpace(string(out)))
+	if err != nil || cfg.Host != "10.0.1.5" || cfg.Port != 5432 || cfg.User != "postgres" || cfg.Password != `it's \ secret` ||
+		cfg.RuntimeParams["application_name"] != "pg-0" {
+		t.Fatalf("primary_conninfo %s: %+v %v", out, cfg, err)
 	}
 	if _, err := failover.ParseControlData("pg_control version number: 1300\n"); err == nil || !strings.Contains(err.Error(), "Database cluster state") {
 		t.Fatalf("parse of a short output: %v", err)

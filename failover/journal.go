@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"syscall"
 	"time"
 
@@ -76,12 +77,18 @@ type Journal struct {
 // Ended reports whether the journal's operation finished (forward or backward).
 func (j Journal) Ended() bool { return j.Step == StepDone || j.Step == StepRolledBack }
 
+// groupName is what a group's name may be; it names the journal's files.
+var groupName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+
 // lock is an exclusive flock on <dir>/<group>.lock held for an operation.
 type lock struct{ f *os.File }
 
 func acquire(dir, group string) (*lock, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("%w: no journal directory", ErrBadInput)
+	}
+	if !groupName.MatchString(group) {
+		return nil, fmt.Errorf("%w: %q is not a replication group name", ErrBadInput, group)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("journal directory: %w", err)

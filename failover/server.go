@@ -113,7 +113,8 @@ func (s *SSHServer) FollowCommand(primary topology.Member) remote.Command {
 	if s.ReplicationPassword != "" {
 		conninfo += " password=" + conninfoValue(s.ReplicationPassword)
 	}
-	line := "primary_conninfo = '" + strings.ReplaceAll(conninfo, "'", "''") + "'"
+	// Quoted as ALTER SYSTEM writes it: the configuration file parser reads backslash escapes.
+	line := "primary_conninfo = '" + strings.NewReplacer(`'`, `''`, `\`, `\\`).Replace(conninfo) + "'"
 	auto := path.Join(s.PGData, "postgresql.auto.conf")
 	script := strings.Join([]string{
 		"set -e",

@@ -241,38 +241,50 @@ func (f *fencer) Fence(ctx context.Context, host string) error {
 // env is a replication group pg-0 (primary pg-0, standby pg-1) recorded in a separate control
 // database, a group pg-9 without a standby, and a PgBouncer in front of pg-0's primary.
 type env struct {
-	t      *testing.T
-	ctl    *testenv.Postgres
-	nodes  map[string]*node
-	pooler *bouncer
-	fencer *fencer
-	deps   failover.Deps
+	t          *testing.T
+	controlDSN string
+	seed       topology.Topology
+	nodes      map[string]*node
+	pooler     *bouncer
+	fencer     *fencer
+	deps       failover.Deps
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvControl(t, false) }
+
+// newEnvControl is newEnv with, when inGroup, the control database in pg-0 itself (the
+// stack's control group), reached through topology.ControlDSN.
+func newEnvControl(t *testing.T, inGroup bool) *env {
 	t.Helper()
 	ctx := context.Background()
-	ctl := testenv.StartPostgres(t, testenv.PostgresOptions{})
 	// wal_keep_size as the templates set it: pg_rewind needs the old primary's WAL back to the
 	// last checkpoint before the fork, which its own crash recovery would otherwise recycle.
 	primary := testenv.StartPostgres(t, testenv.PostgresOptions{Settings: []string{"wal_keep_size = '256MB'"}})
 	exec1(t, primary.URL("postgres"), "CREATE TABLE ledger (seq bigint PRIMARY KEY, at timestamptz DEFAULT now())")
 	replica := testenv.StartReplica(t, primary)
-	e := &env{t: t, ctl: ctl, nodes: map[string]*node{"pg-0": newNode(t, "pg-0", primary), "pg-1": newNode(t, "pg-1", replica)}, fencer: &fencer{}}
+	e := &env{t: t, nodes: map[string]*node{"pg-0": newNode(t, "pg-0", primary), "pg-1": newNode(t, "pg-1", replica)}, fencer: &fencer{}}
 	// The standby streams under its host name, as Follow and the bootstrap's pg_basebackup set it.
 	exec1(t, replica.URL("postgres"), fmt.Sprintf("ALTER SYSTEM SET primary_conninfo = 'host=%s port=%d user=postgres application_name=pg-1'", primary.Host, primary.Port))
 	exec1(t, replica.URL("postgres"), "SELECT pg_reload_conf()")
 	e.waitStreaming("pg-0", "pg-1")
 
-	conn, err := pgx.Connect(ctx, ctl.URL("postgres"))
-	must(t, err)
-	defer conn.Close(ctx)
 	lone := topology.Member{Host: "pg-9", Addr: netip.MustParseAddrPort("127.0.0.99:5432")}
-	must(t, topology.Seed(ctx, conn, topology.Topology{Groups: []topology.Group{
+	e.seed = topology.Topology{Source: topology.SourceStack, Groups: []topology.Group{
 		{Name: "pg-0", Kind: topology.KindPostgres, Primary: "pg-0", Epoch: 1, Members: []topology.Member{e.nodes["pg-0"].member(), e.nodes["pg-1"].member()}},
 		{Name: "pg-9", Kind: topology.KindPostgres, Primary: "pg-9", Epoch: 1, Members: []topology.Member{lone}},
 		{Name: "redis-0", Kind: topology.KindRedis, Primary: "redis-0", Epoch: 1, Members: []topology.Member{{Host: "redis-0", Addr: netip.MustParseAddrPort("127.0.0.98:6379")}}},
-	}}))
+	}}
+	if inGroup {
+		dsn, err := topology.ControlDSN(e.seed, "postgres", "postgres")
+		must(t, err)
+		e.controlDSN = dsn
+	} else {
+		e.controlDSN = testenv.StartPostgres(t, testenv.PostgresOptions{}).URL("postgres")
+	}
+	conn, err := pgx.Connect(ctx, e.controlDSN)
+	must(t, err)
+	defer conn.Close(ctx)
+	must(t, topology.Seed(ctx, conn, e.seed))
 	must(t, shardmap.Install(ctx, conn, 4, []shardmap.Node{
 		{Name: "pg-0", DSN: e.nodes["pg-0"].member().AppDSN("app", "instagram")},
 		{Name: "pg-9", DSN: lone.AppDSN("app", "instagram")}}))
@@ -280,7 +292,7 @@ func newEnv(t *testing.T) *env {
 	e.pooler = startBouncer(t, "pg-0", e.nodes["pg-0"].member())
 	jdir := t.TempDir()
 	e.deps = failover.Deps{
-		ControlDSN: ctl.URL("postgres"),
+		ControlDSN: e.controlDSN,
 		Pooler:     e.pooler,
 		Server: func(m topology.Member) (failover.Server, error) {
 			n, ok := e.nodes[m.Host]
@@ -352,7 +364,7 @@ func (e *env) writable() []string {
 func (e *env) group(name string) topology.Group {
 	e.t.Helper()
 	ctx := context.Background()
-	c, err := pgx.Connect(ctx, e.ctl.URL("postgres"))
+	c, err := pgx.Connect(ctx, e.controlDSN)
 	must(e.t, err)
 	defer c.Close(ctx)
 	topo, err := topology.Load(ctx, c)
@@ -367,7 +379,7 @@ func (e *env) group(name string) topology.Group {
 func (e *env) shardMap() shardmap.Map {
 	e.t.Helper()
 	ctx := context.Background()
-	c, err := pgx.Connect(ctx, e.ctl.URL("postgres"))
+	c, err := pgx.Connect(ctx, e.controlDSN)
 	must(e.t, err)
 	defer c.Close(ctx)
 	m, err := shardmap.Load(ctx, c)

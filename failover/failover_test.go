@@ -208,7 +208,8 @@ func TestFailoverAndRejoin(t *testing.T) {
 func (e *env) waitReplayed(primary, standby string) {
 	e.t.Helper()
 	var target string
-	must(e.t, e.query(primary, "SELECT pg_current_wal_lsn()::text", &target))
+	// The insert position: with synchronous_commit = off a commit may not be written yet.
+	must(e.t, e.query(primary, "SELECT pg_current_wal_insert_lsn()::text", &target))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var ok bool

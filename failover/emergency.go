@@ -213,6 +213,9 @@ func (o *op) choose(ctx context.Context, to string) error {
 	if !found {
 		return fmt.Errorf("no standby of %s can be promoted: %w", o.j.Group, errors.Join(errs...))
 	}
+	for _, err := range errs {
+		o.j.Report.note("not considered for promotion: %v", err)
+	}
 	o.j.ReceiveLSN = best
 	o.j.Report.NewPrimary, o.j.Report.ReceiveLSN = o.j.NewPrimary, best
 	return nil

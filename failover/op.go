@@ -103,7 +103,11 @@ func (o *op) finish(step string) (Report, error) {
 // halfDone says what the journal will do after an error past the point of no return.
 func (o *op) halfDone(err error) error {
 	what := "resume finishes it forward; abort does the same (a promoted standby is never demoted)"
-	if !o.j.Promoting {
+	switch {
+	case o.j.Promoting:
+	case o.j.Op == OpFailover:
+		what = "resume continues it; abort resumes the pooler without promoting anything"
+	default:
 		what = "resume continues it; abort returns to the old primary " + o.j.OldPrimary
 	}
 	return fmt.Errorf("%s of %s stopped at step %s: %w: %w\n(%s; journal %s)", o.j.Op, o.j.Group, o.j.Step, ErrHalfDone, err,

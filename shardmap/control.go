@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"net/url"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -292,4 +294,39 @@ func InitShards(ctx context.Context, m Map) error {
 		conn.Close(ctx)
 	}
 	return nil
+}
+
+// SetNodeAddr points the registry entry of node at addr inside tx: the host and port of its
+// DSN change, its user, database and parameters stay. When the entry changed it bumps the map
+// version and notifies NotifyChannel on commit, as every map change does, so app servers
+// reconnect to the new address. A node the registry does not hold (the map is not installed
+// yet, or node is a Redis group) is no change. It reports whether the entry changed.
+//
+// It takes a transaction so a change of primary (package topology) records the new primary
+// and the node's new address in one commit.
+func SetNodeAddr(ctx context.Context, tx pgx.Tx, node string, addr netip.AddrPort) (bool, error) {
+	what := fmt.Sprintf("point node %s of the shard map at %s", node, addr)
+	var dsn string
+	err := tx.QueryRow(ctx, "SELECT dsn FROM shard_nodes WHERE name = $1 FOR UPDATE", node).Scan(&dsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return false, fmt.Errorf("%s: the registry's DSN %q is not a postgres:// URL", what, dsn)
+	}
+	if u.Host == addr.String() {
+		return false, nil
+	}
+	u.Host = addr.String()
+	if _, err := tx.Exec(ctx, "UPDATE shard_nodes SET dsn = $2 WHERE name = $1", node, u.String()); err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := bumpVersion(ctx, tx); err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	return true, nil
 }

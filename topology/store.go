@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/instactl/instactl/controldb"
+	"github.com/instactl/instactl/shardmap"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel a change of primary is announced on; the payload
@@ -114,7 +115,9 @@ func Current(ctx context.Context, db DB, seed Topology) (Topology, error) {
 
 // RecordPrimary records that host is now the primary of group, if the group is still at
 // expectEpoch (compare-and-set), bumps its epoch and announces "GROUP EPOCH" on NotifyChannel
-// on commit. It changes no server: promoting and fencing are the caller's. A lost race
+// on commit. In the same transaction the shard map's node registry entry named after the group
+// (if any) is pointed at host's address, with the map version bumped and announced on
+// shardmap.NotifyChannel. It changes no server: promoting and fencing are the caller's. A lost race
 // returns an error wrapping ErrConflict.
 func RecordPrimary(ctx context.Context, db DB, group, host string, expectEpoch int64) (Group, error) {
 	what := fmt.Sprintf("record %s as primary of %s", host, group)
@@ -135,13 +138,24 @@ func RecordPrimary(ctx context.Context, db DB, group, host string, expectEpoch i
 	if epoch != expectEpoch {
 		return Group{}, fmt.Errorf("%s: expected epoch %d, found epoch %d with primary %s: %w", what, expectEpoch, epoch, primary, ErrConflict)
 	}
-	var member bool
-	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM replication_members WHERE group_name = $1 AND host = $2)",
-		group, host).Scan(&member); err != nil {
+	var address string
+	var port int
+	err = tx.QueryRow(ctx, "SELECT address, port FROM replication_members WHERE group_name = $1 AND host = $2",
+		group, host).Scan(&address, &port)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Group{}, fmt.Errorf("%s: %s is not a member of %s", what, host, group)
+	}
+	if err != nil {
 		return Group{}, fmt.Errorf("%s: %w", what, err)
 	}
-	if !member {
-		return Group{}, fmt.Errorf("%s: %s is not a member of %s", what, host, group)
+	addr, err := netip.ParseAddr(address)
+	if err != nil {
+		return Group{}, fmt.Errorf("%s: address %q of %s: %w", what, address, host, err)
+	}
+	// The shard map's node registry names the group's primary by address: it changes in the
+	// same commit, so no reader sees the new primary with the old node address or the reverse.
+	if _, err := shardmap.SetNodeAddr(ctx, tx, group, netip.AddrPortFrom(addr, uint16(port))); err != nil {
+		return Group{}, fmt.Errorf("%s: %w", what, err)
 	}
 	if err := tx.QueryRow(ctx, `UPDATE replication_groups SET primary_host = $2, epoch = epoch + 1, updated_at = now()
 		WHERE name = $1 RETURNING epoch`, group, host).Scan(&epoch); err != nil {

@@ -3,6 +3,7 @@ package topology_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/topology"
 )
@@ -126,6 +128,16 @@ func TestControlDatabase(t *testing.T) {
 		})
 	}()
 	<-listening
+	// The shard map names node pg-0 by its primary's address: the change of primary moves it.
+	if err := shardmap.Install(ctx, conn, 4, []shardmap.Node{
+		{Name: "pg-0", DSN: "postgres://app@127.0.91.2:5432/instagram?sslmode=disable"},
+		{Name: "pg-2", DSN: "postgres://app@127.0.91.4:5432/instagram?sslmode=disable"}}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := shardmap.Load(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
 	g, err := topology.RecordPrimary(ctx, conn, "pg-0", "pg-1", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +154,14 @@ func TestControlDatabase(t *testing.T) {
 		t.Fatal("no notification of the new primary")
 	}
 
+	after, err := shardmap.Load(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Nodes["pg-0"].DSN != "postgres://app@127.0.91.3:5432/instagram?sslmode=disable" ||
+		after.Nodes["pg-2"] != before.Nodes["pg-2"] || after.Version != before.Version+1 {
+		t.Fatalf("shard map after the change of primary: %+v (before %+v)", after, before)
+	}
 	// The control database, not the stack, is the truth now: seeding again keeps pg-1.
 	cur, err = topology.Current(ctx, conn, seed)
 	if err != nil {
@@ -166,5 +186,51 @@ func TestControlDatabase(t *testing.T) {
 	}
 	if cur, err = topology.Load(ctx, conn); err != nil || cur.Groups[0].Primary != "pg-1" || cur.Groups[0].Epoch != 2 {
 		t.Fatalf("refusals changed the group: %+v %v", cur.Groups[0], err)
+	}
+}
+
+func TestControlDSN(t *testing.T) {
+	topo, err := topology.FromStack(testStack(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn, err := topology.ControlDSN(topo, "postgres", "instactl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "postgres://postgres@127.0.91.2:5432,127.0.91.3:5432/instactl?sslmode=disable&connect_timeout=2&target_session_attrs=read-write"
+	if dsn != want {
+		t.Fatalf("ControlDSN = %q, want %q", dsn, want)
+	}
+	if _, err := topology.ControlDSN(topology.Topology{}, "postgres", "instactl"); err == nil {
+		t.Fatal("ControlDSN of a topology without PostgreSQL: no error")
+	}
+}
+
+// TestControlDSNFindsThePrimary lists a standby first: the connection lands on the primary.
+func TestControlDSNFindsThePrimary(t *testing.T) {
+	primary := testenv.StartPostgres(t, testenv.PostgresOptions{})
+	standby := testenv.StartReplica(t, primary)
+	addr := func(p *testenv.Postgres) netip.AddrPort {
+		return netip.AddrPortFrom(netip.MustParseAddr(p.Host), uint16(p.Port))
+	}
+	topo := topology.Topology{Groups: []topology.Group{{Name: "pg-0", Kind: topology.KindPostgres, Primary: "pg-1",
+		Members: []topology.Member{{Host: "pg-0", Addr: addr(standby)}, {Host: "pg-1", Addr: addr(primary)}}}}}
+	dsn, err := topology.ControlDSN(topo, "postgres", "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var recovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recovery); err != nil || recovery {
+		t.Fatalf("connected to a server in recovery (%v), want the primary", err)
+	}
+	if got := conn.PgConn().Conn().RemoteAddr().String(); got != addr(primary).String() {
+		t.Fatalf("connected to %s, want the primary %s", got, addr(primary))
 	}
 }

@@ -56,8 +56,14 @@ const (
 )
 
 // Defaults of the options.
+//
+// RedisDefaultFailoverTimeout is 2 s, not 1 s: FAILOVER waits until the replica acknowledges
+// the master's whole stream, a replica acknowledges from its once-a-second cron, and the
+// master sends no GETACK while writes are paused. So even an idle pair may need up to ~1 s
+// (measured: 22 ms to 1.003 s; a 1000 ms TIMEOUT rolled back now and then), and a pair under
+// writes ~0.4-0.6 s.
 const (
-	RedisDefaultFailoverTimeout = time.Second
+	RedisDefaultFailoverTimeout = 2 * time.Second
 	RedisDefaultMaxLagBytes     = 1 << 20
 	RedisDefaultSettle          = 10 * time.Second
 	RedisDefaultLinkTimeout     = 60 * time.Second

@@ -374,6 +374,13 @@ func TestRedisSwitchoverUnderWrites(t *testing.T) {
 	ctx := context.Background()
 	w := startRedisWriter(t, e)
 	w.waitMore(t, 300)
+	// A client of the master that is idle during the switchover (neither blocked nor
+	// writing): FAILOVER would leave it connected to the demoted master.
+	idle := e.master.client(t).Conn()
+	defer idle.Close()
+	if err := idle.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
 
 	rep, err := RedisSwitchover(ctx, RedisSwitchoverOptions{DB: db, JournalDir: e.dir, Group: "redis-0", Master: "redis-0"})
 	if err != nil {
@@ -388,6 +395,9 @@ func TestRedisSwitchoverUnderWrites(t *testing.T) {
 	}
 	if i, err := redisRole(e.master.client(t)); err != nil || i.Role != "slave" || i.MasterPort != e.replica.port {
 		t.Fatalf("old master: %+v %v", i, err)
+	}
+	if err := idle.Get(ctx, "counter").Err(); err == nil {
+		t.Fatal("an idle client of the old master is still connected after the switchover")
 	}
 	w.waitMore(t, 300) // the writer found the new master
 	redisCheckAcked(t, e.replica.client(t), w.snapshot())

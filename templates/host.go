@@ -101,14 +101,8 @@ func ControlDSN(st *stack.Stack, user string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("templates: control database of stack %s: %w", st.Name, err)
 	}
-	pg := topo.OfKind(topology.KindPostgres)
-	if len(pg) == 0 {
+	if len(topo.OfKind(topology.KindPostgres)) == 0 {
 		return "", nil
 	}
-	hosts := make([]string, len(pg[0].Members))
-	for i, m := range pg[0].Members {
-		hosts[i] = m.Addr.String()
-	}
-	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
-		user, strings.Join(hosts, ","), st.Shards.ControlDatabase), nil
+	return topology.ControlDSN(topo, user, st.Shards.ControlDatabase)
 }

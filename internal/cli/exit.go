@@ -28,6 +28,8 @@ const exitCodesHelp = `instactl exit codes, stable for scripts and cron:
   3  skipped as unsafe: e.g. a backup skipped because the replica lags; nothing was changed
   4  locked: another deploy, backup or move holds the lock; the message names the holder
   5  partial success: some hosts or items succeeded and some failed; see the summary
+  6  incomplete: a switchover or failover stopped half way; run it again with --resume
+     (finish) or --abort (undo if no promotion was sent)
 `
 
 // CodedError carries an exit code through cobra's error return.

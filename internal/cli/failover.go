@@ -242,7 +242,7 @@ func failoverExit(err error) error {
 		return silentExit{ExitUnsafe}
 	case errors.Is(err, failover.ErrBusy), errors.Is(err, failover.RedisErrBusy):
 		return silentExit{ExitLocked}
-	case errors.Is(err, failover.ErrHalfDone):
+	case errors.Is(err, failover.ErrHalfDone), errors.Is(err, failover.RedisErrHalfway):
 		return silentExit{ExitIncomplete}
 	default:
 		return silentExit{ExitError}
@@ -280,7 +280,7 @@ func renderFailover(w io.Writer, op string, v FailoverView, opErr error) error {
 		switch {
 		case errors.Is(opErr, failover.ErrRolledBack), errors.Is(opErr, failover.RedisErrRolledBack):
 			fmt.Fprintf(&b, "Rolled back: %s is still the primary and serves; nothing changed.\n", v.OldPrimary)
-		case errors.Is(opErr, failover.ErrHalfDone):
+		case errors.Is(opErr, failover.ErrHalfDone), errors.Is(opErr, failover.RedisErrHalfway):
 			fmt.Fprintf(&b, "Stopped half way. Finish with: instactl %s %s --resume (or --abort)\n", op, v.Group)
 		case errors.Is(opErr, failover.ErrRebuildNeeded):
 			fmt.Fprintf(&b, "Rebuild the host from the newest snapshot set: instactl backup restore --help\n")

@@ -95,6 +95,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addShardCommands(cmd, f, out)
 	addLoadgenCommands(cmd, f, out)
 	addHostCommands(cmd, f, out)
+	addFailoverCommands(cmd, f, out)
 	return cmd
 }
 

@@ -163,7 +163,9 @@ fi
 
 # ---- redis: replica of 10.0.1.10:6379 ----
 install -d -o redis -g redis -m 0750 /var/lib/redis
-write_file /etc/instagram/redis.conf 0640 root:redis <<'INSTACTL_EOF'
+# Owned by the server's user: a switchover's CONFIG REWRITE records the new role in it, so a
+# restart keeps the role instead of returning to the one bootstrap wrote.
+write_file /etc/instagram/redis.conf 0640 redis:redis <<'INSTACTL_EOF'
 # redis.conf for redis-1 (replica of 10.0.1.10:6379), rendered by instactl.
 bind 10.0.1.11
 port 6379

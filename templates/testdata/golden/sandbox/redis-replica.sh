@@ -280,6 +280,8 @@ fi
 
 # ---- redis: replica of 127.0.77.1:6379 ----
 install -d -o root -g root -m 0750 /var/lib/redis
+# Owned by the server's user: a switchover's CONFIG REWRITE records the new role in it, so a
+# restart keeps the role instead of returning to the one bootstrap wrote.
 write_file /etc/instagram/redis.conf 0640 root:root <<'INSTACTL_EOF'
 # redis.conf for redis-1 (replica of 127.0.77.1:6379), rendered by instactl.
 bind 127.0.77.2

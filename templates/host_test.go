@@ -42,7 +42,7 @@ func TestAppEnvControlDSN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "postgres://app@127.0.10.3:5432,127.0.10.4:5432/instagram_control?sslmode=disable&target_session_attrs=read-write&connect_timeout=2"
+	want := "postgres://app@127.0.10.3:5432,127.0.10.4:5432/instagram_control?sslmode=disable&connect_timeout=2&target_session_attrs=read-write"
 	if got := env["INSTAGRAM_CONTROL_DSN"]; got != want {
 		t.Errorf("INSTAGRAM_CONTROL_DSN = %s, want %s", got, want)
 	}

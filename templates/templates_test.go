@@ -27,7 +27,7 @@ func awsHost(role string, index int, port int, primary bool, devices int) Data {
 		Port: port, IsPrimary: primary, AppPassword: "app-secret", ReplicationPassword: "repl's secret",
 		ClientCIDR: "10.0.0.0/16", PgBouncer: role == RoleApp,
 		AppEnv: map[string]string{
-			"INSTAGRAM_CONTROL_DSN": "postgres://app@10.0.1.10:5432,10.0.1.11:5432/instagram_control?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
+			"INSTAGRAM_CONTROL_DSN": "postgres://app@10.0.1.10:5432,10.0.1.11:5432/instagram_control?sslmode=disable&connect_timeout=2&target_session_attrs=read-write",
 			"INSTAGRAM_REDIS_ADDR":  "10.0.1.30:6379"},
 	}
 	if role == RoleApp {

@@ -175,7 +175,7 @@ write_file /etc/instagram/app.env 0640 root:instagram <<'INSTACTL_EOF'
 # (its default -config) and systemd loads it too.
 INSTAGRAM_LISTEN='10.0.1.10:8080'
 INSTAGRAM_PGBOUNCER='10.0.1.10:6432'
-INSTAGRAM_CONTROL_DSN='postgres://app@10.0.1.10:5432,10.0.1.11:5432/instagram_control?sslmode=disable&target_session_attrs=read-write&connect_timeout=2'
+INSTAGRAM_CONTROL_DSN='postgres://app@10.0.1.10:5432,10.0.1.11:5432/instagram_control?sslmode=disable&connect_timeout=2&target_session_attrs=read-write'
 INSTAGRAM_REDIS_ADDR='10.0.1.30:6379'
 INSTACTL_EOF
 

@@ -28,6 +28,8 @@ type StackStatus struct {
 	BackupError string           `json:"backup_error,omitempty"`
 	Shards      []StatusShards   `json:"shards,omitempty"`
 	ShardError  string           `json:"shard_error,omitempty"`
+	Groups      []StatusGroup    `json:"groups,omitempty"`
+	GroupError  string           `json:"group_error,omitempty"`
 }
 
 // StatusBackup is the newest backup set of one target and the newest verified one.
@@ -100,6 +102,10 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 	s := &StackStatus{Report: rep}
 	if len(rep.Hosts) == 0 {
 		return s, nil
+	}
+	s.Groups, err = statusGroups(ctx, st, topo, rep)
+	if err != nil {
+		s.GroupError = errtext.OneLine(err.Error())
 	}
 	if env, err := deployLoad(ctx, f, ""); err == nil {
 		info, _, err := (&deploy.Deployer{Dialer: pool}).LockStatus(ctx, env.cfg, env.hosts)
@@ -216,6 +222,7 @@ func statusRender(w io.Writer, s *StackStatus) error {
 		fmt.Fprintln(tw, strings.Join(repl, "\n"))
 		tw.Flush()
 	}
+	renderGroups(w, s.Groups, s.GroupError)
 	fmt.Fprintln(w, "\nBackups:")
 	switch {
 	case s.BackupError != "":

@@ -45,6 +45,15 @@ type Summary struct {
 	FreezeWindow      time.Duration    `json:"freeze_window"`
 	MoveWindow        time.Duration    `json:"move_window"`
 	BackupVerified    bool             `json:"backup_verified"`
+	// SwitchoverBlock is the longest write block of the planned switchovers.
+	SwitchoverBlock time.Duration `json:"switchover_block"`
+	// FailoverDuration is the failover command's wall time after the power cut.
+	FailoverDuration time.Duration `json:"failover_duration"`
+	// FailoverLossWindow is the failover's possible loss window ("0 bytes", "unknown").
+	FailoverLossWindow string `json:"failover_loss_window,omitempty"`
+	// FailoverFailedRequests are the requests that failed while a primary was dead, counted
+	// apart from FailedRequests.
+	FailoverFailedRequests int `json:"failover_failed_requests"`
 	Phases            []Phase          `json:"phases"`
 	Ops               []Op             `json:"ops"`
 	Buckets           []loadgen.Bucket `json:"buckets"`
@@ -223,7 +232,9 @@ td,th{border:1px solid #ddd;padding:4px 8px;text-align:right} th{background:#f4f
 <p>{{.S.Requests}} requests through the load balancer, <span class="{{if eq .S.FailedRequests 0}}ok{{else}}bad{{end}}">{{.S.FailedRequests}} failed</span>;
 {{.S.AcknowledgedWrite}} acknowledged writes, <span class="{{if .S.WritesVerified}}ok{{else}}bad{{end}}">{{if .S.WritesVerified}}all verified{{else}}NOT all verified{{end}}</span>.
 Rolling deploy {{s .S.DeployDuration}}; backup freeze window {{ms .S.FreezeWindow}}; shard move write-blocked window {{ms .S.MoveWindow}};
-backup restore drill <span class="{{if .S.BackupVerified}}ok{{else}}bad{{end}}">{{if .S.BackupVerified}}passed{{else}}failed{{end}}</span>. Story took {{s .S.Elapsed}}.</p>
+backup restore drill <span class="{{if .S.BackupVerified}}ok{{else}}bad{{end}}">{{if .S.BackupVerified}}passed{{else}}failed{{end}}</span>.
+Planned switchovers held writes for at most {{ms .S.SwitchoverBlock}}; after a power cut the failover took {{s .S.FailoverDuration}}
+(loss window {{.S.FailoverLossWindow}}; {{.S.FailoverFailedRequests}} requests failed while the primary was dead, not counted above). Story took {{s .S.Elapsed}}.</p>
 {{range .Charts}}<h2>{{.Title}}</h2>
 <svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}">
 {{range .Bands}}<rect x="{{f1 .X}}" y="0" width="{{f1 .W}}" height="196" fill="{{.Color}}"><title>{{.Label}}</title></rect><text x="{{f1 .X}}" y="11" font-size="10" fill="#555">{{.Label}}</text>

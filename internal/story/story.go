@@ -43,6 +43,8 @@ type story struct {
 	st    *stack.Stack
 	sum   *Summary
 	start time.Time // when the load started; ops are placed relative to it
+	// failoverWindow is when a primary was dead: power cut to the end of the failover.
+	failoverWindow [2]time.Duration
 }
 
 // Run tells the whole story and returns its summary; the HTML report is written to
@@ -211,13 +213,78 @@ func (s *story) tell(ctx context.Context) error {
 	}
 	settle()
 
-	// 6. Stop the load and prove every acknowledged write.
+	// 6. Planned switchovers under load: a shard node and Redis change primary, writes are
+	// held at the poolers, not failed.
+	for _, g := range s.groups(ctx, true) {
+		if err := s.op("switchover "+g.name, func() (string, error) {
+			out, err := s.cmd(ctx, "switchover", g.name, "-o", "json")
+			v := parseGroupOp(out)
+			block := max(v.WriteBlock, v.ProbeBlock)
+			s.sum.SwitchoverBlock = max(s.sum.SwitchoverBlock, block)
+			return fmt.Sprintf("%s -> %s, write block %s", v.OldPrimary, v.NewPrimary, block.Round(time.Millisecond)), err
+		}); err != nil {
+			return err
+		}
+		settle()
+	}
+
+	// 7. A power cut of a shard node's primary, the failover, and the old primary's return as
+	// a standby.
+	if gs := s.groups(ctx, false); len(gs) > 0 {
+		g := gs[len(gs)-1]
+		if err := s.op("power cut of "+g.primary, func() (string, error) {
+			_, err := s.cmd(ctx, "host", "stop", g.primary, "--force")
+			return "every process of the host killed at once", err
+		}); err != nil {
+			return err
+		}
+		failStart := time.Since(s.start)
+		if err := s.op("failover "+g.name, func() (string, error) {
+			out, err := s.cmd(ctx, "failover", g.name, "-o", "json")
+			v := parseGroupOp(out)
+			s.sum.FailoverDuration = v.Elapsed
+			loss := "unknown"
+			if v.LossWindowKnown {
+				loss = fmt.Sprintf("%d bytes", v.LossWindowBytes)
+			}
+			s.sum.FailoverLossWindow = loss
+			return fmt.Sprintf("%s -> %s in %s, loss window %s", v.OldPrimary, v.NewPrimary, v.Elapsed.Round(time.Millisecond), loss), err
+		}); err != nil {
+			return err
+		}
+		s.failoverWindow = [2]time.Duration{failStart, time.Since(s.start)}
+		settle()
+		if err := s.op("rejoin "+g.primary, func() (string, error) {
+			if _, err := s.cmd(ctx, "host", "start", g.primary); err != nil {
+				return "", err
+			}
+			_, err := s.cmd(ctx, "rejoin", g.primary)
+			return g.primary + " is a standby again", err
+		}); err != nil {
+			return err
+		}
+		settle()
+	}
+
+	// 8. Stop the load and prove every acknowledged write.
 	stopLoad()
 	lo := <-loadDone
 	if lo.err != nil {
 		return fmt.Errorf("load generator: %w", lo.err)
 	}
 	s.sum.Requests, s.sum.FailedRequests, s.sum.AcknowledgedWrite = lo.res.Requests-lo.res.Dropped, lo.res.Errors, lo.res.Writes
+	// Requests that failed while a primary was dead (from the power cut to the end of the
+	// failover, plus a second for answers in flight) are the failover's, counted apart: every
+	// other operation must fail none.
+	if w := s.failoverWindow; w[1] > 0 {
+		for _, b := range lo.res.Buckets {
+			at := time.Duration(b.Second) * time.Second
+			if at >= w[0]-5*time.Second && at <= w[1]+time.Second {
+				s.sum.FailoverFailedRequests += b.Errors
+			}
+		}
+		s.sum.FailedRequests -= s.sum.FailoverFailedRequests
+	}
 	s.sum.NotSent = lo.res.Dropped
 	for _, b := range lo.res.Buckets {
 		if b.Requests > 0 || time.Duration(b.Second)*time.Second < lo.res.Elapsed {
@@ -397,4 +464,56 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// groupInfo is a replication group as `instactl status -o json` shows it.
+type groupInfo struct {
+	name, kind, primary string
+}
+
+// groups returns the replication groups from `instactl status -o json`: for planned switchovers
+// the first Postgres group and the Redis group; otherwise every Postgres group.
+func (s *story) groups(ctx context.Context, planned bool) []groupInfo {
+	out, err := s.cmd(ctx, "status", "-o", "json")
+	var st struct {
+		Groups []struct {
+			Name    string `json:"name"`
+			Kind    string `json:"kind"`
+			Primary string `json:"primary"`
+		} `json:"groups"`
+	}
+	if json.Unmarshal([]byte(out), &st) != nil && err != nil {
+		s.say("status: %v", err)
+		return nil
+	}
+	var gs []groupInfo
+	seen := map[string]bool{}
+	for _, g := range st.Groups {
+		if planned && seen[g.Kind] {
+			continue
+		}
+		if !planned && g.Kind != "postgres" {
+			continue
+		}
+		seen[g.Kind] = true
+		gs = append(gs, groupInfo{name: g.Name, kind: g.Kind, primary: g.Primary})
+	}
+	return gs
+}
+
+// groupOp is the part of a switchover's or failover's JSON the story shows.
+type groupOp struct {
+	OldPrimary      string        `json:"old_primary"`
+	NewPrimary      string        `json:"new_primary"`
+	WriteBlock      time.Duration `json:"write_block"`
+	ProbeBlock      time.Duration `json:"probe_write_block"`
+	LossWindowBytes int64         `json:"loss_window_bytes"`
+	LossWindowKnown bool          `json:"loss_window_known"`
+	Elapsed         time.Duration `json:"elapsed"`
+}
+
+func parseGroupOp(js string) groupOp {
+	var v groupOp
+	_ = json.Unmarshal([]byte(js), &v) // a failed command's error says what happened
+	return v
 }

@@ -306,6 +306,10 @@ maxclients 10000
 # Set on the replica too: either may become master.
 min-replicas-to-write 1
 min-replicas-max-lag 10
+# Every member announces its own address, the master too (a switchover makes it a replica): on
+# the sandbox every connection comes from 127.0.0.1, and the master's INFO must name its
+# replicas for status, backups and switchovers.
+replica-announce-ip 127.0.77.1
 INSTACTL_EOF
 
 write_file /etc/instagram/services/redis.env 0644 root:root <<'INSTACTL_EOF'

@@ -306,10 +306,11 @@ maxclients 10000
 # Set on the replica too: either may become master.
 min-replicas-to-write 1
 min-replicas-max-lag 10
-replicaof 127.0.77.1 6379
-# Announce this host's own address: on the sandbox every connection comes from 127.0.0.1, and
-# the master's INFO must name its replicas for status and backups.
+# Every member announces its own address, the master too (a switchover makes it a replica): on
+# the sandbox every connection comes from 127.0.0.1, and the master's INFO must name its
+# replicas for status, backups and switchovers.
 replica-announce-ip 127.0.77.2
+replicaof 127.0.77.1 6379
 replica-read-only yes
 replica-serve-stale-data yes
 INSTACTL_EOF

@@ -14,6 +14,12 @@ const (
 	SandboxDeviceDir = "/run/instactl/dev"
 	// SandboxTrustCIDR is trusted by postgres on sandbox hosts (everything stays on loopback).
 	SandboxTrustCIDR = "127.0.0.0/8"
+	// SandboxFstabPath lists the data volume's mount; the sandbox mounts it when a stopped host
+	// starts (cloud/sandbox.FstabPath).
+	SandboxFstabPath = "/etc/instagram/fstab"
+	// SandboxRCLocalPath starts a host's services when a stopped host starts
+	// (cloud/sandbox.RCLocalPath).
+	SandboxRCLocalPath = "/var/lib/instagram/rc.local"
 )
 
 // FromStack builds the Data of host index of role from a parsed stack: the flavour follows

@@ -300,5 +300,17 @@ SVC_STOP_TIMEOUT=30
 INSTACTL_EOF
 # Not started: its binary arrives with the first deploy (instactl-svc restart app).
 
+# What a boot of this host starts, in order: the sandbox runs it when a stopped host starts, as
+# systemd starts the enabled units on EC2. A service that refuses to start (the boot guard of
+# a fenced old primary) is logged and the others still start.
+write_file /var/lib/instagram/rc.local 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+rc=0
+/opt/instagram/bin/instactl-svc start pgbouncer || { echo "rc.local: pgbouncer did not start" >&2; rc=1; }
+if [ -e /opt/instagram/current ]; then /opt/instagram/bin/instactl-svc start app || { echo "rc.local: app did not start" >&2; rc=1; }; fi
+echo "rc.local: done (exit $rc)" >&2
+exit 0
+INSTACTL_EOF
+
 date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
 log "bootstrap of app-0 done"

@@ -247,5 +247,16 @@ memcached_ping() {
 }
 wait_for "memcached on $ADDRESS:$PORT" 60 memcached_ping
 
+# What a boot of this host starts, in order: the sandbox runs it when a stopped host starts, as
+# systemd starts the enabled units on EC2. A service that refuses to start (the boot guard of
+# a fenced old primary) is logged and the others still start.
+write_file /var/lib/instagram/rc.local 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+rc=0
+/opt/instagram/bin/instactl-svc start memcached || { echo "rc.local: memcached did not start" >&2; rc=1; }
+echo "rc.local: done (exit $rc)" >&2
+exit 0
+INSTACTL_EOF
+
 date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
 log "bootstrap of memcached-0 done"

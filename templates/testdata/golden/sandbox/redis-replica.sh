@@ -277,6 +277,11 @@ else
 	mount -t xfs -o noatime "$DATA_DEV" "$MOUNT"
 	log "mounted $DATA_DEV at $MOUNT"
 fi
+# The sandbox mounts what this lists when a stopped host starts, as EC2 mounts /etc/fstab.
+if ! grep -qs " $MOUNT " /etc/instagram/fstab; then
+	printf '%s %s xfs noatime 0 0\n' "$DATA_DEV" "$MOUNT" >>/etc/instagram/fstab
+	log "added $MOUNT to /etc/instagram/fstab"
+fi
 
 # ---- redis: replica of 127.0.77.1:6379 ----
 install -d -o root -g root -m 0750 /var/lib/redis
@@ -332,6 +337,17 @@ INSTACTL_EOF
 
 redis_ping() { [ "$(redis-cli -h "$ADDRESS" -p "$PORT" ping 2>/dev/null)" = PONG ]; }
 wait_for "redis on $ADDRESS:$PORT" 120 redis_ping
+
+# What a boot of this host starts, in order: the sandbox runs it when a stopped host starts, as
+# systemd starts the enabled units on EC2. A service that refuses to start (the boot guard of
+# a fenced old primary) is logged and the others still start.
+write_file /var/lib/instagram/rc.local 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+rc=0
+/opt/instagram/bin/instactl-svc start redis || { echo "rc.local: redis did not start" >&2; rc=1; }
+echo "rc.local: done (exit $rc)" >&2
+exit 0
+INSTACTL_EOF
 
 date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
 log "bootstrap of redis-1 done"

@@ -193,6 +193,9 @@ min-replicas-max-lag 10
 # the sandbox every connection comes from 127.0.0.1, and the master's INFO must name its
 # replicas for status, backups and switchovers.
 replica-announce-ip 10.0.1.10
+# A replica's full sync starts at once (Redis waits 5 s by default for more replicas to share
+# it): the master refuses writes until a replica is in sync.
+repl-diskless-sync-delay 0
 INSTACTL_EOF
 
 write_file /etc/systemd/system/instagram-redis.service 0644 root:root <<'INSTACTL_EOF'

@@ -193,6 +193,9 @@ min-replicas-max-lag 10
 # the sandbox every connection comes from 127.0.0.1, and the master's INFO must name its
 # replicas for status, backups and switchovers.
 replica-announce-ip 10.0.1.11
+# A replica's full sync starts at once (Redis waits 5 s by default for more replicas to share
+# it): the master refuses writes until a replica is in sync.
+repl-diskless-sync-delay 0
 replicaof 10.0.1.10 6379
 replica-read-only yes
 replica-serve-stale-data yes
@@ -226,6 +229,10 @@ systemctl enable --now instagram-redis.service
 
 redis_ping() { [ "$(redis-cli -h "$ADDRESS" -p "$PORT" ping 2>/dev/null)" = PONG ]; }
 wait_for "redis on $ADDRESS:$PORT" 120 redis_ping
+# The master takes writes only with a replica in sync (min-replicas-to-write), so the replica's
+# bootstrap ends when its link is up.
+redis_linked() { redis-cli -h "$ADDRESS" -p "$PORT" info replication 2>/dev/null | tr -d '\r' | grep -qx 'master_link_status:up'; }
+wait_for "replication from 10.0.1.10:6379" 900 redis_linked
 
 date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
 log "bootstrap of redis-1 done"

@@ -315,6 +315,9 @@ min-replicas-max-lag 10
 # the sandbox every connection comes from 127.0.0.1, and the master's INFO must name its
 # replicas for status, backups and switchovers.
 replica-announce-ip 127.0.77.1
+# A replica's full sync starts at once (Redis waits 5 s by default for more replicas to share
+# it): the master refuses writes until a replica is in sync.
+repl-diskless-sync-delay 0
 INSTACTL_EOF
 
 write_file /etc/instagram/services/redis.env 0644 root:root <<'INSTACTL_EOF'

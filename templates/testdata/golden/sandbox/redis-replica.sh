@@ -315,6 +315,9 @@ min-replicas-max-lag 10
 # the sandbox every connection comes from 127.0.0.1, and the master's INFO must name its
 # replicas for status, backups and switchovers.
 replica-announce-ip 127.0.77.2
+# A replica's full sync starts at once (Redis waits 5 s by default for more replicas to share
+# it): the master refuses writes until a replica is in sync.
+repl-diskless-sync-delay 0
 replicaof 127.0.77.1 6379
 replica-read-only yes
 replica-serve-stale-data yes
@@ -337,6 +340,10 @@ INSTACTL_EOF
 
 redis_ping() { [ "$(redis-cli -h "$ADDRESS" -p "$PORT" ping 2>/dev/null)" = PONG ]; }
 wait_for "redis on $ADDRESS:$PORT" 120 redis_ping
+# The master takes writes only with a replica in sync (min-replicas-to-write), so the replica's
+# bootstrap ends when its link is up.
+redis_linked() { redis-cli -h "$ADDRESS" -p "$PORT" info replication 2>/dev/null | tr -d '\r' | grep -qx 'master_link_status:up'; }
+wait_for "replication from 127.0.77.1:6379" 900 redis_linked
 
 # What a boot of this host starts, in order: the sandbox runs it when a stopped host starts, as
 # systemd starts the enabled units on EC2. A service that refuses to start (the boot guard of

@@ -122,8 +122,7 @@ func TestSwitchoverStandbyCannotCatchUp(t *testing.T) {
 	deps := e.deps
 	deps.AfterStep = func(step string) {
 		if step == failover.StepPause {
-			exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "ALTER SYSTEM SET primary_conninfo = ''")
-			exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "SELECT pg_reload_conf()")
+			e.cutReplication("pg-1")
 		}
 	}
 	// Writes that the standby never receives, so it cannot have the shutdown checkpoint.
@@ -153,8 +152,7 @@ func TestFailoverAndRejoin(t *testing.T) {
 	exec1(t, e.pooler.URL("pg-0"), "INSERT INTO ledger (seq) VALUES (1)")
 	e.waitReplayed("pg-0", "pg-1")
 	// Cut the standby off, then write on the primary only: a fork the rejoin must rewind.
-	exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "ALTER SYSTEM SET primary_conninfo = ''")
-	exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "SELECT pg_reload_conf()")
+	e.cutReplication("pg-1")
 	exec1(t, e.nodes["pg-0"].pg.URL("postgres"), "INSERT INTO ledger (seq) SELECT g FROM generate_series(1000, 2000) g")
 	var last string
 	must(t, e.query("pg-0", "SELECT pg_current_wal_lsn()::text", &last))
@@ -311,4 +309,24 @@ type failingRewind struct{ failover.Server }
 
 func (failingRewind) Rewind(context.Context, topology.Member) error {
 	return errors.New("pg_rewind: error: could not find previous WAL record at 0/2000100")
+}
+
+// cutReplication stops standby's WAL receiver (an empty primary_conninfo) and waits until it
+// is gone: the reload only asks for it.
+func (e *env) cutReplication(standby string) {
+	e.t.Helper()
+	exec1(e.t, e.nodes[standby].pg.URL("postgres"), "ALTER SYSTEM SET primary_conninfo = ''")
+	exec1(e.t, e.nodes[standby].pg.URL("postgres"), "SELECT pg_reload_conf()")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		err := e.query(standby, "SELECT count(*) FROM pg_stat_wal_receiver", &n)
+		if err == nil && n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the WAL receiver of %s still runs: %v", standby, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -99,9 +99,6 @@ func Failover(ctx context.Context, opts FailoverOptions) (Report, error) {
 	return o.failover(ctx, o.failoverSteps(opts.To), "")
 }
 
-// StepChoose picks the standby to promote in a failover (no side effect).
-const StepChoose = "choose"
-
 // failoverSteps are the steps of a failover before the promotion.
 func (o *op) failoverSteps(to string) []step {
 	return []step{

@@ -26,7 +26,9 @@ type FailoverOptions struct {
 	// LastKnownLSN is the old primary's last WAL position monitoring saw, for the loss window.
 	LastKnownLSN LSN
 	// Topology is used when the control database cannot be read (it lives on the lost
-	// primary: a failover of the control group). Zero: the control database must answer.
+	// primary: a failover of the control group). It should be the topology last read from
+	// the control database (a cached copy), not the stack file's seed, which does not know
+	// of earlier failovers. Nil: the control database must answer.
 	Topology *topology.Topology
 	Timeouts Timeouts
 }
@@ -96,9 +98,6 @@ func Failover(ctx context.Context, opts FailoverOptions) (Report, error) {
 	})
 	return o.failover(ctx, o.failoverSteps(opts.To), "")
 }
-
-// StepChoose picks the standby to promote in a failover (no side effect).
-const StepChoose = "choose"
 
 // failoverSteps are the steps of a failover before the promotion.
 func (o *op) failoverSteps(to string) []step {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/instactl/instactl/failover"
@@ -121,8 +122,7 @@ func TestSwitchoverStandbyCannotCatchUp(t *testing.T) {
 	deps := e.deps
 	deps.AfterStep = func(step string) {
 		if step == failover.StepPause {
-			exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "ALTER SYSTEM SET primary_conninfo = ''")
-			exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "SELECT pg_reload_conf()")
+			e.cutReplication("pg-1")
 		}
 	}
 	// Writes that the standby never receives, so it cannot have the shutdown checkpoint.
@@ -152,8 +152,7 @@ func TestFailoverAndRejoin(t *testing.T) {
 	exec1(t, e.pooler.URL("pg-0"), "INSERT INTO ledger (seq) VALUES (1)")
 	e.waitReplayed("pg-0", "pg-1")
 	// Cut the standby off, then write on the primary only: a fork the rejoin must rewind.
-	exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "ALTER SYSTEM SET primary_conninfo = ''")
-	exec1(t, e.nodes["pg-1"].pg.URL("postgres"), "SELECT pg_reload_conf()")
+	e.cutReplication("pg-1")
 	exec1(t, e.nodes["pg-0"].pg.URL("postgres"), "INSERT INTO ledger (seq) SELECT g FROM generate_series(1000, 2000) g")
 	var last string
 	must(t, e.query("pg-0", "SELECT pg_current_wal_lsn()::text", &last))
@@ -176,6 +175,17 @@ func TestFailoverAndRejoin(t *testing.T) {
 		t.Fatalf("topology after the failover: %+v", g)
 	}
 	exec1(t, e.pooler.URL("pg-0"), "INSERT INTO ledger (seq) VALUES (3)") // through the repointed pooler
+
+	// A pg_rewind that fails asks for a rebuild from a snapshot set.
+	broken := e.deps
+	broken.Server = func(m topology.Member) (failover.Server, error) {
+		s, err := e.deps.Server(m)
+		return failingRewind{s}, err
+	}
+	_, err = failover.Rejoin(ctx, failover.RejoinOptions{Deps: broken, Group: "pg-0", Host: "pg-0"})
+	if !errors.Is(err, failover.ErrRebuildNeeded) || !strings.Contains(err.Error(), "instactl backup restore") {
+		t.Fatalf("rejoin with a failing pg_rewind: %v", err)
+	}
 
 	rj, err := failover.Rejoin(ctx, failover.RejoinOptions{Deps: e.deps, Group: "pg-0", Host: "pg-0"})
 	if err != nil {
@@ -263,5 +273,60 @@ func TestBadInput(t *testing.T) {
 	}
 	if got := e.writable(); len(got) != 1 || got[0] != "pg-0" {
 		t.Fatalf("writable servers: %v", got)
+	}
+}
+
+// TestSwitchoverPauseDeadline: a transaction left open through the pooler keeps PAUSE from
+// completing; past the pause deadline the switchover rolls back and the transaction can
+// still commit on the old primary.
+func TestSwitchoverPauseDeadline(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, e.pooler.URL("pg-0"))
+	must(t, err)
+	defer c.Close(ctx)
+	tx, err := c.Begin(ctx)
+	must(t, err)
+	if _, err := tx.Exec(ctx, "INSERT INTO ledger (seq) VALUES (7)"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = failover.Switchover(ctx, failover.SwitchoverOptions{Deps: e.deps, Group: "pg-0", Timeouts: failover.Timeouts{Pause: 500 * time.Millisecond}})
+	if !errors.Is(err, failover.ErrRolledBack) || !strings.Contains(err.Error(), "pause") {
+		t.Fatalf("switchover past the pause deadline: %v, want ErrRolledBack at pause", err)
+	}
+	t.Logf("rolled back: %v", err)
+	must(t, tx.Commit(ctx))
+	var n int
+	must(t, e.query("pg-0", "SELECT count(*) FROM ledger WHERE seq = 7", &n))
+	if n != 1 || e.group("pg-0").Epoch != 1 {
+		t.Fatalf("after the rollback: %d rows, group %+v", n, e.group("pg-0"))
+	}
+	exec1(t, e.pooler.URL("pg-0"), "INSERT INTO ledger (seq) VALUES (8)") // resumed
+}
+
+// failingRewind is a Server whose pg_rewind fails.
+type failingRewind struct{ failover.Server }
+
+func (failingRewind) Rewind(context.Context, topology.Member) error {
+	return errors.New("pg_rewind: error: could not find previous WAL record at 0/2000100")
+}
+
+// cutReplication stops standby's WAL receiver (an empty primary_conninfo) and waits until it
+// is gone: the reload only asks for it.
+func (e *env) cutReplication(standby string) {
+	e.t.Helper()
+	exec1(e.t, e.nodes[standby].pg.URL("postgres"), "ALTER SYSTEM SET primary_conninfo = ''")
+	exec1(e.t, e.nodes[standby].pg.URL("postgres"), "SELECT pg_reload_conf()")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		err := e.query(standby, "SELECT count(*) FROM pg_stat_wal_receiver", &n)
+		if err == nil && n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the WAL receiver of %s still runs: %v", standby, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

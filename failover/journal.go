@@ -32,6 +32,7 @@ const (
 	StepCatchUp     = "catch-up"     // switchover: standby received the shutdown checkpoint
 	StepFencePooler = "fence-pooler" // failover: KILL the group on the pooler
 	StepFenceHost   = "fence-host"   // failover: stop the old primary's host
+	StepChoose      = "choose"       // failover: pick the standby that received the most WAL
 	StepPromote     = "promote"      // pg_promote on the new primary: no way back after this
 	StepRecord      = "record"       // topology.RecordPrimary
 	StepRepoint     = "repoint"      // the pooler points at the new primary

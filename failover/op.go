@@ -155,12 +155,22 @@ func (o *op) promote(ctx context.Context) error {
 					return err
 				}
 			}
+			// pg_promote(wait => true) checks every 100 ms; asking without waiting and polling
+			// every 5 ms takes that off the write block.
 			var ok bool
-			if err := c.QueryRow(ctx, "SELECT pg_promote(true, $1)", max(wait, 1)).Scan(&ok); err != nil {
+			if err := c.QueryRow(ctx, "SELECT pg_promote(false)").Scan(&ok); err != nil {
 				return fmt.Errorf("pg_promote: %w", err)
 			}
 			if !ok {
-				return fmt.Errorf("pg_promote: not promoted within %d s", wait)
+				return errors.New("pg_promote: the promotion could not be signalled")
+			}
+			err := waitFor(ctx, time.Duration(max(wait, 1))*time.Second, o.j.NewPrimary+" to leave recovery",
+				func(ctx context.Context) (bool, string, error) {
+					rec, err := inRecovery(ctx, c)
+					return err == nil && !rec, "in recovery", err
+				})
+			if err != nil {
+				return fmt.Errorf("pg_promote: %w", err)
 			}
 		}
 		if rec, err = inRecovery(ctx, c); err != nil {

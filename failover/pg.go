@@ -135,7 +135,8 @@ func switchPoint(ctx context.Context, c *pgx.Conn, current, tl int) (LSN, bool, 
 	return 0, false, nil
 }
 
-// waitFor polls check until it reports done, ctx ends or timeout passes.
+// waitFor polls check every 5 ms until it reports done, ctx ends or timeout passes: the
+// waits inside a switchover are part of its write block.
 func waitFor(ctx context.Context, timeout time.Duration, what string, check func(ctx context.Context) (bool, string, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -153,7 +154,7 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, check func
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: not within %s (last seen: %s)", what, timeout, last)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/templates"
@@ -75,9 +76,41 @@ func asPostgres(args ...string) remote.Command {
 	return remote.Command(append([]string{"runuser", "-u", "postgres", "--", "env", "LC_ALL=C"}, args...))
 }
 
+// WalsenderGrace is how long a fast shutdown may wait for its walsenders before Stop ends
+// them: a walsender stays until its standby has confirmed the shutdown checkpoint, so a standby
+// that stopped receiving (a cut link, a hung walreceiver) would hold the shutdown, and with it
+// the paused writes, forever. Ending it lets the shutdown finish; the catch-up check then sees
+// that the standby lacks the checkpoint and the switchover rolls back.
+const WalsenderGrace = time.Second
+
+// StopCommand is the command Stop runs: SIGINT (fast shutdown) to the postmaster, a 10 ms poll
+// until it exits (the service managers poll every 100 ms or slower), walsenders ended after
+// WalsenderGrace, then the service manager's stop, which finds it stopped and tidies up.
+func (s *SSHServer) StopCommand() remote.Command {
+	script := `pidfile=$1/postmaster.pid; shift
+pid=$(head -n 1 "$pidfile" 2>/dev/null || true)
+# alive: the process exists and is not a zombie (an orphan waits for its reaper a while).
+alive() { s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; [ "${s%% *}" != Z ]; }
+if [ -n "$pid" ] && alive "$pid"; then
+	kill -INT "$pid"
+	n=0
+	while alive "$pid"; do
+		sleep 0.01
+		n=$((n + 1))
+		if [ "$n" -eq ` + fmt.Sprint(int(WalsenderGrace/(10*time.Millisecond))) + ` ]; then
+			for c in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+				case $(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null) in *walsender*) kill -TERM "$c" 2>/dev/null || true ;; esac
+			done
+		fi
+	done
+fi
+exec "$@"`
+	return remote.Command(append([]string{"sh", "-c", script, "instactl-stop", s.PGData}, s.StopCmd...))
+}
+
 // Stop implements Server.
 func (s *SSHServer) Stop(ctx context.Context) error {
-	_, err := s.run(ctx, "stop postgres", s.StopCmd)
+	_, err := s.run(ctx, "stop postgres", s.StopCommand())
 	return err
 }
 

@@ -86,8 +86,7 @@ func (s *Set) Repoint(ctx context.Context, db string, addr netip.AddrPort, dbnam
 }
 
 // RemoteWriter returns a WriteFunc that writes path (DatabasesFile on a real host) over SSH:
-// remote.Client.Upload writes a temporary file beside it, checks its checksum and renames it
-// into place. targets maps the app host names of the Set's Targets to their SSH targets; the
+// one command writes a temporary file beside it from stdin and renames it into place. targets maps the app host names of the Set's Targets to their SSH targets; the
 // pool keeps one connection per host for the whole operation (the caller closes it).
 func RemoteWriter(p *remote.Pool, targets map[string]remote.Target, path string) WriteFunc {
 	return func(ctx context.Context, host string, content []byte) error {
@@ -99,7 +98,15 @@ func RemoteWriter(p *remote.Pool, targets map[string]remote.Target, path string)
 		if err != nil {
 			return err
 		}
-		_, err = c.Upload(ctx, bytes.NewReader(content), path, 0o644)
-		return err
+		// One exec on the pooled connection: a switchover holds writes while this runs, and a
+		// session is cheaper than an SFTP upload. Temporary file, then rename: a reader sees
+		// the old file or the new one.
+		tmp := path + ".instactl-tmp"
+		script := "cat > " + remote.Quote(tmp) + " && chmod 0644 " + remote.Quote(tmp) + " && mv -f " + remote.Quote(tmp) + " " + remote.Quote(path)
+		res, err := c.Run(ctx, remote.Script(script), bytes.NewReader(content))
+		if err != nil {
+			return err
+		}
+		return res.Err()
 	}
 }

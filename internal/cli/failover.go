@@ -170,6 +170,12 @@ func runGroupOp(ctx context.Context, f *Factory, o Output, op, name string, fl g
 		return usageErrorf("group %s is of kind %q; switchover, failover and rejoin know postgres and redis", g.Name, g.Kind)
 	}
 	v.Elapsed = time.Since(start)
+	if v.Group == "" {
+		v.Group = g.Name // an operation refused before it began reports no group
+	}
+	if v.Op == "" {
+		v.Op = op
+	}
 	if err == nil && v.NewPrimary != "" && op != "rejoin" {
 		recordEvent(ctx, env, op, v)
 	}

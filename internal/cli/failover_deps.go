@@ -2,10 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/failover"
@@ -133,6 +136,9 @@ func (e *foEnv) deps(ctx context.Context) (failover.Deps, error) {
 	if err != nil {
 		return failover.Deps{}, err
 	}
+	if err := e.dialAhead(ctx, set); err != nil {
+		return failover.Deps{}, err
+	}
 	return failover.Deps{
 		ControlDSN: dsn,
 		Pooler:     &poolerAdapter{set: set, env: e},
@@ -211,4 +217,43 @@ func (f fencer) Fence(ctx context.Context, host string) error {
 		return fmt.Errorf("fence %s: stop instance %s: %w", host, h.ID, err)
 	}
 	return nil
+}
+
+// dialAhead opens the SSH connections an operation will use while writes are held: to every
+// app host (the repoint writes there) and to every running member of a replication group (the
+// old primary is stopped over SSH). An app host that cannot be reached fails the command
+// before anything changed; a member that cannot be reached is left to the operation (a
+// failover's old primary is gone).
+func (e *foEnv) dialAhead(ctx context.Context, set *pooler.Set) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	dial := func(host string, required bool) {
+		defer wg.Done()
+		t, err := e.target(host)
+		if err == nil {
+			_, err = e.ssh.Get(ctx, t)
+		}
+		if err != nil && required {
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("app host %s, whose PgBouncer must be repointed: %w", host, err))
+			mu.Unlock()
+		}
+	}
+	for _, t := range set.Targets() {
+		wg.Add(1)
+		go dial(t.Host, true)
+	}
+	for _, g := range e.topo.Groups {
+		for _, m := range g.Members {
+			if h, ok := e.inv[m.Host]; ok && h.State == "running" {
+				wg.Add(1)
+				go dial(m.Host, false)
+			}
+		}
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -118,6 +118,12 @@ max_client_conn = 2000
 default_pool_size = 20
 reserve_pool_size = 5
 server_idle_timeout = 60
+; A failed server login makes PgBouncer wait server_login_retry before it tries again, holding
+; every client of that database (15 s by default): a connection attempt that meets the old
+; primary while it stops would hold the writes of a switchover that long. Retry at once, and
+; give up on an unreachable server (a stopped instance) after 2 s.
+server_login_retry = 0
+server_connect_timeout = 2
 ignore_startup_parameters = extra_float_digits
 INSTACTL_EOF
 write_file /etc/instagram/pgbouncer-userlist.txt 0640 root:postgres <<'INSTACTL_EOF'

@@ -187,6 +187,7 @@ func (s *SSHServer) RewindCommand(source topology.Member) remote.Command {
 	script := strings.Join([]string{
 		"set -e",
 		"d=" + remote.Quote(s.PGData),
+		staleLockScript,
 		`keep=$(mktemp -d)`,
 		`for f in postgresql.conf pg_hba.conf pg_ident.conf; do if [ -f "$d/$f" ]; then cp -p "$d/$f" "$keep/"; fi; done`,
 		"rc=0",
@@ -197,6 +198,17 @@ func (s *SSHServer) RewindCommand(source topology.Member) remote.Command {
 	}, "\n")
 	return remote.Command{"runuser", "-u", "postgres", "--", "env", "LC_ALL=C", "sh", "-c", script}
 }
+
+// staleLockScript removes $d/postmaster.pid when no postgres holds it: after a power cut the
+// lock file stays, and once the host's pids have wrapped its pid may be another process, which
+// PostgreSQL (and pg_rewind's single-user crash recovery) would take for a live postmaster.
+const staleLockScript = `if [ -f "$d/postmaster.pid" ]; then
+	lp=$(head -n 1 "$d/postmaster.pid")
+	case $(tr '\0' ' ' <"/proc/$lp/cmdline" 2>/dev/null) in
+	*postgres*) ;;
+	*) rm -f "$d/postmaster.pid" ;;
+	esac
+fi`
 
 // Rewind implements Server.
 func (s *SSHServer) Rewind(ctx context.Context, source topology.Member) error {

@@ -35,7 +35,7 @@ payload sha256) to --record, so that after a deploy, backup or shard move
 ` + "`instactl loadgen verify`" + ` can prove none was lost. The URL defaults to the sandbox load balancer.`,
 		Example: `  instactl loadgen --rate 50 --duration 2m --record writes.jsonl
   instactl loadgen verify --record writes.jsonl
-  instactl loadgen --url http://lb.example.com --mix signup=1,upload=2,feed=10 -o json`,
+  instactl loadgen --url http://lb.example.com --signups 1 --uploads 2 --feeds 10 -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := loadgenURL(f, opts); err != nil {

@@ -378,6 +378,15 @@ readonly PGDATA=/var/lib/postgresql/15/main PEERS=/etc/instagram/pg-peers PSQL=/
 log() { echo "instactl-pg-guard: $*" >&2; }
 if [ -r /etc/instagram/pgpass ]; then export PGPASSFILE=/etc/instagram/pgpass; fi
 
+# A lock file left by a power cut names a pid that, once pids wrap, may be another process:
+# PostgreSQL would take it for a live postmaster and refuse to start.
+if [ -f "$PGDATA/postmaster.pid" ]; then
+	lp=$(head -n 1 "$PGDATA/postmaster.pid")
+	case $(tr '\0' ' ' <"/proc/$lp/cmdline" 2>/dev/null) in
+	*postgres*) ;;
+	*) log "removing the stale lock file of pid $lp" && rm -f "$PGDATA/postmaster.pid" ;;
+	esac
+fi
 if [ -e "$PGDATA/standby.signal" ] || [ ! -s "$PEERS" ]; then
 	exec "$@"
 fi

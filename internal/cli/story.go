@@ -86,6 +86,13 @@ func storyRender(w io.Writer, s *story.Summary, stackPath string) error {
 	fmt.Fprintf(w, "  rolling deploy           %s\n", s.DeployDuration)
 	fmt.Fprintf(w, "  backup freeze window     %s; restore drill passed: %v\n", s.FreezeWindow.Round(time.Millisecond), s.BackupVerified)
 	fmt.Fprintf(w, "  shard move write-blocked %s (worst move)\n", s.MoveWindow.Round(time.Millisecond))
+	if s.SwitchoverBlock > 0 {
+		fmt.Fprintf(w, "  switchover write block   %s (worst, held at the poolers: none failed)\n", s.SwitchoverBlock.Round(time.Millisecond))
+	}
+	if s.FailoverDuration > 0 {
+		fmt.Fprintf(w, "  failover after a power cut %s, loss window %s; %d requests failed while the primary was dead\n",
+			s.FailoverDuration.Round(time.Millisecond), s.FailoverLossWindow, s.FailoverFailedRequests)
+	}
 	fmt.Fprintf(w, "\n  %-28s %8s %6s %9s %9s\n", "latency", "requests", "failed", "p50", "p99")
 	for _, p := range s.Phases {
 		fmt.Fprintf(w, "  %-28s %8d %6d %7.1fms %7.1fms\n", p.Name, p.Requests, p.Errors, p.P50Ms, p.P99Ms)

@@ -47,7 +47,11 @@ deploy:
 			t.Errorf("operation %s failed: %s", op.Name, op.Detail)
 		}
 	}
-	for _, want := range []string{"deploy v2", "backup", "verify pg backup", "verify redis backup", "move shard"} {
+	if sum.SwitchoverBlock <= 0 || sum.FailoverDuration <= 0 {
+		t.Errorf("story lacks its switchover and failover: switchover block %s, failover %s", sum.SwitchoverBlock, sum.FailoverDuration)
+	}
+	for _, want := range []string{"deploy v2", "backup", "verify pg backup", "verify redis backup", "move shard",
+		"switchover pg-", "switchover redis-", "power cut of pg-", "failover pg-", "rejoin pg-"} {
 		if !strings.Contains(strings.Join(names, ","), want) {
 			t.Errorf("story has no %q operation: %v", want, names)
 		}

@@ -139,33 +139,8 @@ func writeJournal(dir string, j *Journal) error {
 	if err != nil {
 		return fmt.Errorf("write journal: %w", err)
 	}
-	path := journalPath(dir, j.Group)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := writeDurable(journalPath(dir, j.Group), append(b, '\n')); err != nil {
 		return fmt.Errorf("write journal: %w", err)
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return fmt.Errorf("write journal %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write journal %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write journal %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write journal: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write journal: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write journal: sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -46,7 +46,7 @@ func RedisFailover(ctx context.Context, opts RedisFailoverOptions) (RedisReport,
 	if err != nil {
 		return rep.fail(err)
 	}
-	defer lock.unlock()
+	defer lock.release()
 	if err := redisNoJournal(opts.JournalDir, opts.Group); err != nil {
 		return rep.fail(err)
 	}
@@ -224,7 +224,7 @@ func RedisRejoin(ctx context.Context, opts RedisRejoinOptions) (RedisReport, err
 	if err != nil {
 		return rep.fail(err)
 	}
-	defer lock.unlock()
+	defer lock.release()
 	if err := redisNoJournal(opts.JournalDir, opts.Group); err != nil {
 		return rep.fail(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 )
 
@@ -74,37 +73,8 @@ func redisWriteJournal(dir string, j *redisJournal) error {
 	if err != nil {
 		return fmt.Errorf("encode redis journal: %w", err)
 	}
-	path := redisJournalPath(dir, j.Group)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := writeDurable(redisJournalPath(dir, j.Group), append(data, '\n')); err != nil {
 		return fmt.Errorf("write redis journal: %w", err)
-	}
-	if _, err := f.Write(append(data, '\n')); err != nil {
-		f.Close()
-		return fmt.Errorf("write redis journal %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync redis journal %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write redis journal %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write redis journal: %w", err)
-	}
-	return redisSyncDir(dir)
-}
-
-func redisSyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -136,38 +106,9 @@ func redisRemoveJournal(dir, group string) error {
 	if err := os.Remove(redisJournalPath(dir, group)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove redis journal: %w", err)
 	}
-	return redisSyncDir(dir)
+	return syncDir(dir)
 }
 
-// redisLock is the exclusive operation lock of one group.
-type redisLock struct{ f *os.File }
-
-// redisLockGroup takes the exclusive lock <dir>/<group>.lock without waiting; an operation
-// that holds it already makes it fail with RedisErrBusy. The lock dies with the process, so a
-// crashed run never leaves the group locked.
-func redisLockGroup(dir, group string) (*redisLock, error) {
-	if dir == "" {
-		return nil, fmt.Errorf("no journal directory: %w", RedisErrBadInput)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("journal directory: %w", err)
-	}
-	path := filepath.Join(dir, group+".lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("lock %s: another operation holds group %s: %w", path, group, RedisErrBusy)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return &redisLock{f: f}, nil
-}
-
-func (l *redisLock) unlock() {
-	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
-	_ = l.f.Close()
-}
+// redisLockGroup takes the group's exclusive operation lock, the one Postgres operations take
+// (RedisErrBusy when another instactl holds it).
+func redisLockGroup(dir, group string) (*lock, error) { return acquire(dir, group) }

@@ -55,13 +55,13 @@ func TestRedisJournal(t *testing.T) {
 	if l2, err := redisLockGroup(dir, "redis-2"); err != nil {
 		t.Fatalf("another group: %v", err)
 	} else {
-		l2.unlock()
+		l2.release()
 	}
-	l.unlock()
+	l.release()
 	if l, err = redisLockGroup(dir, "redis-0"); err != nil {
 		t.Fatalf("lock after unlock: %v", err)
 	}
-	l.unlock()
+	l.release()
 	if _, err := redisLockGroup("", "redis-0"); !errors.Is(err, RedisErrBadInput) {
 		t.Fatalf("no directory: %v", err)
 	}

@@ -55,7 +55,7 @@ func redisConverge(ctx context.Context, opts RedisResumeOptions, abort bool) (Re
 	if err != nil {
 		return rep.fail(err)
 	}
-	defer lock.unlock()
+	defer lock.release()
 	j, err := redisReadJournal(opts.JournalDir, opts.Group)
 	if err != nil {
 		return rep.fail(err)

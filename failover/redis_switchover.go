@@ -74,7 +74,7 @@ func RedisSwitchover(ctx context.Context, opts RedisSwitchoverOptions) (RedisRep
 	if err != nil {
 		return rep.fail(err)
 	}
-	defer lock.unlock()
+	defer lock.release()
 	if err := redisNoJournal(opts.JournalDir, opts.Group); err != nil {
 		return rep.fail(err)
 	}

@@ -612,7 +612,7 @@ func TestRedisBadInput(t *testing.T) {
 	if _, err := RedisSwitchover(ctx, RedisSwitchoverOptions{DB: db, JournalDir: e.dir, Group: "redis-0"}); !errors.Is(err, RedisErrBusy) {
 		t.Errorf("switchover while locked: %v", err)
 	}
-	lock.unlock()
+	lock.release()
 	if len(e.fenced) != 0 {
 		t.Errorf("bad input fenced %v", e.fenced)
 	}

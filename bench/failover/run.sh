@@ -78,9 +78,14 @@ trap cleanup EXIT
 log "sandbox up (instactl side)"
 ic sandbox up >/dev/null
 ic shard init >/dev/null
-APP0=127.0.94.2
-CONTROL="postgres://postgres@127.0.94.3:5432,127.0.94.4:5432/instagram_control?sslmode=disable&target_session_attrs=read-write"
-addr_of() { case $1 in pg-0) echo 127.0.94.3 ;; pg-1) echo 127.0.94.4 ;; redis-0) echo 127.0.94.5 ;; redis-1) echo 127.0.94.6 ;; esac; }
+declare -A ADDR
+while read -r h a; do ADDR[$h]=$a; done < <(ic inventory -o json | $PY -c 'import json,sys
+d=json.load(sys.stdin)
+for h in (d["hosts"] if isinstance(d, dict) else d):
+    print("%s-%d" % (h["role"], h["index"]), h["private_address"])')
+APP0=${ADDR[app-0]}
+CONTROL="postgres://postgres@${ADDR[pg-0]}:5432,${ADDR[pg-1]}:5432/instagram_control?sslmode=disable&target_session_attrs=read-write"
+addr_of() { echo "${ADDR[$1]}"; }
 primary_of() { psql -X -At "$CONTROL" -c "SELECT primary_host FROM replication_groups WHERE name = '$1'"; }
 psql "$CONTROL" -X -q -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
 SELECT 1;

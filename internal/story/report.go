@@ -37,14 +37,14 @@ type Summary struct {
 	FailedRequests int    `json:"failed_requests"`
 	// NotSent counts requests the load generator never sent because its in-flight bound was
 	// reached: a sign of a slow machine or slow answers, not a failed request.
-	NotSent           int              `json:"not_sent"`
-	AcknowledgedWrite int              `json:"acknowledged_writes"`
-	WritesVerified    bool             `json:"writes_verified"`
-	WritesChecked     int              `json:"writes_checked"`
-	DeployDuration    time.Duration    `json:"deploy_duration"`
-	FreezeWindow      time.Duration    `json:"freeze_window"`
-	MoveWindow        time.Duration    `json:"move_window"`
-	BackupVerified    bool             `json:"backup_verified"`
+	NotSent           int           `json:"not_sent"`
+	AcknowledgedWrite int           `json:"acknowledged_writes"`
+	WritesVerified    bool          `json:"writes_verified"`
+	WritesChecked     int           `json:"writes_checked"`
+	DeployDuration    time.Duration `json:"deploy_duration"`
+	FreezeWindow      time.Duration `json:"freeze_window"`
+	MoveWindow        time.Duration `json:"move_window"`
+	BackupVerified    bool          `json:"backup_verified"`
 	// SwitchoverBlock is the longest write block of the planned switchovers.
 	SwitchoverBlock time.Duration `json:"switchover_block"`
 	// FailoverDuration is the failover command's wall time after the power cut.
@@ -53,12 +53,12 @@ type Summary struct {
 	FailoverLossWindow string `json:"failover_loss_window,omitempty"`
 	// FailoverFailedRequests are the requests that failed while a primary was dead, counted
 	// apart from FailedRequests.
-	FailoverFailedRequests int `json:"failover_failed_requests"`
-	Phases            []Phase          `json:"phases"`
-	Ops               []Op             `json:"ops"`
-	Buckets           []loadgen.Bucket `json:"buckets"`
-	Elapsed           time.Duration    `json:"elapsed"`
-	ReportPath        string           `json:"report_path,omitempty"`
+	FailoverFailedRequests int              `json:"failover_failed_requests"`
+	Phases                 []Phase          `json:"phases"`
+	Ops                    []Op             `json:"ops"`
+	Buckets                []loadgen.Bucket `json:"buckets"`
+	Elapsed                time.Duration    `json:"elapsed"`
+	ReportPath             string           `json:"report_path,omitempty"`
 }
 
 // Phases splits the load's per-second buckets into before, during and after each operation.

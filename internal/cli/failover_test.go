@@ -24,7 +24,7 @@ import (
 const failoverStackYAML = `name: fotest
 provider: sandbox
 network:
-  address_base: 127.0.93.1
+  address_base: 127.0.97.1
 roles:
   app: {count: 2}
   pg: {count: 2, replicas: 1, volumes: {count: 1, size_gib: 10, mount: /var/lib/postgresql}}
@@ -36,8 +36,8 @@ shards:
   logical: 8
 sandbox:
   dir: %s
-  lb_port: 18193
-  moto_port: 15093
+  lb_port: 18197
+  moto_port: 15097
 `
 
 // writeMix is write-only, so the load is at least its rate in writes per second.

@@ -2,12 +2,16 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/instactl/instactl/failover"
+	"github.com/instactl/instactl/shardmove"
 	"github.com/instactl/instactl/topology"
 )
 
@@ -26,6 +30,15 @@ func runPostgresOp(ctx context.Context, env *foEnv, op string, g topology.Group,
 			return failover.Abort(ctx, d, g.Name)
 		}
 		return failover.Resume(ctx, d, g.Name)
+	}
+	if err := movesHoldGroup(ctx, d.ControlDSN, g.Name); err != nil {
+		// A failover of the control group cannot read the control database until a standby is
+		// promoted; no move can make progress meanwhile, so only an answer that names moves
+		// holds it back.
+		if op == "switchover" || errors.Is(err, failover.ErrBusy) {
+			return failover.Report{Group: g.Name}, err
+		}
+		env.status("note: shard moves not checked: %v", err)
 	}
 	var probe *failover.Probe
 	if fl.probe {
@@ -83,4 +96,40 @@ func withControl(ctx context.Context, dsn string, fn func(db topology.DB) error)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return fn(conn)
+}
+
+// movesHoldGroup refuses a switchover or failover of a node while a shard move to or from it
+// is running or stopped half way: its logical replication slot lives on the primary only
+// (PostgreSQL 15 does not copy slots to standbys), so a change of primary would break the
+// move. Before `shard init` there are no moves.
+func movesHoldGroup(ctx context.Context, controlDSN, group string) error {
+	var held []string
+	err := withControl(ctx, controlDSN, func(db topology.DB) error {
+		rows, err := db.Query(ctx, `SELECT id, shard, from_node, to_node, state, step FROM shard_moves
+			WHERE state IN ($1, $2) AND (from_node = $3 OR to_node = $3) ORDER BY id`,
+			shardmove.StateRunning, shardmove.StateFailed, group)
+		if err != nil {
+			return err
+		}
+		var id int64
+		var shard int
+		var from, to, state, step string
+		_, err = pgx.ForEachRow(rows, []any{&id, &shard, &from, &to, &state, &step}, func() error {
+			held = append(held, fmt.Sprintf("move %d (shard %d, %s -> %s) is %s at step %s: instactl shard resume %d (or shard abort %d)",
+				id, shard, from, to, state, step, id, id))
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // no shard_moves yet
+			return nil
+		}
+		return fmt.Errorf("%w: read the shard moves of %s: %v", failover.ErrPrecondition, group, err)
+	}
+	if len(held) > 0 {
+		return fmt.Errorf("%w: %s has shard moves under way; finish them first:\n  %s", failover.ErrBusy, group, strings.Join(held, "\n  "))
+	}
+	return nil
 }

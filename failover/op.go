@@ -164,9 +164,23 @@ func (o *op) promote(ctx context.Context) error {
 			if !ok {
 				return errors.New("pg_promote: the promotion could not be signalled")
 			}
-			err := waitFor(ctx, time.Duration(max(wait, 1))*time.Second, o.j.NewPrimary+" to leave recovery",
+			// Poll on this session; should it break, on a new one.
+			poll := c
+			defer func() {
+				if poll != c {
+					poll.Close(context.WithoutCancel(ctx))
+				}
+			}()
+			err := waitFor(ctx, time.Duration(max(wait, 1))*time.Second, pollFast, o.j.NewPrimary+" to leave recovery",
 				func(ctx context.Context) (bool, string, error) {
-					rec, err := inRecovery(ctx, c)
+					if poll.IsClosed() {
+						nc, err := o.d.connect(ctx, o.newMember(), time.Second)
+						if err != nil {
+							return false, "", err
+						}
+						poll = nc
+					}
+					rec, err := inRecovery(ctx, poll)
 					return err == nil && !rec, "in recovery", err
 				})
 			if err != nil {

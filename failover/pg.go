@@ -135,9 +135,15 @@ func switchPoint(ctx context.Context, c *pgx.Conn, current, tl int) (LSN, bool, 
 	return 0, false, nil
 }
 
-// waitFor polls check every 5 ms until it reports done, ctx ends or timeout passes: the
-// waits inside a switchover are part of its write block.
-func waitFor(ctx context.Context, timeout time.Duration, what string, check func(ctx context.Context) (bool, string, error)) error {
+// Poll intervals of waitFor: the waits inside a switchover's write block poll fast on one
+// session; the others poll gently, as they may open a session per check.
+const (
+	pollFast = 5 * time.Millisecond
+	pollSlow = 100 * time.Millisecond
+)
+
+// waitFor polls check every interval until it reports done, ctx ends or timeout passes.
+func waitFor(ctx context.Context, timeout, interval time.Duration, what string, check func(ctx context.Context) (bool, string, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	last := ""
@@ -154,7 +160,7 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, check func
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: not within %s (last seen: %s)", what, timeout, last)
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(interval):
 		}
 	}
 }

@@ -168,7 +168,7 @@ func follow(ctx context.Context, d Deps, srv Server, m, primary topology.Member,
 
 // waitStreaming waits until the primary's pg_stat_replication shows m streaming.
 func waitStreaming(ctx context.Context, d Deps, m, primary topology.Member, timeout time.Duration) error {
-	return waitFor(ctx, timeout, fmt.Sprintf("%s to stream from %s", m.Host, primary.Host), func(ctx context.Context) (bool, string, error) {
+	return waitFor(ctx, timeout, pollSlow, fmt.Sprintf("%s to stream from %s", m.Host, primary.Host), func(ctx context.Context) (bool, string, error) {
 		var state string
 		err := d.query(ctx, primary, func(c *pgx.Conn) error {
 			var err error

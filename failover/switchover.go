@@ -232,7 +232,7 @@ func (o *op) catchUp(ctx context.Context) error {
 	}
 	defer c.Close(context.WithoutCancel(ctx))
 	var got LSN
-	err = waitFor(ctx, o.timeouts.CatchUp, fmt.Sprintf("%s to receive the shutdown checkpoint %s", o.j.NewPrimary, o.j.ShutdownLSN),
+	err = waitFor(ctx, o.timeouts.CatchUp, pollFast, fmt.Sprintf("%s to receive the shutdown checkpoint %s", o.j.NewPrimary, o.j.ShutdownLSN),
 		func(ctx context.Context) (bool, string, error) {
 			l, err := receiveLSN(ctx, c)
 			got = l
@@ -290,7 +290,7 @@ func (o *op) startOldPrimary(ctx context.Context) error {
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
-	return waitFor(ctx, 60*time.Second, o.j.OldPrimary+" to take writes again", func(ctx context.Context) (bool, string, error) {
+	return waitFor(ctx, 60*time.Second, pollSlow, o.j.OldPrimary+" to take writes again", func(ctx context.Context) (bool, string, error) {
 		var rec bool
 		err := o.d.query(ctx, o.oldMember(), func(c *pgx.Conn) error {
 			var err error

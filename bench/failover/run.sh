@@ -67,11 +67,18 @@ sandbox:
   dir: $SBX
   lb_port: 18194
   moto_port: 15094
+  volume_size_mib: 2048   # every promotion leaves its last 16 MiB segment until WAL moves past it
 EOF
 ic() { "$IC" --stack "$STACK" "$@"; }
 cleanup() {
+  local rc=$?
   if [ -n "${writer_pid:-}" ]; then kill "$writer_pid" 2>/dev/null || true; fi
-  if [ "${KEEP:-0}" != 1 ]; then ic sandbox down >/dev/null 2>&1 || true; fi
+  # A failed run keeps the sandbox (its logs say why) unless KEEP=0; a good one removes it.
+  if [ "${KEEP:-$((rc != 0))}" = 1 ]; then
+    log "the sandbox stays for a look: $IC --stack $STACK sandbox down removes it"
+  else
+    ic sandbox down >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 
@@ -141,6 +148,7 @@ ic_pg_round() { # kind(switchover|kill+cmd) i
   psql -X -At "$(pg_primary_dsn)" -c "SELECT seq FROM fo_writes WHERE run = '$run'" >"$dir/present.txt"
   event "$dir" "$scen" "$i" "$kind" "$(addr_of "$old"):5432" "$t_cmd" "$t_done" "$load" "$rc"
   finish "$dir"
+  [ "$rc" = 0 ] || die "$scen #$i exited $rc: $dir/cmd.err"
   if [ "$kind" != switchover ]; then
     ic host start "$old" >"$dir/start.out" 2>&1 && ic rejoin "$old" >"$dir/rejoin.out" 2>&1 || die "rejoin of $old failed: $dir/rejoin.out"
   fi
@@ -166,6 +174,7 @@ ic_redis_round() { # kind(switchover|kill+cmd) i
   redis-cli -h "$(addr_of "$new")" -p 6379 LRANGE "fo:$run" 0 -1 >"$dir/present.txt"
   event "$dir" "$scen" "$i" "$kind" "$(addr_of "$old"):6379" "$t_cmd" "$t_done" "$load" "$rc"
   finish "$dir"
+  [ "$rc" = 0 ] || die "$scen #$i exited $rc: $dir/cmd.err"
   if [ "$kind" != switchover ]; then
     ic host start "$old" >"$dir/start.out" 2>&1 && ic rejoin "$old" >"$dir/rejoin.out" 2>&1 || die "rejoin of $old failed: $dir/rejoin.out"
   fi

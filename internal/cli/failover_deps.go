@@ -48,9 +48,12 @@ func newFoEnv(ctx context.Context, f *Factory) (*foEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	topo, err := topology.Resolve(ctx, st, "postgres")
-	if err != nil && topo.Source == "" {
+	topo, err := topology.ResolveCached(ctx, st, "postgres", topologyCacheFile(dir))
+	switch {
+	case err != nil && topo.Source == "":
 		return nil, err
+	case err != nil && topo.Source == topology.SourceCache:
+		f.IO.Statusf("note: the control database does not answer (%v); using the topology instactl last read from it (%s)", err, topologyCacheFile(dir))
 	}
 	hosts, err := provision.Inventory(ctx, prov, st.Name)
 	if err != nil {
@@ -257,3 +260,6 @@ func (e *foEnv) dialAhead(ctx context.Context, set *pooler.Set) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// topologyCacheFile is where instactl keeps the last topology the control database gave.
+func topologyCacheFile(stateDir string) string { return filepath.Join(stateDir, "topology.json") }

@@ -247,6 +247,21 @@ func TestFailoverSandbox(t *testing.T) {
 	if v := op("switchover", "pg-0", "--to", "pg-0"); v.NewPrimary != "pg-0" {
 		t.Fatalf("switchover back after the rejoin: %+v", v)
 	}
+	// The control database lives in pg-0's group: lose the primary it has after a switchover,
+	// and the failover has only the topology instactl kept from its last read to go on (the
+	// stack file names pg-0, which is the standby now).
+	if v := op("switchover", "pg-0"); v.NewPrimary != "pg-1" {
+		t.Fatalf("switchover to pg-1: %+v", v)
+	}
+	must("host", "stop", "pg-1", "--force")
+	if v := op("failover", "pg-0"); v.OldPrimary != "pg-1" || v.NewPrimary != "pg-0" {
+		t.Fatalf("failover of the control group from pg-1: %+v", v)
+	}
+	must("host", "start", "pg-1")
+	must("rejoin", "pg-1")
+	if inRecovery("pg-1") != "true" || inRecovery("pg-0") != "false" {
+		t.Fatal("after the control group's failover and rejoin pg-0 must be primary and pg-1 its standby")
+	}
 
 	// Redis: power cut of the master, failover, fenced on return, rejoin.
 	must("host", "stop", "redis-0", "--force")

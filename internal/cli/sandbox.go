@@ -118,7 +118,7 @@ func newCmdSandboxStatus(f *Factory, out func() Output) *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			topo, err := statusTopology(cmd.Context(), st)
+			topo, err := statusTopology(cmd.Context(), f, st)
 			if err != nil {
 				return err
 			}

@@ -91,7 +91,7 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 		return nil, err
 	}
 	defer pool.Close()
-	topo, err := statusTopology(ctx, st)
+	topo, err := statusTopology(ctx, f, st)
 	if err != nil {
 		return nil, err
 	}
@@ -133,8 +133,12 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 
 // statusTopology asks the control database for the primaries now; before `shard init` (or
 // with its node down) the stack file's topology is the best answer there is.
-func statusTopology(ctx context.Context, st *stack.Stack) (topology.Topology, error) {
-	topo, err := topology.Resolve(ctx, st, "postgres")
+func statusTopology(ctx context.Context, f *Factory, st *stack.Stack) (topology.Topology, error) {
+	dir, err := f.StateDir()
+	if err != nil {
+		return topology.Topology{}, err
+	}
+	topo, err := topology.ResolveCached(ctx, st, "postgres", topologyCacheFile(dir))
 	if err != nil && len(topo.Groups) == 0 {
 		return topo, err
 	}

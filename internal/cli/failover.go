@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -178,6 +179,11 @@ func runGroupOp(ctx context.Context, f *Factory, o Output, op, name string, fl g
 	}
 	if err == nil && v.NewPrimary != "" && op != "rejoin" {
 		recordEvent(ctx, env, op, v)
+	}
+	// Keep the copy of the topology current: the next failover of the control group may have
+	// nothing else to go on.
+	if _, rerr := topology.ResolveCached(ctx, env.st, "postgres", topologyCacheFile(filepath.Dir(env.jdir))); rerr != nil {
+		env.status("note: the topology after the %s could not be read back: %v", op, rerr)
 	}
 	if rerr := render(f.IO, o, v, func(w io.Writer) error { return renderFailover(w, op, v, err) }); rerr != nil {
 		return rerr

@@ -309,7 +309,9 @@ func TestDoRetriesAfterPrimaryLost(t *testing.T) {
 	execSQL(t, pg.URL("instagram"), "CREATE TABLE t (id int PRIMARY KEY)")
 	control := pg.URL("control")
 	installMap(t, control, shardmap.Node{Name: "pg-0", DSN: pg.URL("instagram")})
-	seedTopology(t, control, hostPort(pg), "127.0.0.1:1")
+	// pg-1 is the same server: RecordPrimary points the map's node at the new primary's
+	// address, and the retried write must find a server there.
+	seedTopology(t, control, hostPort(pg), hostPort(pg))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

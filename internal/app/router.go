@@ -167,14 +167,16 @@ func (r *Router) Refresh(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for name, n := range m.Nodes {
-		if np, ok := r.pools[name]; ok && np.dsn == n.DSN {
-			continue
-		}
+		// Through the pooler a new primary changes the node's DSN but not the pooler's, so
+		// compare what the pool connects to: the pool stays, and the new epoch resets it.
 		dsn := n.DSN
 		if r.pooler != "" {
 			if dsn, err = PoolerDSN(n.DSN, r.pooler, name); err != nil {
 				return fmt.Errorf("node %s: %w", name, err)
 			}
+		}
+		if np, ok := r.pools[name]; ok && np.dsn == dsn {
+			continue
 		}
 		pool, err := newPool(ctx, dsn, r.maxConns)
 		if err != nil {
@@ -183,7 +185,7 @@ func (r *Router) Refresh(ctx context.Context) error {
 		if old, ok := r.pools[name]; ok {
 			go func() { time.Sleep(30 * time.Second); old.pool.Close() }()
 		}
-		r.pools[name] = &nodePool{dsn: n.DSN, pool: pool}
+		r.pools[name] = &nodePool{dsn: dsn, pool: pool}
 	}
 	r.cur.Store(&m)
 	r.signalLocked()

@@ -38,7 +38,9 @@ how a failover drill kills a primary. A stopped host is still the stack's: plan 
 	stop := &cobra.Command{
 		Use:   "stop HOST",
 		Short: "Stop a host (--force: a power cut, no clean shutdown)",
-		Args:  exactlyOneHost,
+		Example: `  instactl host stop app-2            # clean shutdown; volumes and address stay
+  instactl host stop pg-0 --force    # a power cut, for a failover drill`,
+		Args: exactlyOneHost,
 	}
 	force := stop.Flags().Bool("force", false, "skip the clean shutdown (AWS Force; on the sandbox every process dies at once)")
 	stop.RunE = func(cmd *cobra.Command, args []string) error {
@@ -47,7 +49,9 @@ how a failover drill kills a primary. A stopped host is still the stack's: plan 
 	start := &cobra.Command{
 		Use:   "start HOST",
 		Short: "Start a stopped host and wait until it answers",
-		Args:  exactlyOneHost,
+		Example: `  instactl host start pg-0           # a former primary boots fenced
+  instactl rejoin pg-0               # then becomes the new primary's standby`,
+		Args: exactlyOneHost,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return hostPower(cmd.Context(), f, out(), args[0], false, false)
 		},

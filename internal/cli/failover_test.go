@@ -105,12 +105,16 @@ func TestFailoverSandbox(t *testing.T) {
 		err = c.QueryRow(ctx, sql).Scan(&s)
 		return s, err
 	}
+	// inRecovery asks host whether it is a standby, waiting while it does not accept
+	// connections yet (a standby that streams may still be reaching consistency).
 	inRecovery := func(host string) string {
 		t.Helper()
-		s, err := pgQuery(host, "SELECT pg_is_in_recovery()::text")
-		if err != nil {
-			t.Fatalf("%s: %v", host, err)
-		}
+		var s string
+		var err error
+		waitFor(t, 60*time.Second, host+" answers", func() bool {
+			s, err = pgQuery(host, "SELECT pg_is_in_recovery()::text")
+			return err == nil
+		})
 		return s
 	}
 

@@ -343,10 +343,18 @@ func (w *redisWriter) maxGap() time.Duration {
 func redisCheckAcked(t *testing.T, c *redis.Client, acked []int64) {
 	t.Helper()
 	ctx := context.Background()
-	list, err := c.LRange(ctx, "seq", 0, -1).Result()
-	if err != nil {
+	// Both keys in one transaction: the writer may still be writing, and each of its writes
+	// changes both.
+	var lr *redis.StringSliceCmd
+	var cnt *redis.StringCmd
+	if _, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		lr = p.LRange(ctx, "seq", 0, -1)
+		cnt = p.Get(ctx, "counter")
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
+	list := lr.Val()
 	present := make(map[int64]bool, len(list))
 	for _, s := range list {
 		n, _ := strconv.ParseInt(s, 10, 64)
@@ -363,7 +371,7 @@ func redisCheckAcked(t *testing.T, c *redis.Client, acked []int64) {
 	if missing > 0 {
 		t.Fatalf("%d of %d acknowledged writes missing", missing, len(acked))
 	}
-	if n, err := c.Get(ctx, "counter").Int64(); err != nil || n != int64(len(list)) {
+	if n, err := cnt.Int64(); err != nil || n != int64(len(list)) {
 		t.Fatalf("counter %d (%v) but %d list entries", n, err, len(list))
 	}
 }

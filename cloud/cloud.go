@@ -80,7 +80,10 @@ type VolumeSpec struct {
 	SizeGiB    int
 	Type       string
 	SnapshotID string
-	Tags       map[string]string
+	// ClientToken, when set, makes the create idempotent: a create repeated with the same token
+	// (a lost reply, a crash) gets the volume the first one made.
+	ClientToken string
+	Tags        map[string]string
 }
 
 // SecurityGroup is a firewall group with ingress rules.

@@ -153,6 +153,18 @@ func (p *Provider) CreateLoadBalancer(ctx context.Context, lb cloud.LoadBalancer
 			InstanceProtocol: aws.String("HTTP"), InstancePort: aws.Int32(int32(lb.TargetPort))}},
 		AvailabilityZones: lb.Zones, SecurityGroups: lb.SecurityGroupIDs, Tags: tags,
 	})
+	if apiCode(err) == "DuplicateLoadBalancerName" {
+		// A lost reply retried by the SDK, or a crash after the create: ours if it carries our
+		// stack's tag (set in the create call), and then configured below like a new one.
+		_, owner, lerr := p.lbStack(ctx, lb.Name)
+		switch {
+		case lerr != nil:
+			return cloud.LoadBalancer{}, fmt.Errorf("create load balancer %s: it exists; look it up: %w", lb.Name, lerr)
+		case owner != stack:
+			return cloud.LoadBalancer{}, refuse("load balancer %s exists and belongs to stack %q, not %q", lb.Name, owner, stack)
+		}
+		err = nil
+	}
 	if err != nil {
 		return cloud.LoadBalancer{}, wrap(err, "create load balancer %s", lb.Name)
 	}

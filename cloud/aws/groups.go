@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -137,18 +138,28 @@ func (p *Provider) CreateSecurityGroup(ctx context.Context, stack string, g clou
 		GroupName: aws.String(groupName(stack, g.Name)), Description: aws.String(desc),
 		TagSpecifications: tagSpec(ec2types.ResourceTypeSecurityGroup, tags),
 	})
-	if err != nil {
+	switch {
+	case apiCode(err) == "InvalidGroup.Duplicate":
+		// A lost reply retried by the SDK, or a crash after the create: the group is ours if it
+		// carries our stack's tag (set in the create call), and we carry on with it.
+		id, aerr := p.adoptGroup(ctx, stack, g.Name)
+		if aerr != nil {
+			return cloud.SecurityGroup{}, aerr
+		}
+		g.ID = id
+	case err != nil:
 		return cloud.SecurityGroup{}, wrap(err, "create security group %s", groupName(stack, g.Name))
+	default:
+		g.ID = aws.ToString(out.GroupId)
 	}
-	g.ID, g.Description, g.Tags = aws.ToString(out.GroupId), desc, tags
+	g.Description, g.Tags = desc, tags
 	if len(g.Ingress) == 0 {
 		return g, nil
 	}
-	ids, _, err := p.stackGroupIDs(ctx, stack)
+	ids, err := p.groupIDsFor(ctx, stack, g.Name, g.ID, g.Ingress)
 	if err != nil {
 		return cloud.SecurityGroup{}, fmt.Errorf("create security group %s: %w", g.Name, err)
 	}
-	ids[g.Name] = g.ID
 	if err := p.authorize(ctx, g.ID, g.Ingress, ids); err != nil {
 		return cloud.SecurityGroup{}, fmt.Errorf("create security group %s: %w", g.Name, err)
 	}
@@ -163,8 +174,12 @@ func (p *Provider) authorize(ctx context.Context, groupID string, rules []cloud.
 	if err != nil {
 		return err
 	}
-	_, err = p.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{
-		GroupId: aws.String(groupID), IpPermissions: perms})
+	// A group made moments ago may not be visible to AuthorizeSecurityGroupIngress yet.
+	err = p.untilFound(ctx, func() error {
+		_, err := p.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{
+			GroupId: aws.String(groupID), IpPermissions: perms})
+		return err
+	}, "InvalidGroup.NotFound")
 	if err != nil && apiCode(err) != "InvalidPermission.Duplicate" {
 		return wrap(err, "authorize ingress on %s", groupID)
 	}
@@ -274,4 +289,64 @@ func (p *Provider) groupUsers(ctx context.Context, groupID string) ([]string, er
 		}
 	}
 	return users, nil
+}
+
+// adoptGroup finds the group a create answered InvalidGroup.Duplicate for: by name, carrying
+// stack's tag. A new group may be missing from listings for a while, so it looks again within
+// the consistency window; a group of that name without our tag is refused.
+func (p *Provider) adoptGroup(ctx context.Context, stack, name string) (string, error) {
+	full := groupName(stack, name)
+	deadline := time.Now().Add(p.consistencyWindow())
+	delay := p.opts.PollMin
+	for {
+		raw, err := p.rawGroups(ctx, filter("group-name", full))
+		if err != nil {
+			return "", fmt.Errorf("create security group %s: it exists; look it up: %w", full, err)
+		}
+		if len(raw) > 0 {
+			if owner := fromEC2Tags(raw[0].Tags)[cloud.TagStack]; owner != stack {
+				return "", refuse("security group %s exists and belongs to stack %q, not %q: rename or delete it", full, owner, stack)
+			}
+			return aws.ToString(raw[0].GroupId), nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("create security group %s: EC2 says it exists, but for %s no listing showed it", full, p.consistencyWindow())
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("create security group %s: look up the existing group: %w", full, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, p.opts.PollMax)
+	}
+}
+
+// groupIDsFor maps the stack's group names to ids for rules, with self (name, id) included;
+// groups the rules name but listings do not show yet (made moments ago) are looked for again
+// within the consistency window.
+func (p *Provider) groupIDsFor(ctx context.Context, stack, self, selfID string, rules []cloud.Rule) (map[string]string, error) {
+	deadline := time.Now().Add(p.consistencyWindow())
+	delay := p.opts.PollMin
+	for {
+		ids, _, err := p.stackGroupIDs(ctx, stack)
+		if err != nil {
+			return nil, err
+		}
+		ids[self] = selfID
+		missing := ""
+		for _, r := range rules {
+			if _, ok := ids[r.FromGroup]; r.FromGroup != "" && !ok {
+				missing = r.FromGroup
+			}
+		}
+		if missing == "" || time.Now().After(deadline) {
+			return ids, nil
+		}
+		select {
+		case <-ctx.Done():
+			return ids, nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, p.opts.PollMax)
+	}
 }

@@ -3,10 +3,12 @@ package aws
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -130,6 +132,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	if spec.UserData != "" {
 		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(spec.UserData)))
 	}
+	died := 0
 	for gen := 0; gen < 5; gen++ {
 		if spec.ClientToken != "" {
 			in.ClientToken = aws.String(spec.ClientToken)
@@ -137,9 +140,14 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 				in.ClientToken = aws.String(fmt.Sprintf("%s.%d", spec.ClientToken, gen))
 			}
 		}
-		out, err := p.ec2.RunInstances(ctx, in)
+		var out *ec2.RunInstancesOutput
+		// Groups made moments ago may not be visible to RunInstances yet.
+		err := p.untilFound(ctx, func() (err error) {
+			out, err = p.ec2.RunInstances(ctx, in)
+			return err
+		}, "InvalidGroup.NotFound")
 		if err != nil {
-			return cloud.Instance{}, wrap(err, "run instance %s", spec.Name)
+			return cloud.Instance{}, wrap(err, "run instance %s (%s in %s)", spec.Name, spec.Type, spec.Zone)
 		}
 		if len(out.Instances) == 0 {
 			return cloud.Instance{}, fmt.Errorf("run instance %s: empty answer", spec.Name)
@@ -148,8 +156,17 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 		if st := i.State; st != nil && (st.Name == ec2types.InstanceStateNameTerminated || st.Name == ec2types.InstanceStateNameShuttingDown) {
 			continue
 		}
-		p.remember(stack, spec.ClientToken, aws.ToString(i.InstanceId))
-		return p.waitRunning(ctx, aws.ToString(i.InstanceId))
+		id := aws.ToString(i.InstanceId)
+		p.remember(stack, spec.ClientToken, id)
+		got, err := p.waitRunning(ctx, id)
+		if errors.Is(err, errDied) && died == 0 {
+			// EC2 accepted the instance and then ended it (no capacity after all): once more
+			// with a fresh token; a second death goes to the caller, which may try elsewhere.
+			died++
+			p.forget([]string{id})
+			continue
+		}
+		return got, err
 	}
 	return cloud.Instance{}, fmt.Errorf("run instance %s: client token %s used by 5 terminated instances", spec.Name, spec.ClientToken)
 }
@@ -217,7 +234,10 @@ func (p *Provider) waitRunning(ctx context.Context, id string) (cloud.Instance, 
 	})
 	out, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, p.opts.WaitTimeout)
 	if err != nil {
-		return cloud.Instance{}, wrap(err, "wait for instance %s to run", id)
+		if derr := p.diedPending(ctx, id); derr != nil {
+			return cloud.Instance{}, derr
+		}
+		return cloud.Instance{}, wrap(err, "wait for instance %s to run (at most %s)", id, p.opts.WaitTimeout)
 	}
 	for _, r := range out.Reservations {
 		for _, i := range r.Instances {
@@ -389,4 +409,37 @@ func (p *Provider) waitInstances(ctx context.Context, ids []string, state ec2typ
 		return wrap(err, "wait for %v to be %s", ids, state)
 	}
 	return nil
+}
+
+// errDied marks an instance EC2 accepted and then terminated before it ran.
+var errDied = errors.New("terminated before it ran")
+
+// diedPending explains a failed wait for running: nil if the instance did not end, else the
+// reason EC2 gives (StateReason), as cloud.ErrNoCapacity when it is capacity.
+func (p *Provider) diedPending(ctx context.Context, id string) error {
+	m, err := p.instancesByID(ctx, []string{id})
+	if err != nil {
+		return nil
+	}
+	i := m[id]
+	st := instanceState(i)
+	if st != ec2types.InstanceStateNameTerminated && st != ec2types.InstanceStateNameShuttingDown {
+		return nil
+	}
+	code, msg := "", ""
+	if i.StateReason != nil {
+		code, msg = aws.ToString(i.StateReason.Code), aws.ToString(i.StateReason.Message)
+	}
+	err = fmt.Errorf("instance %s (%s in %s) %w: %s (%s)", id, i.InstanceType, placementZone(i), errDied, code, msg)
+	if strings.Contains(code, "InsufficientInstanceCapacity") {
+		return fmt.Errorf("%w: %w", cloud.ErrNoCapacity, err)
+	}
+	return err
+}
+
+func placementZone(i ec2types.Instance) string {
+	if i.Placement == nil {
+		return ""
+	}
+	return aws.ToString(i.Placement.AvailabilityZone)
 }

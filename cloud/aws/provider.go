@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancing"
@@ -25,10 +24,16 @@ type Options struct {
 	// WaitTimeout bounds each wait for a state (instance running, volume in-use...). Default 10m.
 	WaitTimeout time.Duration
 	// PollMin and PollMax bound the delay between polls of a waiter. Defaults 2s and 20s; the
-	// first poll is immediate.
+	// first poll is immediate. Tests scale them down to milliseconds.
 	PollMin, PollMax time.Duration
-	// MaxAttempts per API call under the adaptive retryer (throttling, 5xx). Default 10.
+	// MaxAttempts per API call (throttling, 5xx, lost replies). Default 10: under throttling,
+	// backoff capped at MaxBackoff keeps one call within about two minutes.
 	MaxAttempts int
+	// MaxBackoff caps the delay between two attempts of one call. Default 20s (the SDK's).
+	MaxBackoff time.Duration
+	// ConsistencyWindow is how long *.NotFound about an id the provider just created means "not
+	// visible yet" rather than "gone". Default 2m.
+	ConsistencyWindow time.Duration
 }
 
 // Provider is the AWS cloud.Provider.
@@ -37,6 +42,8 @@ type Provider struct {
 	desc *describeClient // describes by id, coalesced
 	elb  *elb.Client
 	opts Options
+	// retries observes retried attempts of every client.
+	retries *retryLog
 
 	mu sync.Mutex
 	// seen is each stack's instances by client token, from the last Describe: CreateInstance
@@ -61,8 +68,9 @@ const snapshotTTL = 2 * time.Minute
 const tagToken = "instactl:client-token"
 
 // New returns a provider using cfg (from config.LoadDefaultConfig: profiles, AWS_REGION,
-// AWS_ENDPOINT_URL all apply). Calls retry in adaptive mode, which also slows the client down
-// when AWS throttles.
+// AWS_ENDPOINT_URL all apply). Each client gets its own retryer (newRetryer: the standard mode,
+// MaxAttempts, no client-side retry quota, capacity errors not retried); cfg's own retryer
+// settings are replaced.
 func New(cfg aws.Config, opts Options) *Provider {
 	if opts.WaitTimeout <= 0 {
 		opts.WaitTimeout = 10 * time.Minute
@@ -76,16 +84,19 @@ func New(cfg aws.Config, opts Options) *Provider {
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 10
 	}
-	cfg = cfg.Copy()
-	cfg.Retryer = func() aws.Retryer {
-		return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
-			o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
-				so.MaxAttempts = opts.MaxAttempts
-			})
-		})
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 20 * time.Second
 	}
+	if opts.ConsistencyWindow <= 0 {
+		opts.ConsistencyWindow = 2 * time.Minute
+	}
+	cfg = cfg.Copy()
+	cfg.Retryer = func() aws.Retryer { return newRetryer(opts) }
+	rl := &retryLog{classify: newRetryer(opts)}
+	cfg.APIOptions = append(cfg.APIOptions, rl.addRetryLog)
 	c := ec2.NewFromConfig(cfg)
-	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, seen: map[string]tokenSnapshot{}}
+	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, retries: rl,
+		seen: map[string]tokenSnapshot{}}
 }
 
 // Name implements cloud.Provider.
@@ -152,6 +163,9 @@ func wrap(err error, format string, args ...any) error {
 	}
 	if notFound(err) {
 		return fmt.Errorf("%s: %w: %w", msg, cloud.ErrNotFound, err)
+	}
+	if kind, ok := capacityCodes[apiCode(err)]; ok {
+		return fmt.Errorf("%s: %w: %w", msg, kind, err)
 	}
 	return fmt.Errorf("%s: %w", msg, err)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -73,17 +74,25 @@ func (p *Provider) CreateVolume(ctx context.Context, spec cloud.VolumeSpec) (clo
 	if spec.SnapshotID != "" {
 		in.SnapshotId = aws.String(spec.SnapshotID)
 	}
+	if spec.ClientToken != "" {
+		in.ClientToken = aws.String(spec.ClientToken)
+	}
 	out, err := p.ec2.CreateVolume(ctx, in)
 	if err != nil {
 		return cloud.Volume{}, wrap(err, "create volume in %s", spec.Zone)
 	}
 	id := aws.ToString(out.VolumeId)
+	deadline := time.Now().Add(p.consistencyWindow())
 	w := ec2.NewVolumeAvailableWaiter(p.desc, func(o *ec2.VolumeAvailableWaiterOptions) {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
+		o.Retryable = tolerateNotFound(deadline, o.Retryable)
 	})
 	wo, err := w.WaitForOutput(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}}, p.opts.WaitTimeout)
 	if err != nil {
-		return cloud.Volume{}, wrap(err, "wait for volume %s to be available", id)
+		return cloud.Volume{}, wrap(err, "wait for new volume %s to be available (at most %s)", id, p.opts.WaitTimeout)
+	}
+	if len(wo.Volumes) == 0 {
+		return cloud.Volume{}, fmt.Errorf("new volume %s: %w", id, cloud.ErrNotFound)
 	}
 	return toVolume(wo.Volumes[0]), nil
 }
@@ -104,13 +113,18 @@ func deviceSlot(d string) string {
 // AttachVolume implements cloud.Provider. EC2 refuses a volume in another zone, already attached,
 // or a device in use; moto accepts all three, so instactl checks them first.
 func (p *Provider) AttachVolume(ctx context.Context, volumeID, instanceID, device string) error {
-	v, err := p.volume(ctx, volumeID)
+	var v cloud.Volume
+	var m map[string]ec2types.Instance
+	// Both are usually minutes old at most: not visible yet is not gone.
+	err := p.untilFound(ctx, func() (err error) {
+		if v, err = p.volume(ctx, volumeID); err != nil {
+			return err
+		}
+		m, err = p.instancesByID(ctx, []string{instanceID})
+		return err
+	}, "InvalidVolume.NotFound", "InvalidInstanceID.NotFound")
 	if err != nil {
-		return fmt.Errorf("attach: %w", err)
-	}
-	m, err := p.instancesByID(ctx, []string{instanceID})
-	if err != nil {
-		return fmt.Errorf("attach %s: %w", volumeID, err)
+		return fmt.Errorf("attach %s to %s: %w", volumeID, instanceID, err)
 	}
 	in := toInstance(m[instanceID])
 	switch {
@@ -136,18 +150,48 @@ func (p *Provider) AttachVolume(ctx context.Context, volumeID, instanceID, devic
 			return refuse("device %s on %s is in use by %s", device, instanceID, other)
 		}
 	}
-	if _, err := p.ec2.AttachVolume(ctx, &ec2.AttachVolumeInput{
-		VolumeId: aws.String(volumeID), InstanceId: aws.String(instanceID), Device: aws.String(device),
-	}); err != nil {
+	err = p.untilFound(ctx, func() error {
+		_, err := p.ec2.AttachVolume(ctx, &ec2.AttachVolumeInput{
+			VolumeId: aws.String(volumeID), InstanceId: aws.String(instanceID), Device: aws.String(device),
+		})
+		return err
+	}, "InvalidVolume.NotFound", "InvalidInstanceID.NotFound")
+	if err != nil {
 		return wrap(err, "attach %s to %s at %s", volumeID, instanceID, device)
 	}
-	w := ec2.NewVolumeInUseWaiter(p.desc, func(o *ec2.VolumeInUseWaiterOptions) {
-		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-	})
-	if err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}}, p.opts.WaitTimeout); err != nil {
-		return wrap(err, "wait for %s to be in use", volumeID)
+	return p.waitAttached(ctx, volumeID, instanceID)
+}
+
+// waitAttached polls until the volume's attachment to instanceID is "attached": the SDK's
+// VolumeInUse waiter looks at the volume's state only, which is in-use while still attaching.
+func (p *Provider) waitAttached(ctx context.Context, volumeID, instanceID string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.WaitTimeout)
+	defer cancel()
+	deadline := time.Now().Add(p.consistencyWindow())
+	delay, last := p.opts.PollMin, "unknown"
+	for {
+		out, err := p.desc.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}})
+		switch {
+		case err != nil && !(notFound(err) && time.Now().Before(deadline)):
+			return wrap(err, "wait for %s to be attached to %s", volumeID, instanceID)
+		case err == nil && len(out.Volumes) > 0:
+			last = "not attached"
+			for _, a := range out.Volumes[0].Attachments {
+				if aws.ToString(a.InstanceId) == instanceID {
+					if a.State == ec2types.VolumeAttachmentStateAttached {
+						return nil
+					}
+					last = string(a.State)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to be attached to %s (at most %s): still %s: %w", volumeID, instanceID, p.opts.WaitTimeout, last, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, p.opts.PollMax)
 	}
-	return nil
 }
 
 // DetachVolume implements cloud.Provider. It always names the instance and device (moto fails

@@ -14,7 +14,7 @@ const module = "github.com/instactl/instactl/"
 
 // testSupport are packages only tests and benchmarks import; they may import anything.
 func testSupport(pkg string) bool {
-	return strings.HasPrefix(pkg, "bench/") || strings.HasSuffix(pkg, "/cloudtest") || strings.HasSuffix(pkg, "/apptest") || pkg == "internal/archtest"
+	return strings.HasPrefix(pkg, "bench/") || strings.HasSuffix(pkg, "/cloudtest") || strings.HasSuffix(pkg, "/apptest") || strings.HasSuffix(pkg, "/awsfault") || pkg == "internal/archtest"
 }
 
 // row is one line of the table: packages on a layer and what they import.

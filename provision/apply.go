@@ -109,19 +109,21 @@ type executor struct {
 	mu        sync.Mutex
 	groups    map[string]string // name -> id
 	instances map[string]string // hostKey -> id
+	zones     map[string]string // hostKey -> the instance's zone
 	volumes   map[string]string // volume address -> id
 }
 
 func newExecutor(p cloud.Provider, plan Plan, actual *cloud.Resources, cfg applyConfig) *executor {
 	ex := &executor{p: p, plan: plan, cfg: cfg, sem: make(chan struct{}, cfg.parallelism),
 		results: make([]Result, len(plan.Changes)), groups: map[string]string{}, instances: map[string]string{},
-		volumes: map[string]string{}}
+		volumes: map[string]string{}, zones: map[string]string{}}
 	ix := indexActual(actual)
 	for name, g := range ix.groups {
 		ex.groups[name] = g.ID
 	}
 	for k, in := range ix.hosts {
 		ex.instances[k] = in.ID
+		ex.zones[k] = in.Zone
 	}
 	for addr, v := range ix.volumes {
 		ex.volumes[addr] = v.ID
@@ -220,6 +222,9 @@ func (ex *executor) depsOf(c Change, byKey map[string]*node) []*node {
 			want(Create, "sg."+g)
 		}
 		want(Delete, "registration."+hostKey(c.Instance.Role, c.Instance.Index))
+	case c.Kind == KindVolume && c.Action == Create:
+		// A volume is made in its host's zone (which may be a fallback zone), for its host's id.
+		want(Create, "instance."+hostKey(c.Volume.Role, c.Volume.Index))
 	case c.Kind == KindAttachment:
 		want(Create, "instance."+hostKey(c.Attachment.Role, c.Attachment.Index))
 		want(Create, c.Attachment.VolumeAddress)
@@ -403,21 +408,73 @@ func (ex *executor) createInstance(ctx context.Context, i int, c Change) error {
 		}
 		spec.SecurityGroupIDs = append(spec.SecurityGroupIDs, id)
 	}
-	in, err := ex.p.CreateInstance(ctx, spec)
-	if err != nil {
-		return err
+	var tried []string
+	for n, pool := range pools(*s) {
+		spec.Zone, spec.Type = pool.zone, pool.typ
+		if n > 0 {
+			// Another pool is another request: EC2 refuses a token reused with other parameters.
+			spec.ClientToken = fmt.Sprintf("%s-%d", s.ClientToken, n)
+		}
+		in, err := ex.p.CreateInstance(ctx, spec)
+		switch {
+		case errors.Is(err, cloud.ErrNoCapacity):
+			tried = append(tried, pool.typ+" in "+pool.zone)
+			continue
+		case errors.Is(err, cloud.ErrLimit):
+			return fmt.Errorf("%w; fix: ask AWS to raise the limit (Service Quotas, EC2 On-Demand instances) or lower roles.%s.count", err, s.Role)
+		case err != nil:
+			return err
+		}
+		ex.store(ex.instances, hostKey(s.Role, s.Index), in.ID)
+		ex.store(ex.zones, hostKey(s.Role, s.Index), in.Zone)
+		ex.setID(i, in.ID)
+		return nil
 	}
-	ex.store(ex.instances, hostKey(s.Role, s.Index), in.ID)
-	ex.setID(i, in.ID)
-	return nil
+	return fmt.Errorf("%s: %w: AWS has no capacity for %s now; fix: list more zones under zones: or more types under roles.%s.instance_types in the stack file, or run apply again later",
+		s.Address(), cloud.ErrNoCapacity, strings.Join(tried, ", "), s.Role)
+}
+
+// pool is one (zone, instance type) a host may be created in.
+type pool struct{ zone, typ string }
+
+// pools lists the pools a host may get, in order: its type in every allowed zone, then the
+// next type in every zone (a host keeps its size before it keeps its zone).
+func pools(s InstanceSpec) []pool {
+	zones, types := s.Zones, s.Types
+	if len(zones) == 0 {
+		zones = []string{s.Zone}
+	}
+	if len(types) == 0 {
+		types = []string{s.Type}
+	}
+	var out []pool
+	for _, t := range types {
+		for _, z := range zones {
+			out = append(out, pool{zone: z, typ: t})
+		}
+	}
+	return out
 }
 
 func (ex *executor) createVolume(ctx context.Context, i int, c Change) error {
 	s := c.Volume
-	v, err := ex.p.CreateVolume(ctx, cloud.VolumeSpec{Zone: s.Zone, SizeGiB: s.SizeGiB, Type: s.Type,
+	host := hostKey(s.Role, s.Index)
+	inst, err := ex.lookup(ex.instances, host)
+	if err != nil {
+		return fmt.Errorf("volume for instance %w", err)
+	}
+	zone := s.Zone
+	if z, _ := ex.lookup(ex.zones, host); z != "" {
+		zone = z
+	}
+	v, err := ex.p.CreateVolume(ctx, cloud.VolumeSpec{Zone: zone, SizeGiB: s.SizeGiB, Type: s.Type,
+		ClientToken: VolumeToken(ex.plan.Stack, s.Device, inst),
 		Tags: map[string]string{cloud.TagStack: ex.plan.Stack, cloud.TagRole: s.Role,
 			cloud.TagIndex: fmt.Sprint(s.Index), cloud.TagDevice: s.Device,
 			cloud.TagName: fmt.Sprintf("%s-%s-%d-%s", ex.plan.Stack, s.Role, s.Index, strings.TrimPrefix(s.Device, "/dev/"))}})
+	if errors.Is(err, cloud.ErrNoCapacity) {
+		return fmt.Errorf("%w; fix: run apply again later, or move the host to another zone (--replace instance.%s with zones: listing it first)", err, host)
+	}
 	if err != nil {
 		return err
 	}

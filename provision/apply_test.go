@@ -111,16 +111,16 @@ func TestApplyPartialFailureThenConverge(t *testing.T) {
 	if r := status["attachment.pg[1].sdf"]; !r.Skipped {
 		t.Errorf("attachment of the failed host = %+v, want skipped", r)
 	}
-	if r := status["volume.pg[1].sdf"]; r.Err != "" {
-		t.Errorf("volume of the failed host = %+v; it does not depend on the instance", r)
+	if r := status["volume.pg[1].sdf"]; !r.Skipped {
+		t.Errorf("volume of the failed host = %+v, want skipped: it is made in its host's zone, for its host", r)
 	}
 	if r := status["registration.app[0]"]; r.Err != "" || r.ID == "" {
 		t.Errorf("independent registration = %+v, want done", r)
 	}
 	fail.Store(false)
 	rest := planFor(t, f, d)
-	if s := rest.Summary(); s.Add != 3 || s.Change+s.Destroy != 0 {
-		t.Errorf("plan after partial failure = %s, want 3 to add (pg[1] and its two attachments)", s)
+	if s := rest.Summary(); s.Add != 5 || s.Change+s.Destroy != 0 {
+		t.Errorf("plan after partial failure = %s, want 5 to add (pg[1], its two volumes and their attachments)", s)
 	}
 	converge(t, f, d)
 	if n := f.Calls("CreateVolume"); n != 6 {

@@ -178,7 +178,8 @@ func (c *computer) instances() {
 		}
 		slices.Sort(groups)
 		for _, f := range []struct{ field, old, new string }{
-			{"type", have.Type, spec.Type}, {"image", have.Image, spec.Image}, {"zone", have.Zone, spec.Zone},
+			{"type", have.Type, allowed(have.Type, spec.Type, spec.Types)}, {"image", have.Image, spec.Image},
+			{"zone", have.Zone, allowed(have.Zone, spec.Zone, spec.Zones)},
 			{"groups", strings.Join(groups, ","), strings.Join(slices.Sorted(slices.Values(spec.Groups)), ",")},
 		} {
 			if f.old != f.new && f.new != "" {
@@ -256,7 +257,7 @@ func (c *computer) volumes() {
 		}
 		ch := Change{Action: NoOp, Kind: KindVolume, Address: addr, ID: have.ID, Volume: &spec}
 		for _, f := range []struct{ field, old, new, why string }{
-			{"zone", have.Zone, spec.Zone, "an EBS volume lives in one zone: snapshot it and restore the snapshot into " + spec.Zone},
+			{"zone", have.Zone, allowed(have.Zone, spec.Zone, spec.Zones), "an EBS volume lives in one zone: snapshot it and restore the snapshot into " + spec.Zone},
 			{"size_gib", strconv.Itoa(have.SizeGiB), strconv.Itoa(spec.SizeGiB), "instactl does not resize volumes in place yet: snapshot, restore into a larger volume, grow the filesystem"},
 			{"type", have.Type, spec.Type, "instactl does not change volume types in place yet"},
 		} {
@@ -478,4 +479,13 @@ func (c *computer) extraGroupsAndKeys() {
 			c.del(Change{Kind: KindKeyPair, Address: "key." + k, ID: k, Name: k})
 		}
 	}
+}
+
+// allowed is what a field should be: have itself when the stack allows it (a fallback zone or
+// instance type apply chose), else the first choice.
+func allowed(have, first string, all []string) string {
+	if slices.Contains(all, have) {
+		return have
+	}
+	return first
 }

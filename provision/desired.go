@@ -55,6 +55,11 @@ type InstanceSpec struct {
 	// ClientToken is derived from stack, role and index, so a create retried after a crash
 	// finds the instance the first attempt made.
 	ClientToken string `json:"client_token"`
+	// Zones and Types, when the stack allows more than Zone and Type, are every zone and type
+	// the host may get, in order of preference (Zone and Type first): apply moves on to the next
+	// when AWS has no capacity, and plan takes any of them as matching.
+	Zones []string `json:"zones,omitempty"`
+	Types []string `json:"types,omitempty"`
 }
 
 // VolumeSpec is one data volume of a host, attached at Device.
@@ -65,6 +70,8 @@ type VolumeSpec struct {
 	SizeGiB int    `json:"size_gib"`
 	Type    string `json:"type,omitempty"`
 	Zone    string `json:"zone"`
+	// Zones, when the stack allows more than Zone: the volume is made in its host's zone.
+	Zones []string `json:"zones,omitempty"`
 }
 
 // LoadBalancerSpec is the stack's front door and the role it sends traffic to.
@@ -98,6 +105,14 @@ func (s VolumeSpec) Address() string {
 func ClientToken(stackName, role string, index int) string {
 	sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%s/%d", stackName, role, index)))
 	return "instactl-" + hex.EncodeToString(sum[:16])
+}
+
+// VolumeToken derives the idempotency token of a data volume from stack, device and the
+// instance it is made for: a create retried (a lost reply, a crash, a re-plan that did not see
+// the new volume yet) gets the volume the first made, and a host made anew gets new volumes.
+func VolumeToken(stackName, device, instanceID string) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%s/%s", stackName, instanceID, device)))
+	return "instactl-v-" + hex.EncodeToString(sum[:16])
 }
 
 // LoadBalancerName is the ELB name of a stack: letters, digits and hyphens, at most 32.
@@ -141,7 +156,7 @@ func Desired(st *stack.Stack, userData func(stack.HostRef) (string, error)) (Des
 			d.Instances = append(d.Instances, in)
 			for v := range r.Volumes.Count {
 				d.Volumes = append(d.Volumes, VolumeSpec{Role: r.Name, Index: i, Device: Devices[v],
-					SizeGiB: r.Volumes.SizeGiB, Type: r.Volumes.Type, Zone: st.Zone})
+					SizeGiB: r.Volumes.SizeGiB, Type: r.Volumes.Type, Zone: st.Zone, Zones: in.Zones})
 			}
 		}
 	}
@@ -151,7 +166,7 @@ func Desired(st *stack.Stack, userData func(stack.HostRef) (string, error)) (Des
 		}
 		d.LoadBalancer = &LoadBalancerSpec{Name: LoadBalancerName(st.Name), ListenerPort: lb.ListenerPort,
 			TargetPort: lb.TargetPort, HealthCheck: lb.HealthCheck, DrainTimeout: lb.DrainTimeout,
-			Zones: []string{st.Zone}, Groups: []string{"lb"}, TargetRole: lb.TargetRole}
+			Zones: st.AllZones(), Groups: []string{"lb"}, TargetRole: lb.TargetRole}
 	}
 	return d, nil
 }
@@ -160,6 +175,12 @@ func desiredInstance(st *stack.Stack, r stack.Role, i int, key *KeyPairSpec, use
 	in := InstanceSpec{Role: r.Name, Index: i, Name: st.Name + "-" + stack.HostName(r.Name, i),
 		Type: r.InstanceType, Image: st.Image, Zone: st.Zone, Groups: []string{r.Name},
 		ClientToken: ClientToken(st.Name, r.Name, i)}
+	if zs := st.AllZones(); len(zs) > 1 {
+		in.Zones = zs
+	}
+	if ts := r.AllInstanceTypes(); len(ts) > 1 {
+		in.Types = ts
+	}
 	if key != nil {
 		in.KeyName = key.Name
 	}

@@ -156,6 +156,9 @@ func applyDefaults(s *Stack) {
 	}
 	def(&s.Provider, "sandbox")
 	def(&s.Region, "us-east-1")
+	if len(s.Zones) > 0 {
+		def(&s.Zone, s.Zones[0])
+	}
 	def(&s.Zone, s.Region+"a")
 	if s.Provider == "sandbox" {
 		def(&s.SSH.User, "root")
@@ -173,6 +176,9 @@ func applyDefaults(s *Stack) {
 	for i := range s.Roles {
 		r := &s.Roles[i]
 		defInt(&r.Port, RoleDefaults[r.Name])
+		if len(r.InstanceTypes) > 0 {
+			def(&r.InstanceType, r.InstanceTypes[0])
+		}
 		def(&r.InstanceType, "t3.medium")
 		if r.Volumes.Count > 0 {
 			def(&r.Volumes.Type, "gp3")

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"fmt"
+	"slices"
 	"net/netip"
 	"time"
 )
@@ -17,6 +18,9 @@ type Stack struct {
 	Region string `json:"region"`
 	// Zone is the availability zone instances and volumes are placed in.
 	Zone string `json:"zone"`
+	// Zones are further zones, in order of preference, a host may be placed in when AWS has no
+	// capacity for it in Zone (its volumes follow it). Zone defaults to the first.
+	Zones []string `json:"zones"`
 	// Image is the AMI id for AWS instances; ignored by the sandbox.
 	Image string `json:"image"`
 	// SSH's key and known_hosts are local paths; a leading ~ is expanded when the stack is
@@ -54,6 +58,9 @@ type SSH struct {
 type Role struct {
 	Name         string `json:"name"`
 	InstanceType string `json:"instance_type"`
+	// InstanceTypes are further types, in order of preference, a host may get when AWS has no
+	// capacity for InstanceType in any allowed zone. InstanceType defaults to the first.
+	InstanceTypes []string `json:"instance_types"`
 	Count        int    `json:"count"`
 	// Port is the role's service port (app HTTP, postgres, redis, memcached); 0 for none.
 	Port int `json:"port"`
@@ -200,3 +207,20 @@ func (r Role) PrimaryOf(index int) int { return index - index%(r.Replicas+1) }
 
 // Nodes returns the number of primary groups (physical nodes) of the role.
 func (r Role) Nodes() int { return r.Count / (r.Replicas + 1) }
+
+// AllZones is the zones a host may be placed in, in order of preference: Zone, then Zones.
+func (s *Stack) AllZones() []string { return preferred(s.Zone, s.Zones) }
+
+// AllInstanceTypes is the types a host of r may get, in order of preference: InstanceType, then
+// InstanceTypes.
+func (r Role) AllInstanceTypes() []string { return preferred(r.InstanceType, r.InstanceTypes) }
+
+func preferred(first string, rest []string) []string {
+	out := []string{first}
+	for _, x := range rest {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}

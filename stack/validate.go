@@ -35,9 +35,10 @@ func (v *validator) errorf(keyPath, format string, args ...any) {
 }
 
 var (
-	nameRe      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
-	batchRe     = regexp.MustCompile(`^([0-9]+)(%?)$`)
-	replicaRole = map[string]bool{"pg": true, "redis": true}
+	nameRe         = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
+	instanceTypeRe = regexp.MustCompile(`^[a-z][a-z0-9-]*\.[a-z0-9-]+$`)
+	batchRe        = regexp.MustCompile(`^([0-9]+)(%?)$`)
+	replicaRole    = map[string]bool{"pg": true, "redis": true}
 	// dataMounts are the roles whose services keep data on the role's volumes, with the
 	// conventional mount point.
 	dataMounts = map[string]string{"pg": "/var/lib/postgresql", "redis": "/var/lib/redis"}
@@ -62,6 +63,12 @@ func (v *validator) validate() {
 	if !strings.HasPrefix(s.Zone, s.Region) {
 		v.errorf("zone", "must be in region %s, e.g. %sa (got %q)", s.Region, s.Region, s.Zone)
 	}
+	v.fallbacks("zones", s.Zones, func(z string) string {
+		if !strings.HasPrefix(z, s.Region) || len(z) <= len(s.Region) {
+			return fmt.Sprintf("must be a zone of region %s, e.g. %sb (got %q)", s.Region, s.Region, z)
+		}
+		return ""
+	})
 	if s.SSH.Port < 1 || s.SSH.Port > 65535 {
 		v.errorf("ssh.port", "must be a TCP port 1-65535 (got %d)", s.SSH.Port)
 	}
@@ -114,6 +121,12 @@ func (v *validator) roles() {
 		} else if r.Count > MaxHosts {
 			v.errorf(p+".count", "must be at most %d, the most hosts a stack holds (got %d)", MaxHosts, r.Count)
 		}
+		v.fallbacks(p+".instance_types", r.InstanceTypes, func(t string) string {
+			if !instanceTypeRe.MatchString(t) {
+				return fmt.Sprintf("must be an EC2 instance type such as m5.large (got %q)", t)
+			}
+			return ""
+		})
 		if r.Port < 0 || r.Port > 65535 {
 			v.errorf(p+".port", "must be a TCP port 1-65535 (got %d)", r.Port)
 		}
@@ -299,4 +312,19 @@ func (v *validator) roleNames() string {
 		return "(none)"
 	}
 	return strings.Join(names, ", ")
+}
+
+// fallbacks checks a list of alternatives (zones, instance_types): each entry valid (check
+// returns the problem or ""), none twice.
+func (v *validator) fallbacks(keyPath string, list []string, check func(string) string) {
+	seen := map[string]int{}
+	for i, x := range list {
+		at := fmt.Sprintf("%s[%d]", keyPath, i)
+		if msg := check(x); msg != "" {
+			v.errorf(at, "%s", msg)
+		} else if j, dup := seen[x]; dup {
+			v.errorf(at, "%q is listed twice (also %s[%d]); list each once, in order of preference", x, keyPath, j)
+		}
+		seen[x] = i
+	}
 }

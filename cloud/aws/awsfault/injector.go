@@ -2,8 +2,9 @@ package awsfault
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -106,9 +107,10 @@ func (in *Injector) Stats() Stats {
 
 // chance is the seeded, per-call random number in [0,1) for one decision.
 func (in *Injector) chance(kind, action string, n int) float64 {
-	h := fnv.New64a()
-	fmt.Fprintf(h, "%d/%s/%s/%d", in.seed, kind, action, n)
-	return float64(h.Sum64()>>11) / float64(1<<53)
+	// A cryptographic hash, because FNV's high bits barely move with the last characters: the
+	// calls of one action would all get nearly the same number.
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%d/%s/%s/%d", in.seed, kind, action, n)))
+	return float64(binary.BigEndian.Uint64(sum[:8])>>11) / float64(1<<53)
 }
 
 // mutating reports whether an action changes something.
@@ -380,9 +382,9 @@ func (in *Injector) track(req *http.Request, form url.Values, action string, out
 	in.mu.Lock()
 	switch action {
 	case "RunInstances":
-		for _, id := range allValues(out, "instanceId") {
+		for k, id := range allValues(out, "instanceId") {
 			f := &fresh{notFound: p.NotFoundCalls, hide: p.HideCalls, slow: p.SlowPolls}
-			if p.DeadInstance > 0 && in.chance("dead", id, n) < p.DeadInstance {
+			if p.DeadInstance > 0 && in.chance("dead", strconv.Itoa(k), n) < p.DeadInstance {
 				f.dead = true
 				dead = append(dead, id)
 				in.injected["dead-instance"]++

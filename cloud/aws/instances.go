@@ -2,7 +2,9 @@ package aws
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -95,8 +97,9 @@ func cmpStr(a, b string) int {
 }
 
 // CreateInstance implements cloud.Provider. Idempotency: an instance already carrying the client
-// token (tag) is returned as is; otherwise RunInstances is called with the token, and if AWS
-// answers with a terminated instance of an earlier life, with the token's next generation.
+// token (tag) is returned as is; otherwise RunInstances is called with a token derived from it
+// and the request (requestToken), and if AWS answers with a terminated instance of an earlier
+// life, with the token's next generation.
 func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) (cloud.Instance, error) {
 	stack := spec.Tags[cloud.TagStack]
 	if stack == "" {
@@ -132,12 +135,13 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	if spec.UserData != "" {
 		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(spec.UserData)))
 	}
+	sent := requestToken(spec.ClientToken, in)
 	died := 0
 	for gen := 0; gen < 5; gen++ {
-		if spec.ClientToken != "" {
-			in.ClientToken = aws.String(spec.ClientToken)
+		if sent != "" {
+			in.ClientToken = aws.String(sent)
 			if gen > 0 {
-				in.ClientToken = aws.String(fmt.Sprintf("%s.%d", spec.ClientToken, gen))
+				in.ClientToken = aws.String(fmt.Sprintf("%s.%d", sent, gen))
 			}
 		}
 		var out *ec2.RunInstancesOutput
@@ -169,6 +173,25 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 		return got, err
 	}
 	return cloud.Instance{}, fmt.Errorf("run instance %s: client token %s used by 5 terminated instances", spec.Name, spec.ClientToken)
+}
+
+// requestToken is the ClientToken sent for a RunInstances of the caller's token: the caller's
+// token (stable across crashes, derived from stack, role and index) joined with the request's
+// parameters. EC2 remembers a token for at least 24 h after its instance terminates and refuses
+// it with other parameters (IdempotentParameterMismatch): without the parameters, a stack
+// destroyed and made again (new security group ids) or a host replaced with another type or
+// image would be refused. A retry after a crash sends the same parameters, so the same token.
+func requestToken(token string, in *ec2.RunInstancesInput) string {
+	if token == "" {
+		return ""
+	}
+	groups := slices.Clone(in.SecurityGroupIds)
+	slices.Sort(groups)
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n%s\n%s\n", token, aws.ToString(in.ImageId), in.InstanceType,
+		aws.ToString(in.Placement.AvailabilityZone), strings.Join(groups, ","), aws.ToString(in.KeyName), aws.ToString(in.PrivateIpAddress))
+	fmt.Fprintf(h, "%s", aws.ToString(in.UserData))
+	return "instactl-r-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // byToken returns the live instance of stack tagged with token, or "": from the last Describe of

@@ -50,11 +50,13 @@ idempotent, so after a failure or an interrupt, plan and apply again converge.`,
 			if runF != nil {
 				return runF(opts)
 			}
+			provisionVerbose(f, opts.Verbose)
 			return provisionApplyRun(cmd.Context(), f, out(), opts)
 		},
 	}
 	cmd.Flags().BoolVarP(&opts.Yes, "yes", "y", false, "apply without asking for confirmation")
 	cmd.Flags().StringArrayVar(&opts.Replace, "replace", nil, provisionReplaceHelp)
+	cmd.Flags().BoolVarP(&opts.Verbose, "verbose", "v", false, provisionVerboseHelp)
 	return cmd
 }
 
@@ -108,10 +110,12 @@ Snapshots are kept. On the sandbox, 'instactl sandbox down' also stops moto and 
 			if runF != nil {
 				return runF(opts)
 			}
+			provisionVerbose(f, opts.Verbose)
 			return provisionDestroyRun(cmd.Context(), f, out(), opts)
 		},
 	}
 	cmd.Flags().BoolVarP(&opts.Yes, "yes", "y", false, "destroy without asking for confirmation")
+	cmd.Flags().BoolVarP(&opts.Verbose, "verbose", "v", false, provisionVerboseHelp)
 	return cmd
 }
 

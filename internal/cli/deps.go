@@ -15,6 +15,10 @@ import (
 	"github.com/instactl/instactl/stack"
 )
 
+// awsOptions are the AWS provider's options: the defaults (waits and retries sized for AWS);
+// tests scale the waits and backoff down to milliseconds.
+var awsOptions cloudaws.Options
+
 // newProvider builds the cloud the stack names: AWS through the SDK's standard configuration
 // (profiles, AWS_REGION, AWS_ENDPOINT_URL), or the sandbox on this machine.
 func newProvider(ctx context.Context, st *stack.Stack) (cloud.Provider, error) {
@@ -26,7 +30,7 @@ func newProvider(ctx context.Context, st *stack.Stack) (cloud.Provider, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load AWS configuration: %w", err)
 		}
-		return cloudaws.New(cfg, cloudaws.Options{}), nil
+		return cloudaws.New(cfg, awsOptions), nil
 	}
 	return nil, fmt.Errorf("%s: unknown provider %q", st.Path, st.Provider)
 }

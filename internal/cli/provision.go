@@ -31,6 +31,8 @@ type PlanOptions struct {
 	DetailedExitcode bool
 	// Replace lists the addresses allowed to be replaced when a change cannot be made in place.
 	Replace []string
+	// Verbose reports retried AWS calls on stderr.
+	Verbose bool
 }
 
 // ApplyOptions are the inputs of `instactl apply`.
@@ -40,11 +42,13 @@ type ApplyOptions struct {
 	// Yes applies without asking.
 	Yes     bool
 	Replace []string
+	Verbose bool
 }
 
 // DestroyOptions are the inputs of `instactl destroy`.
 type DestroyOptions struct {
-	Yes bool
+	Yes     bool
+	Verbose bool
 }
 
 // ApplyReport is what apply and destroy print with -o json: the plan that was (or was not)
@@ -87,12 +91,14 @@ applies exactly it, and refuses if the cloud changed in between.`,
 			if runF != nil {
 				return runF(opts)
 			}
+			provisionVerbose(f, opts.Verbose)
 			return provisionPlanRun(cmd.Context(), f, out(), opts)
 		},
 	}
 	cmd.Flags().StringVar(&opts.Out, "out", "", "save the plan as JSON to `FILE` for 'instactl apply FILE'")
 	cmd.Flags().BoolVar(&opts.DetailedExitcode, "detailed-exitcode", false, "exit 2 when changes are pending, 0 when there are none")
 	cmd.Flags().StringArrayVar(&opts.Replace, "replace", nil, provisionReplaceHelp)
+	cmd.Flags().BoolVarP(&opts.Verbose, "verbose", "v", false, provisionVerboseHelp)
 	return cmd
 }
 

@@ -301,7 +301,7 @@ func (p *Provider) TerminateInstances(ctx context.Context, ids []string) error {
 		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
 	})
 	if err := w.Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: todo}, p.opts.WaitTimeout); err != nil {
-		return wrap(err, "wait for %v to terminate", todo)
+		return wrap(err, "wait for %v to terminate (at most %s)", todo, p.opts.WaitTimeout)
 	}
 	return nil
 }
@@ -429,7 +429,7 @@ func (p *Provider) waitInstances(ctx context.Context, ids []string, state ec2typ
 		return fmt.Errorf("wait for %v: no waiter for state %s", ids, state)
 	}
 	if err != nil {
-		return wrap(err, "wait for %v to be %s", ids, state)
+		return wrap(err, "wait for %v to be %s (at most %s)", ids, state, p.opts.WaitTimeout)
 	}
 	return nil
 }

@@ -185,6 +185,8 @@ type Provider interface {
 	DetachVolume(ctx context.Context, volumeID, instanceID, device string) error
 	DeleteVolume(ctx context.Context, volumeID string) error
 
+	// CreateLoadBalancer makes lb; when the stack already has one of that name, it takes lb's
+	// health check and drain timeout (how those change in place).
 	CreateLoadBalancer(ctx context.Context, lb LoadBalancer) (LoadBalancer, error)
 	DeleteLoadBalancer(ctx context.Context, name string) error
 	RegisterInstances(ctx context.Context, lbName string, instanceIDs []string) error

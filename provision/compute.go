@@ -317,6 +317,10 @@ func sameDevice(a, b string) bool {
 }
 
 // loadBalancer plans the LB and reports whether it starts empty (created or replaced).
+// lbInPlace are the load balancer's fields an existing one takes without being made anew
+// (ConfigureHealthCheck, ModifyLoadBalancerAttributes).
+var lbInPlace = map[string]bool{"health_check": true, "drain_timeout": true}
+
 func (c *computer) loadBalancer() bool {
 	for _, name := range slices.Sorted(maps.Keys(c.ix.lbs)) {
 		if c.d.LoadBalancer == nil || name != c.d.LoadBalancer.Name {
@@ -347,7 +351,7 @@ func (c *computer) loadBalancer() bool {
 		{"groups", strings.Join(slices.Sorted(slices.Values(groups)), ","), strings.Join(slices.Sorted(slices.Values(spec.Groups)), ",")},
 	} {
 		if f.old != f.new {
-			ch.Diffs = append(ch.Diffs, FieldDiff{Field: f.field, Old: f.old, New: f.new, ForcesReplacement: true})
+			ch.Diffs = append(ch.Diffs, FieldDiff{Field: f.field, Old: f.old, New: f.new, ForcesReplacement: !lbInPlace[f.field]})
 		}
 	}
 	if len(ch.Diffs) == 0 {
@@ -355,6 +359,12 @@ func (c *computer) loadBalancer() bool {
 		return false
 	}
 	ch.Action = Update
+	if !slices.ContainsFunc(ch.Diffs, func(d FieldDiff) bool { return d.ForcesReplacement }) {
+		// Configured again in place (CreateLoadBalancer of an existing one of the stack); also
+		// how a load balancer made by a run killed before it configured it converges.
+		c.add(ch)
+		return false
+	}
 	if c.mayReplace(addr) {
 		ch.ForceReplace = true
 		c.add(ch)

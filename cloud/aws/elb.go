@@ -134,7 +134,9 @@ func (p *Provider) lbStack(ctx context.Context, name string) (elbtypes.LoadBalan
 }
 
 // CreateLoadBalancer implements cloud.Provider: a classic ELB with one HTTP listener, tagged in
-// the create call, then its health check and connection draining.
+// the create call, then its health check and connection draining. One that exists already and
+// carries the stack's tag (a lost reply, a killed run, a changed health check or drain timeout)
+// is configured the same way: this is also how those two change in place.
 func (p *Provider) CreateLoadBalancer(ctx context.Context, lb cloud.LoadBalancer) (cloud.LoadBalancer, error) {
 	stack := lb.Tags[cloud.TagStack]
 	if stack == "" {
@@ -153,6 +155,7 @@ func (p *Provider) CreateLoadBalancer(ctx context.Context, lb cloud.LoadBalancer
 			InstanceProtocol: aws.String("HTTP"), InstancePort: aws.Int32(int32(lb.TargetPort))}},
 		AvailabilityZones: lb.Zones, SecurityGroups: lb.SecurityGroupIDs, Tags: tags,
 	})
+	existed := false
 	if apiCode(err) == "DuplicateLoadBalancerName" {
 		// A lost reply retried by the SDK, or a crash after the create: ours if it carries our
 		// stack's tag (set in the create call), and then configured below like a new one.
@@ -163,7 +166,7 @@ func (p *Provider) CreateLoadBalancer(ctx context.Context, lb cloud.LoadBalancer
 		case owner != stack:
 			return cloud.LoadBalancer{}, refuse("load balancer %s exists and belongs to stack %q, not %q", lb.Name, owner, stack)
 		}
-		err = nil
+		err, existed = nil, true
 	}
 	if err != nil {
 		return cloud.LoadBalancer{}, wrap(err, "create load balancer %s", lb.Name)
@@ -179,11 +182,14 @@ func (p *Provider) CreateLoadBalancer(ctx context.Context, lb cloud.LoadBalancer
 	}); err != nil {
 		return cloud.LoadBalancer{}, wrap(err, "configure health check of %s", lb.Name)
 	}
-	if lb.DrainTimeout > 0 {
+	if lb.DrainTimeout > 0 || existed { // an existing one may drain when it should not
+		cd := &elbtypes.ConnectionDraining{Enabled: lb.DrainTimeout > 0}
+		if cd.Enabled {
+			cd.Timeout = aws.Int32(int32(lb.DrainTimeout / time.Second))
+		}
 		if _, err := p.elb.ModifyLoadBalancerAttributes(ctx, &elb.ModifyLoadBalancerAttributesInput{
-			LoadBalancerName: aws.String(lb.Name),
-			LoadBalancerAttributes: &elbtypes.LoadBalancerAttributes{ConnectionDraining: &elbtypes.ConnectionDraining{
-				Enabled: true, Timeout: aws.Int32(int32(lb.DrainTimeout / time.Second))}},
+			LoadBalancerName:       aws.String(lb.Name),
+			LoadBalancerAttributes: &elbtypes.LoadBalancerAttributes{ConnectionDraining: cd},
 		}); err != nil {
 			return cloud.LoadBalancer{}, wrap(err, "set connection draining of %s", lb.Name)
 		}

@@ -51,6 +51,8 @@ func (p *Provider) CreateLoadBalancer(ctx context.Context, lb cloud.LoadBalancer
 			if e.Tags[cloud.TagStack] != stack {
 				return fmt.Errorf("create load balancer: %s exists and belongs to stack %q", lb.Name, e.Tags[cloud.TagStack])
 			}
+			// Ours already: take the health check and drain timeout, as AWS's configure calls do.
+			e.HealthCheck, e.DrainTimeout = lb.HealthCheck, lb.DrainTimeout
 			out = p.lbView(e)
 			return nil
 		}

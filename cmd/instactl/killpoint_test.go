@@ -54,24 +54,39 @@ type killRig struct {
 
 	mu     sync.Mutex
 	victim *os.Process
-	killAt int    // the injector's mutation count to kill at; 0: none
-	base   int    // the injector's mutation count when the run started
-	killed string // the action the victim was killed after
+	point  killPoint // where the running victim dies; zero: nowhere
+	base   int       // the injector's mutation count when the run started
+	killed string    // the action the victim was killed after
+	seq    []string  // the mutating actions of the runs, in order
 }
 
-// run runs instactl with args; with k > 0 it is killed after its k-th mutating call. It returns
-// the exit code (-1 when killed), the action killed after, and the output.
-func (r *killRig) run(k int, args ...string) (code int, killedAfter, output string) {
+// killPoint is where a run is killed: after its k-th mutating call, or after its first call of
+// action.
+type killPoint struct {
+	k      int
+	action string
+}
+
+func (p killPoint) String() string {
+	switch {
+	case p.action != "":
+		return "first " + p.action
+	case p.k > 0:
+		return "k=" + strconv.Itoa(p.k)
+	}
+	return "none"
+}
+
+// run runs instactl with args, killed at point (if not zero). It returns the exit code (-1 when
+// killed), the action killed after, and the output.
+func (r *killRig) run(point killPoint, args ...string) (code int, killedAfter, output string) {
 	r.t.Helper()
 	cmd := exec.Command(r.bin, append([]string{"--stack", r.stack}, args...)...)
 	cmd.Env = r.env
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	r.mu.Lock()
-	r.killAt, r.killed, r.base = 0, "", r.inj.Stats().Mutations
-	if k > 0 {
-		r.killAt = r.base + k
-	}
+	r.point, r.killed, r.base = point, "", r.inj.Stats().Mutations
 	if err := cmd.Start(); err != nil {
 		r.mu.Unlock()
 		r.t.Fatal(err)
@@ -80,7 +95,7 @@ func (r *killRig) run(k int, args ...string) (code int, killedAfter, output stri
 	r.mu.Unlock()
 	err := cmd.Wait()
 	r.mu.Lock()
-	r.victim, r.killAt = nil, 0
+	r.victim, r.point = nil, killPoint{}
 	killedAfter = r.killed
 	r.mu.Unlock()
 	var ee *exec.ExitError
@@ -100,28 +115,38 @@ func (r *killRig) run(k int, args ...string) (code int, killedAfter, output stri
 func (r *killRig) afterMutation(action string, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.victim != nil && r.killAt > 0 && n >= r.killAt {
+	r.seq = append(r.seq, action)
+	p := r.point
+	if r.victim != nil && (p.action != "" && p.action == action || p.k > 0 && n-r.base >= p.k) {
 		_ = r.victim.Signal(syscall.SIGKILL)
-		r.killed, r.killAt = fmt.Sprintf("%s (mutating call %d of the run)", action, n-r.base), 0
+		r.killed, r.point = fmt.Sprintf("%s (mutating call %d of the run)", action, n-r.base), killPoint{}
 	}
 }
 
-// killPoints chooses the k of a command with n mutating calls: every k with
-// INSTACTL_KILLPOINTS=all (bench/provision/killpoints.sh), else the first, the last and three
-// between them (CI).
-func killPoints(t *testing.T, n int) []int {
-	if v := os.Getenv("INSTACTL_KILLPOINTS"); v == "all" {
-		var all []int
-		for k := 1; k <= n; k++ {
-			all = append(all, k)
+// killPoints chooses where runs whose clean run made the mutating calls seq are killed: after
+// every call with INSTACTL_KILLPOINTS=all (bench/provision/faults.sh), else (CI) after the first
+// call of each action and after the last call: a crash between two kinds of call is where a
+// half-made resource hides (a load balancer made and not yet configured was found so).
+func killPoints(t *testing.T, seq []string) []killPoint {
+	var ps []killPoint
+	switch v := os.Getenv("INSTACTL_KILLPOINTS"); v {
+	case "all":
+		for k := 1; k <= len(seq); k++ {
+			ps = append(ps, killPoint{k: k})
 		}
-		return all
-	} else if v != "" {
+		return ps
+	case "":
+	default:
 		t.Fatalf("INSTACTL_KILLPOINTS=%q: want all (or unset for the CI set)", v)
 	}
-	ks := []int{1, max(1, n/4), max(1, n/2), max(1, 3*n/4), n}
-	slices.Sort(ks)
-	return slices.Compact(ks)
+	seen := map[string]bool{}
+	for _, a := range seq {
+		if !seen[a] {
+			seen[a] = true
+			ps = append(ps, killPoint{action: a})
+		}
+	}
+	return append(ps, killPoint{k: len(seq)})
 }
 
 // motoLive is everything live in moto, tagged or not (the oracle: nothing may be untagged, so
@@ -207,8 +232,8 @@ func describeMoto(t *testing.T, c *ec2.Client, lb *elb.Client) motoLive {
 // converges (exit 0, then `plan --detailed-exitcode` exits 0), and moto, asked directly, holds
 // exactly one instance per host, one volume per host and device, one of each group, one load
 // balancer and nothing untagged. Then `destroy` is killed at its k-th mutating call, and
-// `destroy` again leaves nothing. CI runs 5 kill points of each; bench/provision/killpoints.sh
-// runs every one.
+// `destroy` again leaves nothing. CI kills at the first call of each action and at the last;
+// bench/provision/faults.sh at every one.
 func TestKillPoints(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moto integration test; -short")
@@ -247,7 +272,7 @@ func TestKillPoints(t *testing.T) {
 	hosts := []string{"app[0]", "app[1]", "app[2]", "memcached[0]", "pg[0]", "pg[1]", "pg[2]", "pg[3]", "redis[0]", "redis[1]"}
 	checkCreated := func(t *testing.T, when string) {
 		t.Helper()
-		if code, _, out := r.run(0, "plan", "--detailed-exitcode"); code != 0 {
+		if code, _, out := r.run(killPoint{}, "plan", "--detailed-exitcode"); code != 0 {
 			t.Errorf("%s: plan --detailed-exitcode exit %d, want 0\n%s", when, code, out)
 		}
 		m := describeMoto(t, ec2c, elbc)
@@ -293,49 +318,53 @@ func TestKillPoints(t *testing.T) {
 	}
 
 	// A clean create and destroy count the mutating calls the kill points range over.
-	m0 := inj.Stats().Mutations
-	if code, _, out := r.run(0, "apply", "--yes"); code != 0 {
+	if code, _, out := r.run(killPoint{}, "apply", "--yes"); code != 0 {
 		t.Fatalf("apply: exit %d\n%s", code, out)
 	}
 	checkCreated(t, "clean apply")
-	m1 := inj.Stats().Mutations
-	if code, _, out := r.run(0, "destroy", "--yes"); code != 0 {
+	r.mu.Lock()
+	creates := slices.Clone(r.seq)
+	r.mu.Unlock()
+	if code, _, out := r.run(killPoint{}, "destroy", "--yes"); code != 0 {
 		t.Fatalf("destroy: exit %d\n%s", code, out)
 	}
 	checkGone(t, "clean destroy")
-	creates, destroys := m1-m0, inj.Stats().Mutations-m1
-	t.Logf("a 10-host create makes %d mutating calls, its destroy %d", creates, destroys)
+	r.mu.Lock()
+	destroys := slices.Clone(r.seq[len(creates):])
+	r.mu.Unlock()
+	t.Logf("a 10-host create makes %d mutating calls, its destroy %d", len(creates), len(destroys))
 
-	for _, k := range killPoints(t, creates) {
-		t.Run("create k="+strconv.Itoa(k), func(t *testing.T) {
-			code, after, out := r.run(k, "apply", "--yes")
-			if code != -1 {
-				t.Logf("apply ended with exit %d before mutating call %d (calls run concurrently)", code, k)
-			} else {
-				t.Logf("killed after %s", after)
+	// One cycle per kill point: create killed there, apply again; destroy killed there, destroy
+	// again (a cycle without a point of one kind runs that command plainly).
+	cps, dps := killPoints(t, creates), killPoints(t, destroys)
+	for i := range max(len(cps), len(dps)) {
+		var cp, dp killPoint
+		if i < len(cps) {
+			cp = cps[i]
+		}
+		if i < len(dps) {
+			dp = dps[i]
+		}
+		t.Run(fmt.Sprintf("create %v, destroy %v", cp, dp), func(t *testing.T) {
+			code, after, out := r.run(cp, "apply", "--yes")
+			switch {
+			case code == -1:
+				t.Logf("apply killed after %s", after)
+			case cp != killPoint{}:
+				t.Logf("apply ended with exit %d before %v (calls run concurrently)", code, cp)
 			}
-			if code, _, out2 := r.run(0, "apply", "--yes"); code != 0 {
+			if code, _, out2 := r.run(killPoint{}, "apply", "--yes"); code != 0 {
 				t.Fatalf("apply after the kill: exit %d\n%s\nthe killed run:\n%s", code, out2, out)
 			}
 			checkCreated(t, "apply after kill")
-			if code, _, out := r.run(0, "destroy", "--yes"); code != 0 {
-				t.Fatalf("destroy: exit %d\n%s", code, out)
+			code, after, out = r.run(dp, "destroy", "--yes")
+			switch {
+			case code == -1:
+				t.Logf("destroy killed after %s", after)
+			case dp != killPoint{}:
+				t.Logf("destroy ended with exit %d before %v", code, dp)
 			}
-			checkGone(t, "destroy")
-		})
-	}
-	for _, k := range killPoints(t, destroys) {
-		t.Run("destroy k="+strconv.Itoa(k), func(t *testing.T) {
-			if code, _, out := r.run(0, "apply", "--yes"); code != 0 {
-				t.Fatalf("apply: exit %d\n%s", code, out)
-			}
-			code, after, out := r.run(k, "destroy", "--yes")
-			if code != -1 {
-				t.Logf("destroy ended with exit %d before mutating call %d", code, k)
-			} else {
-				t.Logf("killed after %s", after)
-			}
-			if code, _, out2 := r.run(0, "destroy", "--yes"); code != 0 {
+			if code, _, out2 := r.run(killPoint{}, "destroy", "--yes"); code != 0 {
 				t.Fatalf("destroy after the kill: exit %d\n%s\nthe killed run:\n%s", code, out2, out)
 			}
 			checkGone(t, "destroy after kill")

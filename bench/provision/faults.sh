@@ -80,7 +80,7 @@ if part kill; then
 		echo
 		echo "kill points: exit $rc, $(($(date +%s) - t0)) s, load1m $la0 -> $(load1)"
 		grep -E 'mutating calls, its destroy' "$OUT/kill.log" | sed -E 's/^\s+killpoint_test.go:[0-9]+: //'
-		echo "$(grep -c -- '--- PASS: TestKillPoints/' "$OUT/kill.log" || true) kill points passed, $(grep -c -- '--- FAIL: TestKillPoints/' "$OUT/kill.log" || true) failed"
+		echo "$(grep -c -- '--- PASS: TestKillPoints/' "$OUT/kill.log" || true) cycles passed (each: a create killed at one point, a destroy killed at one), $(grep -c -- '--- FAIL: TestKillPoints/' "$OUT/kill.log" || true) failed"
 		grep -E -- '--- FAIL' "$OUT/kill.log" || true
 	} | tee -a "$OUT/summary.md"
 fi

@@ -2,8 +2,8 @@ package stack
 
 import (
 	"fmt"
-	"slices"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -61,7 +61,7 @@ type Role struct {
 	// InstanceTypes are further types, in order of preference, a host may get when AWS has no
 	// capacity for InstanceType in any allowed zone. InstanceType defaults to the first.
 	InstanceTypes []string `json:"instance_types"`
-	Count        int    `json:"count"`
+	Count         int      `json:"count"`
 	// Port is the role's service port (app HTTP, postgres, redis, memcached); 0 for none.
 	Port int `json:"port"`
 	// Replicas is, for pg and redis, how many replicas follow each primary. Hosts are grouped

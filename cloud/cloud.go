@@ -59,6 +59,8 @@ type InstanceSpec struct {
 	// ClientToken makes creation idempotent across crashes (derived from stack, role, index).
 	ClientToken string
 	Tags        map[string]string
+	// InstanceProfile names the IAM instance profile the instance runs with ("": none).
+	InstanceProfile string
 }
 
 // Volume is one block volume.
@@ -140,6 +142,9 @@ type Resources struct {
 	SecurityGroups []SecurityGroup `json:"security_groups"`
 	LoadBalancers  []LoadBalancer  `json:"load_balancers"`
 	KeyPairs       []string        `json:"key_pairs"`
+	// Edge is the photo bucket, app role, CDN and DNS records (edge.go); nil for a provider
+	// without them.
+	Edge *Edge `json:"edge,omitempty"`
 }
 
 // Provider is a cloud: AWS (cloud/aws) or the local sandbox (cloud/sandbox). Both pass the same

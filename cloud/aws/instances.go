@@ -117,9 +117,10 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	in := &ec2.RunInstancesInput{
 		ImageId: aws.String(spec.Image), InstanceType: ec2types.InstanceType(spec.Type),
 		MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
-		Placement:         &ec2types.Placement{AvailabilityZone: aws.String(spec.Zone)},
-		SecurityGroupIds:  spec.SecurityGroupIDs,
-		TagSpecifications: tagSpec(ec2types.ResourceTypeInstance, tags),
+		Placement:          &ec2types.Placement{AvailabilityZone: aws.String(spec.Zone)},
+		SecurityGroupIds:   spec.SecurityGroupIDs,
+		TagSpecifications:  tagSpec(ec2types.ResourceTypeInstance, tags),
+		IamInstanceProfile: instanceProfileSpec(spec.InstanceProfile),
 	}
 	if spec.KeyName != "" {
 		in.KeyName = aws.String(spec.KeyName)
@@ -137,7 +138,8 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 				in.ClientToken = aws.String(fmt.Sprintf("%s.%d", spec.ClientToken, gen))
 			}
 		}
-		out, err := p.ec2.RunInstances(ctx, in)
+		var out *ec2.RunInstancesOutput
+		err := p.retryFreshProfile(ctx, func() (err error) { out, err = p.ec2.RunInstances(ctx, in); return })
 		if err != nil {
 			return cloud.Instance{}, wrap(err, "run instance %s", spec.Name)
 		}

@@ -29,6 +29,10 @@ type Options struct {
 	PollMin, PollMax time.Duration
 	// MaxAttempts per API call under the adaptive retryer (throttling, 5xx). Default 10.
 	MaxAttempts int
+	// DNSZone is the Route 53 hosted zone ("example.com.") holding the stack's records named
+	// DNSNames; "": no DNS. Describe looks for exactly these records (edge.go).
+	DNSZone  string
+	DNSNames []string
 }
 
 // Provider is the AWS cloud.Provider.
@@ -37,6 +41,7 @@ type Provider struct {
 	desc *describeClient // describes by id, coalesced
 	elb  *elb.Client
 	opts Options
+	edge edgeClients
 
 	mu sync.Mutex
 	// seen is each stack's instances by client token, from the last Describe: CreateInstance
@@ -85,7 +90,8 @@ func New(cfg aws.Config, opts Options) *Provider {
 		})
 	}
 	c := ec2.NewFromConfig(cfg)
-	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, seen: map[string]tokenSnapshot{}}
+	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, seen: map[string]tokenSnapshot{},
+		edge: newEdgeClients(cfg)}
 }
 
 // Name implements cloud.Provider.
@@ -205,6 +211,7 @@ func (p *Provider) Describe(ctx context.Context, stack string) (*cloud.Resources
 	run(func() (err error) { r.SecurityGroups, err = p.describeGroups(ctx, stack); return })
 	run(func() (err error) { r.KeyPairs, err = p.describeKeyPairs(ctx, stack); return })
 	run(func() (err error) { r.LoadBalancers, err = p.describeLoadBalancers(ctx, stack); return })
+	run(func() (err error) { r.Edge, err = p.DescribeEdge(ctx, stack, p.opts.DNSZone, p.opts.DNSNames); return })
 	wg.Wait()
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("describe stack %s: %w", stack, firstAPIError(errs))

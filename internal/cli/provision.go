@@ -45,6 +45,8 @@ type ApplyOptions struct {
 // DestroyOptions are the inputs of `instactl destroy`.
 type DestroyOptions struct {
 	Yes bool
+	// ForceDeleteData lets destroy delete a photo bucket that holds objects.
+	ForceDeleteData bool
 }
 
 // ApplyReport is what apply and destroy print with -o json: the plan that was (or was not)

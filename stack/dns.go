@@ -60,9 +60,6 @@ func (v *validator) dns() {
 	if d.LB != "" && d.LB == d.CDN {
 		v.errorf("dns.cdn", "names the same host as dns.lb (%q); one name cannot point at both", d.CDN)
 	}
-	if d.LB != "" && v.st.LoadBalancer.TargetRole == "" {
-		v.errorf("dns.lb", "needs a load balancer: set load_balancer.target_role")
-	}
 	switch {
 	case d.CDN != "" && d.CDNCertificate == "":
 		v.errorf("dns.cdn", "needs dns.cdn_certificate: CloudFront answers for %s only with an ACM certificate in us-east-1 covering it (arn:aws:acm:us-east-1:ACCOUNT:certificate/ID)", d.Name(d.CDN))

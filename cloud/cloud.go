@@ -39,6 +39,8 @@ type Instance struct {
 	State          string            `json:"state"` // pending, running, stopping, stopped, terminated
 	SecurityGroups []string          `json:"security_groups,omitempty"`
 	Tags           map[string]string `json:"tags"`
+	// InstanceProfile is the name of the IAM instance profile it runs with ("": none).
+	InstanceProfile string `json:"instance_profile,omitempty"`
 }
 
 // InstanceSpec asks for a new instance.

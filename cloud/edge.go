@@ -157,6 +157,10 @@ type EdgeProvider interface {
 	// and its origin access control.
 	DeleteDistribution(ctx context.Context, stack, id string) error
 
+	// SetInstanceProfile makes a running instance run with the instance profile named profile,
+	// replacing the one it has.
+	SetInstanceProfile(ctx context.Context, instanceID, profile string) error
+
 	// UpsertRecord makes the record in zone (by name) exactly r.
 	UpsertRecord(ctx context.Context, zone string, r Record) error
 	DeleteRecord(ctx context.Context, zone string, r Record) error

@@ -19,10 +19,13 @@ const (
 	KindAppRole Kind = "role"
 	KindCDN     Kind = "cdn"
 	KindRecord  Kind = "record"
+	// KindHostProfile gives a running app host the app role's instance profile (hosts made
+	// before the role existed); new hosts are launched with it.
+	KindHostProfile Kind = "instance_profile"
 )
 
 func edgeKind(k Kind) bool {
-	return k == KindBucket || k == KindAppRole || k == KindCDN || k == KindRecord
+	return k == KindBucket || k == KindAppRole || k == KindCDN || k == KindRecord || k == KindHostProfile
 }
 
 // photoRole is the role whose hosts run the app server and get the photo role
@@ -154,6 +157,7 @@ func (c *computer) edge(actual *cloud.Resources) {
 	if w != nil {
 		bucket = c.bucket(w.Bucket, have)
 		c.role(w.Role, have)
+		c.hostProfiles()
 		c.cdn(w.CDN, bucket, have)
 		c.records(w, have)
 	} else {
@@ -261,6 +265,21 @@ func (c *computer) role(w RoleSpec, have *cloud.Edge) {
 		ch.Action = Update
 	}
 	c.add(ch)
+}
+
+// hostProfiles plans the instance profile of every live host that should run with one and
+// does not; hosts this plan creates or replaces are launched with it.
+func (c *computer) hostProfiles() {
+	for _, spec := range c.d.Instances {
+		addr := spec.Address()
+		have, ok := c.ix.hosts[hostKey(spec.Role, spec.Index)]
+		if spec.InstanceProfile == "" || !ok || c.replaced[addr] || have.InstanceProfile == spec.InstanceProfile {
+			continue
+		}
+		c.add(Change{Action: Update, Kind: KindHostProfile, Address: "instance_profile." + strings.TrimPrefix(addr, "instance."),
+			ID: have.ID, Name: spec.InstanceProfile,
+			Diffs: []FieldDiff{{Field: "instance_profile", Old: q(have.InstanceProfile), New: q(spec.InstanceProfile)}}})
+	}
 }
 
 // policySummary says what a policy document allows in one line: "s3:ListBucket on
@@ -491,6 +510,8 @@ func (ex *executor) edgeDeps(c Change, want func(Action, string), all func(Kind,
 		if strings.Contains(c.Instance.UserData, cloud.CDNDomainPlaceholder) {
 			want(Create, cdnAddr)
 		}
+	case c.Kind == KindHostProfile:
+		want(Create, "role."+c.Name)
 	case c.Kind == KindCDN && c.Action != Delete:
 		want(Create, "bucket."+c.CDN.Bucket)
 	case c.Kind == KindRecord && c.Action != Delete:
@@ -540,6 +561,8 @@ func (ex *executor) execEdge(ctx context.Context, i int, c Change) error {
 			ex.setID(i, d.ID)
 		}
 		return err
+	case c.Kind == KindHostProfile:
+		return ep.SetInstanceProfile(ctx, c.ID, c.Name)
 	case c.Kind == KindRecord && c.Action == Delete:
 		return ep.DeleteRecord(ctx, c.Record.Zone, *c.Record.Current)
 	case c.Kind == KindRecord:

@@ -320,14 +320,30 @@ func TestEdgeMoto(t *testing.T) {
 				TTL: aws.Int64(60), ResourceRecords: []r53types.ResourceRecord{{Value: aws.String("evil.example.net")}}}}}}}); err != nil {
 		t.Fatal(err)
 	}
+	// ...and an app host that lost its instance profile (or predates the role) gets it back.
+	assoc, err := c.ec2.DescribeIamInstanceProfileAssociations(ctx, &ec2.DescribeIamInstanceProfileAssociationsInput{})
+	if err != nil || len(assoc.IamInstanceProfileAssociations) != 1 {
+		t.Fatalf("instance profile associations: %v %+v", err, assoc)
+	}
+	appID := aws.ToString(assoc.IamInstanceProfileAssociations[0].InstanceId)
+	if _, err := c.ec2.DisassociateIamInstanceProfile(ctx, &ec2.DisassociateIamInstanceProfileInput{
+		AssociationId: assoc.IamInstanceProfileAssociations[0].AssociationId}); err != nil {
+		t.Fatal(err)
+	}
 	drift := plan(t, p, d)
-	if got, want := changedAddrs(drift), []string{"update bucket.ed-photos", "update role.ed-app", "update record.www.example.com"}; !slices.Equal(got, want) {
+	if got, want := changedAddrs(drift), []string{"update bucket.ed-photos", "update role.ed-app", "update instance_profile.app[0]",
+		"update record.www.example.com"}; !slices.Equal(got, want) {
 		var b strings.Builder
 		_ = drift.Render(&b)
 		t.Errorf("drift plan changes %v, want %v\n%s", got, want, b.String())
 	}
 	apply(t, p, drift)
 	mustNoChanges(t, p, d, "after correcting drift")
+	if di, err := c.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{appID}}); err != nil ||
+		di.Reservations[0].Instances[0].IamInstanceProfile == nil ||
+		!strings.HasSuffix(aws.ToString(di.Reservations[0].Instances[0].IamInstanceProfile.Arn), "/ed-app") {
+		t.Errorf("app host %s after drift: %v, instance profile not given back", appID, err)
+	}
 	if att, err := c.iam.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String("ed-app")}); err != nil || len(att.AttachedPolicies) != 0 {
 		t.Errorf("managed policies left on the role: %v %+v", err, att)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
@@ -230,4 +231,44 @@ func instanceProfileSpec(name string) *ec2types.IamInstanceProfileSpecification 
 		return nil
 	}
 	return &ec2types.IamInstanceProfileSpecification{Name: aws.String(name)}
+}
+
+// profileName is the name in an instance profile's ARN
+// (arn:aws:iam::123456789012:instance-profile/path/name).
+func profileName(arn string) string {
+	return arn[strings.LastIndex(arn, "/")+1:]
+}
+
+// SetInstanceProfile implements cloud.EdgeProvider: it associates the profile with an instance
+// that has none, and replaces the association of one that has another.
+func (p *Provider) SetInstanceProfile(ctx context.Context, instanceID, profile string) error {
+	out, err := p.ec2.DescribeIamInstanceProfileAssociations(ctx, &ec2.DescribeIamInstanceProfileAssociationsInput{
+		Filters: []ec2types.Filter{filter("instance-id", instanceID), filter("state", "associating", "associated")}})
+	if err != nil {
+		return wrap(err, "read the instance profile of %s", instanceID)
+	}
+	spec := instanceProfileSpec(profile)
+	// An instance has at most one association.
+	if as := out.IamInstanceProfileAssociations; len(as) > 0 {
+		if as[0].IamInstanceProfile != nil && profileName(aws.ToString(as[0].IamInstanceProfile.Arn)) == profile {
+			return nil
+		}
+		err := p.retryFreshProfile(ctx, func() error {
+			_, err := p.ec2.ReplaceIamInstanceProfileAssociation(ctx, &ec2.ReplaceIamInstanceProfileAssociationInput{
+				AssociationId: as[0].AssociationId, IamInstanceProfile: spec})
+			return err
+		})
+		if err != nil {
+			return wrap(err, "give %s instance profile %s", instanceID, profile)
+		}
+		return nil
+	}
+	err = p.retryFreshProfile(ctx, func() error {
+		_, err := p.ec2.AssociateIamInstanceProfile(ctx, &ec2.AssociateIamInstanceProfileInput{InstanceId: aws.String(instanceID), IamInstanceProfile: spec})
+		return err
+	})
+	if err != nil {
+		return wrap(err, "give %s instance profile %s", instanceID, profile)
+	}
+	return nil
 }

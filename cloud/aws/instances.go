@@ -40,6 +40,9 @@ func toInstance(in ec2types.Instance) cloud.Instance {
 		out.SecurityGroups = append(out.SecurityGroups, aws.ToString(g.GroupId))
 	}
 	slices.Sort(out.SecurityGroups)
+	if in.IamInstanceProfile != nil {
+		out.InstanceProfile = profileName(aws.ToString(in.IamInstanceProfile.Arn))
+	}
 	return out
 }
 

@@ -105,28 +105,66 @@ func cmpString(a, b string) int {
 }
 
 // findAccessControl returns the id of the origin access control named name, "" if none.
-// Origin access controls cannot be tagged: instactl owns the one named after the stack.
+// Origin access controls cannot be tagged: instactl owns the ones named after the stack.
 func (p *Provider) findAccessControl(ctx context.Context, name string) (string, error) {
+	ids, err := p.accessControls(ctx, name)
+	if err != nil || len(ids) == 0 {
+		return "", err
+	}
+	return ids[0], nil
+}
+
+// accessControls lists the ids of every origin access control named name. CloudFront keeps
+// names unique, but a store that does not (moto) can hold several after a lost reply.
+func (p *Provider) accessControls(ctx context.Context, name string) ([]string, error) {
+	var ids []string
 	in := &cloudfront.ListOriginAccessControlsInput{}
 	for {
 		out, err := p.edge.cdn.ListOriginAccessControls(ctx, in)
 		if err != nil {
-			return "", wrap(err, "list CloudFront origin access controls")
+			return nil, wrap(err, "list CloudFront origin access controls")
 		}
 		if out.OriginAccessControlList == nil {
-			return "", nil
+			return ids, nil
 		}
 		for _, o := range out.OriginAccessControlList.Items {
 			if aws.ToString(o.Name) == name {
-				return aws.ToString(o.Id), nil
+				ids = append(ids, aws.ToString(o.Id))
 			}
 		}
 		if next := aws.ToString(out.OriginAccessControlList.NextMarker); next != "" {
 			in.Marker = aws.String(next)
 			continue
 		}
-		return "", nil
+		return ids, nil
 	}
+}
+
+// deleteAccessControls deletes the origin access controls named name except keep ("": all).
+// One still used by a distribution is left (CloudFront refuses), for a later run.
+func (p *Provider) deleteAccessControls(ctx context.Context, name, keep string) error {
+	ids, err := p.accessControls(ctx, name)
+	if err != nil {
+		return err
+	}
+	c := p.edge.cdn
+	for _, id := range ids {
+		if id == keep {
+			continue
+		}
+		got, err := c.GetOriginAccessControl(ctx, &cloudfront.GetOriginAccessControlInput{Id: aws.String(id)})
+		if apiCode(err) == "NoSuchOriginAccessControl" {
+			continue
+		}
+		if err != nil {
+			return wrap(err, "read origin access control %s", id)
+		}
+		_, err = c.DeleteOriginAccessControl(ctx, &cloudfront.DeleteOriginAccessControlInput{Id: aws.String(id), IfMatch: got.ETag})
+		if err != nil && apiCode(err) != "NoSuchOriginAccessControl" && apiCode(err) != "OriginAccessControlInUse" {
+			return wrap(err, "delete origin access control %s", id)
+		}
+	}
+	return nil
 }
 
 // EnsureDistribution implements cloud.EdgeProvider.
@@ -143,10 +181,20 @@ func (p *Provider) EnsureDistribution(ctx context.Context, stack string, spec cl
 				OriginAccessControlOriginType: cftypes.OriginAccessControlOriginTypesS3,
 				SigningBehavior:               cftypes.OriginAccessControlSigningBehaviorsAlways,
 				SigningProtocol:               cftypes.OriginAccessControlSigningProtocolsSigv4}})
-		if err != nil {
+		switch {
+		case apiCode(err) == "OriginAccessControlAlreadyExists":
+			// A lost reply: the retry finds the one the first attempt made, by its name.
+			if oac, err = p.findAccessControl(ctx, spec.Name); err != nil {
+				return cloud.Distribution{}, err
+			}
+			if oac == "" {
+				return cloud.Distribution{}, fmt.Errorf("origin access control %s: CloudFront says it exists but does not list it yet; run apply again", spec.Name)
+			}
+		case err != nil:
 			return cloud.Distribution{}, wrap(err, "create origin access control %s", spec.Name)
+		default:
+			oac = aws.ToString(out.OriginAccessControl.Id)
 		}
-		oac = aws.ToString(out.OriginAccessControl.Id)
 	}
 	cfg := p.distributionConfig(stack, spec, oac)
 	have, err := p.describeDistributions(ctx, stack)
@@ -185,6 +233,9 @@ func (p *Provider) EnsureDistribution(ctx context.Context, stack string, spec cl
 		}
 	}
 	if err := p.putCDNBucketPolicy(ctx, spec.Bucket, d.ARN); err != nil {
+		return d, err
+	}
+	if err := p.deleteAccessControls(ctx, spec.Name, oac); err != nil {
 		return d, err
 	}
 	return d, nil
@@ -270,19 +321,7 @@ func (p *Provider) DeleteDistribution(ctx context.Context, stack, id string) err
 	if _, err := c.DeleteDistribution(ctx, &cloudfront.DeleteDistributionInput{Id: aws.String(id), IfMatch: etag}); err != nil && apiCode(err) != "NoSuchDistribution" {
 		return wrap(err, "delete distribution %s", id)
 	}
-	if oac := have[i].AccessControl; oac != "" {
-		got, err := c.GetOriginAccessControl(ctx, &cloudfront.GetOriginAccessControlInput{Id: aws.String(oac)})
-		if apiCode(err) == "NoSuchOriginAccessControl" {
-			return nil
-		}
-		if err != nil {
-			return wrap(err, "read origin access control %s", oac)
-		}
-		if _, err := c.DeleteOriginAccessControl(ctx, &cloudfront.DeleteOriginAccessControlInput{Id: aws.String(oac), IfMatch: got.ETag}); err != nil && apiCode(err) != "NoSuchOriginAccessControl" {
-			return wrap(err, "delete origin access control %s", oac)
-		}
-	}
-	return nil
+	return p.deleteAccessControls(ctx, cloud.PhotoCDN(stack), "")
 }
 
 // waitDeployed polls until the distribution's status is Deployed and returns its ETag.

@@ -84,9 +84,13 @@ type Record struct {
 	Type  string `json:"type"`
 	Value string `json:"value"`
 	TTL   int64  `json:"ttl"`
+	// Owner is the stack that wrote the record: DNS records carry no tags, so a provider keeps
+	// an ownership marker beside each record it writes (on Route 53 a TXT record). "": none.
+	Owner string `json:"owner,omitempty"`
 }
 
-// Zone is a DNS hosted zone and the records of it instactl owns.
+// Zone is a DNS hosted zone: the records at the names the stack file asks for, and every
+// record the stack owns (Record.Owner).
 type Zone struct {
 	Name string `json:"name"`
 	// ID is "" when the zone does not exist in the account.
@@ -161,8 +165,9 @@ type EdgeProvider interface {
 	// replacing the one it has.
 	SetInstanceProfile(ctx context.Context, instanceID, profile string) error
 
-	// UpsertRecord makes the record in zone (by name) exactly r.
+	// UpsertRecord makes the record in zone (by name) exactly r, marked as r.Owner's.
 	UpsertRecord(ctx context.Context, zone string, r Record) error
+	// DeleteRecord deletes r, as described (with its value), and its ownership marker.
 	DeleteRecord(ctx context.Context, zone string, r Record) error
 }
 

@@ -369,8 +369,9 @@ func (c *computer) cdn(w CDNSpec, bucket *cloud.Bucket, have *cloud.Edge) {
 	c.add(ch)
 }
 
-// records plans the CNAMEs w asks for; the zone's other records named by the stack file
-// (found by the provider) are deleted.
+// records plans the CNAMEs w asks for; the other CNAMEs the stack owns (Record.Owner) are
+// deleted, so a name dropped from the stack file goes too. A record at a wanted name that
+// another stack or the zone's operator wrote is refused, never overwritten.
 func (c *computer) records(w *EdgeSpec, have *cloud.Edge) {
 	zone := have.Zone
 	var wanted []string
@@ -398,9 +399,12 @@ func (c *computer) records(w *EdgeSpec, have *cloud.Edge) {
 		}
 		switch {
 		case len(cur) == 0:
-		case len(cur) > 1 || cur[0].Type != "CNAME":
+		case len(cur) > 1 || cur[0].Type != "CNAME" || cur[0].Owner == "":
 			ch.Action = Update
 			ch.Refuse = fmt.Sprintf("%s already has a %s record that instactl did not write; remove it or choose another name in dns", r.Name, cur[0].Type)
+		case cur[0].Owner != c.d.Stack:
+			ch.Action = Update
+			ch.Refuse = fmt.Sprintf("%s belongs to stack %q (its _instactl marker says so); choose another name in dns", r.Name, cur[0].Owner)
 		case known && strings.EqualFold(strings.TrimSuffix(cur[0].Value, "."), value):
 			ch.Action, ch.Diffs, ch.ID = NoOp, nil, r.Name
 		default:
@@ -413,7 +417,7 @@ func (c *computer) records(w *EdgeSpec, have *cloud.Edge) {
 		return
 	}
 	for _, h := range zone.Records {
-		if h.Type == "CNAME" && !slices.Contains(wanted, fqdnName(h.Name)) {
+		if h.Type == "CNAME" && h.Owner == c.d.Stack && !slices.Contains(wanted, fqdnName(h.Name)) {
 			h := h
 			c.del(Change{Kind: KindRecord, Address: "record." + strings.TrimSuffix(h.Name, "."), ID: h.Name,
 				Record: &RecordSpec{Zone: zone.Name, Name: h.Name, Current: &h}, Diffs: []FieldDiff{{Field: "CNAME", Old: h.Value}}})
@@ -576,7 +580,7 @@ func (ex *executor) execEdge(ctx context.Context, i int, c Change) error {
 		if value == "" {
 			return fmt.Errorf("%s: the %s it points at has no DNS name yet: plan and apply again", c.Address, r.Target)
 		}
-		return ep.UpsertRecord(ctx, r.Zone, cloud.Record{Name: r.Name, Type: "CNAME", Value: value, TTL: recordTTL})
+		return ep.UpsertRecord(ctx, r.Zone, cloud.Record{Name: r.Name, Type: "CNAME", Value: value, TTL: recordTTL, Owner: stack})
 	}
 	return fmt.Errorf("%s: no way to %s a %s", c.Address, c.Action, c.Kind)
 }

@@ -98,7 +98,8 @@ func TestEdgeMoto(t *testing.T) {
 	startMoto(t)
 	ctx := context.Background()
 	c := newEdgeClients(t)
-	st := edgeStack("ed", keyFile(t))
+	key := keyFile(t)
+	st := edgeStack("ed", key)
 
 	zone, err := c.dns.CreateHostedZone(ctx, &route53.CreateHostedZoneInput{Name: aws.String("example.com."),
 		CallerReference: aws.String("edge-test")})
@@ -351,6 +352,47 @@ func TestEdgeMoto(t *testing.T) {
 		t.Errorf("records after drift = %v, want %v", got, wantRecords)
 	}
 
+	// A name dropped from the stack file: its record is found by its _instactl marker and
+	// deleted, marker and all.
+	st2 := edgeStack("ed", key)
+	st2.DNS.LB = ""
+	p2 := awscloud.New(cfg, awscloud.Options{PollMin: 50 * time.Millisecond, PollMax: 200 * time.Millisecond,
+		DNSZone: st2.DNS.Zone, DNSNames: provision.DNSNames(st2)})
+	d2 := edgeDesired(t, st2)
+	dropped := plan(t, p2, d2)
+	if got, want := changedAddrs(dropped), []string{"delete record.www.example.com"}; !slices.Equal(got, want) {
+		t.Errorf("plan without dns.lb changes %v, want %v", got, want)
+	}
+	apply(t, p2, dropped)
+	mustNoChanges(t, p2, d2, "after dropping dns.lb")
+	delete(wantRecords, "www.example.com.")
+	if got := records(); fmt.Sprint(got) != fmt.Sprint(wantRecords) {
+		t.Errorf("records after dropping dns.lb = %v, want %v", got, wantRecords)
+	}
+	rr, err := c.dns.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: aws.String(zoneID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rr.ResourceRecordSets {
+		if strings.HasPrefix(aws.ToString(r.Name), "_instactl.www.") {
+			t.Errorf("the marker of the dropped record is left: %s", aws.ToString(r.Name))
+		}
+	}
+
+	// The operator's own CNAME at a name the stack file asks for is refused, never overwritten.
+	if _, err := c.dns.ChangeResourceRecordSets(ctx, &route53.ChangeResourceRecordSetsInput{HostedZoneId: aws.String(zoneID),
+		ChangeBatch: &r53types.ChangeBatch{Changes: []r53types.Change{{Action: r53types.ChangeActionCreate,
+			ResourceRecordSet: &r53types.ResourceRecordSet{Name: aws.String("www.example.com."), Type: r53types.RRTypeCname,
+				TTL: aws.Int64(60), ResourceRecords: []r53types.ResourceRecord{{Value: aws.String("shop.example.net")}}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	wantRecords["www.example.com."] = "shop.example.net"
+	theirs := plan(t, p, d)
+	if i := slices.IndexFunc(theirs.Changes, func(ch provision.Change) bool { return ch.Address == "record.www.example.com" }); i < 0 ||
+		!strings.Contains(theirs.Changes[i].Refuse, "already has a CNAME record that instactl did not write") {
+		t.Errorf("the operator's www record is not refused: %+v", theirs.Changes)
+	}
+
 	// Photos in the bucket: two objects, one of them with two versions.
 	for _, k := range []string{"p/1.jpg", "p/2.jpg", "p/2.jpg"} {
 		if _, err := c.s3.PutObject(ctx, &s3.PutObjectInput{Bucket: bucket, Key: aws.String(k), Body: strings.NewReader("jpeg " + k)}); err != nil {
@@ -397,8 +439,13 @@ func TestEdgeMoto(t *testing.T) {
 		(ol.OriginAccessControlList != nil && len(ol.OriginAccessControlList.Items) != 0) {
 		t.Errorf("origin access controls after destroy: %v %+v", err, ol.OriginAccessControlList)
 	}
-	if got, want := records(), map[string]string{"mail.example.com.": "mx.example.net"}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("records after destroy = %v, want only %v", got, want)
+	if got, want := records(), map[string]string{"mail.example.com.": "mx.example.net", "www.example.com.": "shop.example.net"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records after destroy = %v, want only the operator's %v", got, want)
+	}
+	if rr, err := c.dns.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: aws.String(zoneID)}); err != nil {
+		t.Fatal(err)
+	} else if n := len(rr.ResourceRecordSets); n != 4 { // SOA, NS, mail, www
+		t.Errorf("%d record sets after destroy, want 4 (SOA, NS and the operator's two): markers left?", n)
 	}
 	again, err := provision.Destroy(ctx, p, "ed")
 	if err != nil || again.HasChanges() {

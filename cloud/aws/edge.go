@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -75,7 +76,7 @@ func (p *Provider) DescribeEdge(ctx context.Context, stack, zone string, names [
 	})
 	run(func() (err error) { e.Distributions, err = p.describeDistributions(ctx, stack); return })
 	if zone != "" {
-		run(func() (err error) { e.Zone, err = p.describeZone(ctx, zone, names); return })
+		run(func() (err error) { e.Zone, err = p.describeZone(ctx, stack, zone, slices.Clone(names)); return })
 	}
 	wg.Wait()
 	if len(errs) > 0 {

@@ -14,7 +14,8 @@ import (
 //	  cdn: photos                 # photos.example.com. -> the CDN, and the app's photo URLs
 //	  cdn_certificate: arn:aws:acm:us-east-1:123456789012:certificate/...
 //
-// Records are CNAMEs, so lb and cdn name hosts below the zone, never the zone itself.
+// Records are CNAMEs, so lb and cdn name hosts below the zone, never the zone itself. Each has
+// a TXT marker _instactl.<name> naming the stack; a name already taken is refused.
 type DNS struct {
 	Zone string `json:"zone"`
 	LB   string `json:"lb"`

@@ -104,6 +104,9 @@ type Edge struct {
 	Buckets       []Bucket       `json:"buckets"`
 	Roles         []HostRole     `json:"roles"`
 	Distributions []Distribution `json:"distributions"`
+	// AccessControls are the ids of the CDN origin access controls named after the stack (they
+	// take no tags): with no distribution, what a create stopped halfway left.
+	AccessControls []string `json:"access_controls,omitempty"`
 	// Zone is the hosted zone the stack file names, nil when it names none.
 	Zone *Zone `json:"zone,omitempty"`
 }
@@ -158,7 +161,7 @@ type EdgeProvider interface {
 	// the bucket policy allowing it, and returns it.
 	EnsureDistribution(ctx context.Context, stack string, d DistributionSpec) (Distribution, error)
 	// DeleteDistribution disables the distribution, waits until that is deployed, deletes it
-	// and its origin access control.
+	// and the stack's origin access controls; id "": only the origin access controls.
 	DeleteDistribution(ctx context.Context, stack, id string) error
 
 	// SetInstanceProfile makes a running instance run with the instance profile named profile,

@@ -169,6 +169,11 @@ func (c *computer) edge(actual *cloud.Resources) {
 				Diffs: []FieldDiff{{Field: "domain", Old: d.DomainName}}})
 		}
 	}
+	if w == nil && len(have.Distributions) == 0 && len(have.AccessControls) > 0 {
+		// A create stopped between the origin access control and the distribution.
+		c.del(Change{Kind: KindCDN, Address: "cdn." + cloud.PhotoCDN(c.d.Stack) + "#access-control",
+			Diffs: []FieldDiff{{Field: "access_control", Old: strings.Join(have.AccessControls, ",")}}})
+	}
 	for _, b := range have.Buckets {
 		if (w == nil || b.Name != w.Bucket.Name) && owned(c.d.Stack, b.Tags) {
 			c.del(Change{Kind: KindBucket, Address: "bucket." + b.Name, ID: b.Name, Name: b.Name, Bucket: &BucketSpec{Name: b.Name},

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/cloudfront"
+	cftypes "github.com/aws/aws-sdk-go-v2/service/cloudfront/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -450,5 +451,24 @@ func TestEdgeMoto(t *testing.T) {
 	again, err := provision.Destroy(ctx, p, "ed")
 	if err != nil || again.HasChanges() {
 		t.Errorf("destroy after destroy: %v, %s", err, again.Summary())
+	}
+
+	// An apply stopped between the origin access control and the distribution: destroy finds
+	// the origin access control by its name (it takes no tags) and deletes it.
+	if _, err := c.cdn.CreateOriginAccessControl(ctx, &cloudfront.CreateOriginAccessControlInput{
+		OriginAccessControlConfig: &cftypes.OriginAccessControlConfig{Name: aws.String("ed-photos"),
+			OriginAccessControlOriginType: cftypes.OriginAccessControlOriginTypesS3,
+			SigningBehavior:               cftypes.OriginAccessControlSigningBehaviorsAlways,
+			SigningProtocol:               cftypes.OriginAccessControlSigningProtocolsSigv4}}); err != nil {
+		t.Fatal(err)
+	}
+	leftover, err := provision.Destroy(ctx, p, "ed")
+	if got, want := changedAddrs(leftover), []string{"delete cdn.ed-photos#access-control"}; err != nil || !slices.Equal(got, want) {
+		t.Fatalf("destroy with a left origin access control: %v, %v, want %v", err, got, want)
+	}
+	apply(t, p, leftover)
+	if ol, err := c.cdn.ListOriginAccessControls(ctx, &cloudfront.ListOriginAccessControlsInput{}); err != nil ||
+		(ol.OriginAccessControlList != nil && len(ol.OriginAccessControlList.Items) != 0) {
+		t.Errorf("origin access controls after the second destroy: %v %+v", err, ol.OriginAccessControlList)
 	}
 }

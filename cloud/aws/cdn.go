@@ -301,6 +301,9 @@ func (p *Provider) putCDNBucketPolicy(ctx context.Context, bucket, distARN strin
 // distribution whose disabling has deployed, so this can take minutes on AWS.
 func (p *Provider) DeleteDistribution(ctx context.Context, stack, id string) error {
 	c := p.edge.cdn
+	if id == "" {
+		return p.deleteAccessControls(ctx, cloud.PhotoCDN(stack), "")
+	}
 	have, err := p.describeDistributions(ctx, stack)
 	if err != nil {
 		return err

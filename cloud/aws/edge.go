@@ -75,6 +75,7 @@ func (p *Provider) DescribeEdge(ctx context.Context, stack, zone string, names [
 		return err
 	})
 	run(func() (err error) { e.Distributions, err = p.describeDistributions(ctx, stack); return })
+	run(func() (err error) { e.AccessControls, err = p.accessControls(ctx, cloud.PhotoCDN(stack)); return })
 	if zone != "" {
 		run(func() (err error) { e.Zone, err = p.describeZone(ctx, stack, zone, slices.Clone(names)); return })
 	}

@@ -72,6 +72,8 @@ type Distribution struct {
 	Enabled bool     `json:"enabled"`
 	Status  string   `json:"status"` // InProgress, Deployed
 	Aliases []string `json:"aliases,omitempty"`
+	// Certificate is the ACM certificate ARN it answers the aliases with, "" for CloudFront's own.
+	Certificate string `json:"certificate,omitempty"`
 	// AccessControl is the id of the origin access control found by the stack's CDN name,
 	// "" if there is none.
 	AccessControl string            `json:"access_control,omitempty"`

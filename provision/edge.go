@@ -361,6 +361,9 @@ func (c *computer) cdn(w CDNSpec, bucket *cloud.Bucket, have *cloud.Edge) {
 	if have := strings.Join(d.Aliases, ","); have != aliases {
 		ch.Diffs = append(ch.Diffs, FieldDiff{Field: "aliases", Old: have, New: aliases})
 	}
+	if d.Certificate != w.CertificateARN {
+		ch.Diffs = append(ch.Diffs, FieldDiff{Field: "certificate", Old: q(d.Certificate), New: q(w.CertificateARN)})
+	}
 	if bucket == nil || bucket.Policy != cloud.CDNBucketPolicy(w.Bucket, d.ARN) {
 		old := ""
 		if bucket != nil {

@@ -332,9 +332,19 @@ func TestEdgeMoto(t *testing.T) {
 		AssociationId: assoc.IamInstanceProfileAssociations[0].AssociationId}); err != nil {
 		t.Fatal(err)
 	}
+	// ...and a distribution answering with another certificate.
+	dc, err := c.cdn.GetDistributionConfig(ctx, &cloudfront.GetDistributionConfigInput{Id: dist.Distribution.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.DistributionConfig.ViewerCertificate.ACMCertificateArn = aws.String("arn:aws:acm:us-east-1:123456789012:certificate/other")
+	if _, err := c.cdn.UpdateDistribution(ctx, &cloudfront.UpdateDistributionInput{Id: dist.Distribution.Id, IfMatch: dc.ETag,
+		DistributionConfig: dc.DistributionConfig}); err != nil {
+		t.Fatal(err)
+	}
 	drift := plan(t, p, d)
 	if got, want := changedAddrs(drift), []string{"update bucket.ed-photos", "update role.ed-app", "update instance_profile.app[0]",
-		"update record.www.example.com"}; !slices.Equal(got, want) {
+		"update cdn.ed-photos", "update record.www.example.com"}; !slices.Equal(got, want) {
 		var b strings.Builder
 		_ = drift.Render(&b)
 		t.Errorf("drift plan changes %v, want %v\n%s", got, want, b.String())
@@ -345,6 +355,10 @@ func TestEdgeMoto(t *testing.T) {
 		di.Reservations[0].Instances[0].IamInstanceProfile == nil ||
 		!strings.HasSuffix(aws.ToString(di.Reservations[0].Instances[0].IamInstanceProfile.Arn), "/ed-app") {
 		t.Errorf("app host %s after drift: %v, instance profile not given back", appID, err)
+	}
+	if got, err := c.cdn.GetDistribution(ctx, &cloudfront.GetDistributionInput{Id: dist.Distribution.Id}); err != nil ||
+		aws.ToString(got.Distribution.DistributionConfig.ViewerCertificate.ACMCertificateArn) != st.DNS.CDNCertificate {
+		t.Errorf("distribution certificate after drift: %v", err)
 	}
 	if att, err := c.iam.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String("ed-app")}); err != nil || len(att.AttachedPolicies) != 0 {
 		t.Errorf("managed policies left on the role: %v %+v", err, att)

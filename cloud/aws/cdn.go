@@ -86,6 +86,9 @@ func (p *Provider) describeDistributions(ctx context.Context, stack string) ([]c
 				if cfg.Aliases != nil {
 					cd.Aliases = slices.Sorted(slices.Values(cfg.Aliases.Items))
 				}
+				if cfg.ViewerCertificate != nil {
+					cd.Certificate = aws.ToString(cfg.ViewerCertificate.ACMCertificateArn)
+				}
 			}
 			out = append(out, cd)
 		}
@@ -220,11 +223,12 @@ func (p *Provider) EnsureDistribution(ctx context.Context, stack string, spec cl
 			x := out.Distribution
 			have = []cloud.Distribution{{ID: aws.ToString(x.Id), ARN: aws.ToString(x.ARN), DomainName: aws.ToString(x.DomainName),
 				Origin: p.bucketOrigin(spec.Bucket), Enabled: true, Status: aws.ToString(x.Status), Tags: spec.Tags,
-				AccessControl: oac, Aliases: slices.Sorted(slices.Values(spec.Aliases))}}
+				AccessControl: oac, Aliases: slices.Sorted(slices.Values(spec.Aliases)), Certificate: spec.CertificateARN}}
 		}
 	}
 	d = have[0]
-	if d.Origin != p.bucketOrigin(spec.Bucket) || !d.Enabled || !slices.Equal(d.Aliases, slices.Sorted(slices.Values(spec.Aliases))) {
+	if d.Origin != p.bucketOrigin(spec.Bucket) || !d.Enabled || !slices.Equal(d.Aliases, slices.Sorted(slices.Values(spec.Aliases))) ||
+		d.Certificate != spec.CertificateARN {
 		if err := p.updateDistribution(ctx, d.ID, func(cur *cftypes.DistributionConfig) {
 			cur.Origins, cur.DefaultCacheBehavior, cur.Aliases, cur.ViewerCertificate, cur.Enabled =
 				cfg.Origins, cfg.DefaultCacheBehavior, cfg.Aliases, cfg.ViewerCertificate, cfg.Enabled

@@ -39,6 +39,8 @@ type Instance struct {
 	State          string            `json:"state"` // pending, running, stopping, stopped, terminated
 	SecurityGroups []string          `json:"security_groups,omitempty"`
 	Tags           map[string]string `json:"tags"`
+	// InstanceProfile is the name of the IAM instance profile it runs with ("": none).
+	InstanceProfile string `json:"instance_profile,omitempty"`
 }
 
 // InstanceSpec asks for a new instance.
@@ -59,6 +61,8 @@ type InstanceSpec struct {
 	// ClientToken makes creation idempotent across crashes (derived from stack, role, index).
 	ClientToken string
 	Tags        map[string]string
+	// InstanceProfile names the IAM instance profile the instance runs with ("": none).
+	InstanceProfile string
 }
 
 // Volume is one block volume.
@@ -143,6 +147,9 @@ type Resources struct {
 	SecurityGroups []SecurityGroup `json:"security_groups"`
 	LoadBalancers  []LoadBalancer  `json:"load_balancers"`
 	KeyPairs       []string        `json:"key_pairs"`
+	// Edge is the photo bucket, app role, CDN and DNS records (edge.go); nil for a provider
+	// without them.
+	Edge *Edge `json:"edge,omitempty"`
 }
 
 // Provider is a cloud: AWS (cloud/aws) or the local sandbox (cloud/sandbox). Both pass the same

@@ -111,6 +111,7 @@ type executor struct {
 	instances map[string]string // hostKey -> id
 	zones     map[string]string // hostKey -> the instance's zone
 	volumes   map[string]string // volume address -> id
+	edge      *edgeState
 }
 
 func newExecutor(p cloud.Provider, plan Plan, actual *cloud.Resources, cfg applyConfig) *executor {
@@ -131,6 +132,7 @@ func newExecutor(p cloud.Provider, plan Plan, actual *cloud.Resources, cfg apply
 	for i, c := range plan.Changes {
 		ex.results[i] = Result{Address: c.Address, Kind: c.Kind, Action: c.Action, ID: c.ID}
 	}
+	ex.edge = newEdgeState(actual)
 	ex.build()
 	return ex
 }
@@ -207,6 +209,7 @@ func (ex *executor) depsOf(c Change, byKey map[string]*node) []*node {
 			}
 		}
 	}
+	ex.edgeDeps(c, want, all)
 	switch {
 	case c.Kind == KindGroup && c.Action != Delete:
 		for _, r := range c.Group.Rules {
@@ -336,6 +339,9 @@ func (ex *executor) store(m map[string]string, key, id string) {
 func (ex *executor) exec(ctx context.Context, n *node) error {
 	c := ex.plan.Changes[n.changes[0]]
 	stack := ex.plan.Stack
+	if edgeKind(c.Kind) {
+		return ex.execEdge(ctx, n.changes[0], c)
+	}
 	switch {
 	case c.Kind == KindRegistration:
 		return ex.registrations(ctx, n)
@@ -400,13 +406,16 @@ func (ex *executor) createInstance(ctx context.Context, i int, c Change) error {
 	s := c.Instance
 	spec := cloud.InstanceSpec{Name: s.Name, Role: s.Role, Index: s.Index, Type: s.Type, Image: s.Image,
 		Zone: s.Zone, KeyName: s.KeyName, UserData: s.UserData, ClientToken: s.ClientToken, Address: s.PrivateAddress,
-		Tags: map[string]string{cloud.TagStack: ex.plan.Stack}}
+		Tags: map[string]string{cloud.TagStack: ex.plan.Stack}, InstanceProfile: s.InstanceProfile}
 	for _, g := range s.Groups {
 		id, err := ex.lookup(ex.groups, g)
 		if err != nil {
 			return fmt.Errorf("security group %w", err)
 		}
 		spec.SecurityGroupIDs = append(spec.SecurityGroupIDs, id)
+	}
+	if err := ex.edge.fillUserData(&spec); err != nil {
+		return err
 	}
 	var tried []string
 	for n, pool := range pools(*s) {
@@ -500,7 +509,10 @@ func (ex *executor) createLoadBalancer(ctx context.Context, c Change) error {
 		}
 		lb.SecurityGroupIDs = append(lb.SecurityGroupIDs, id)
 	}
-	_, err := ex.p.CreateLoadBalancer(ctx, lb)
+	made, err := ex.p.CreateLoadBalancer(ctx, lb)
+	if err == nil {
+		ex.edge.setLB(s.Name, made.DNSName)
+	}
 	return err
 }
 

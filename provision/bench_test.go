@@ -121,7 +121,7 @@ func BenchmarkApplyMoto(b *testing.B) {
 				return err
 			}
 		}
-		run("create", applyStack(benchStack(name, key, n0), func(s provision.Summary) bool { return s.Add == 1+5+30+10+10+1+n0 }))
+		run("create", applyStack(benchStack(name, key, n0), func(s provision.Summary) bool { return s.Add == 1+5+30+10+10+1+n0+3 }))
 		run("plan", func() error {
 			if pl := plan(b, p, desired(b, benchStack(name, key, n0))); pl.HasChanges() {
 				return fmt.Errorf("no-op plan has changes: %s", pl.Summary())
@@ -136,7 +136,7 @@ func BenchmarkApplyMoto(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			if s := pl.Summary(); s.Destroy != n1+1+(n1+5)+10+5+1 {
+			if s := pl.Summary(); s.Destroy != n1+1+(n1+5)+10+5+1+3 { // +3: bucket, role, CDN
 				return fmt.Errorf("unexpected destroy plan: %s", s)
 			}
 			_, err = provision.Apply(ctx, p, pl)

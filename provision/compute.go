@@ -63,8 +63,8 @@ func indexActual(actual *cloud.Resources) actualIndex {
 	return ix
 }
 
-var deleteRank = map[Kind]int{KindRegistration: 0, KindLoadBalancer: 1, KindInstance: 2, KindAttachment: 3,
-	KindVolume: 4, KindGroup: 5, KindKeyPair: 6}
+var deleteRank = map[Kind]int{KindRecord: 0, KindRegistration: 0, KindLoadBalancer: 1, KindCDN: 1, KindInstance: 2,
+	KindAttachment: 3, KindVolume: 4, KindGroup: 5, KindKeyPair: 6, KindAppRole: 6, KindBucket: 6}
 
 // computer builds one plan.
 type computer struct {
@@ -78,6 +78,7 @@ type computer struct {
 // Compute diffs desired with actual into a plan. Actual must be what the provider described
 // for desired.Stack; the plan carries its fingerprint.
 func Compute(d DesiredState, actual *cloud.Resources) Plan {
+	d = withoutEdge(d, actual)
 	c := &computer{d: d, ix: indexActual(actual), replaced: map[string]bool{}}
 	c.keyPair()
 	c.groups()
@@ -85,6 +86,7 @@ func Compute(d DesiredState, actual *cloud.Resources) Plan {
 	c.volumes()
 	lbNew := c.loadBalancer()
 	c.registrations(lbNew)
+	c.edge(actual)
 	c.extraGroupsAndKeys()
 	// Deletes are listed in the order they run: out of the LB, LBs, hosts, their volumes,
 	// groups, keys.

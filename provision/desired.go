@@ -23,6 +23,8 @@ type DesiredState struct {
 	// Replace lists the addresses the operator allows Compute to replace when a field cannot
 	// change in place (--replace instance.app[1]); "*" allows every instance and load balancer.
 	Replace []string `json:"replace,omitempty"`
+	// Edge is the photo bucket, app role, CDN and DNS records (edge.go); nil: none.
+	Edge *EdgeSpec `json:"edge,omitempty"`
 }
 
 // KeyPairSpec is the operator's SSH key, imported once per stack.
@@ -60,6 +62,8 @@ type InstanceSpec struct {
 	// when AWS has no capacity, and plan takes any of them as matching.
 	Zones []string `json:"zones,omitempty"`
 	Types []string `json:"types,omitempty"`
+	// InstanceProfile is the IAM instance profile the host runs with (edge.go); "": none.
+	InstanceProfile string `json:"instance_profile,omitempty"`
 }
 
 // VolumeSpec is one data volume of a host, attached at Device.
@@ -168,6 +172,7 @@ func Desired(st *stack.Stack, userData func(stack.HostRef) (string, error)) (Des
 			TargetPort: lb.TargetPort, HealthCheck: lb.HealthCheck, DrainTimeout: lb.DrainTimeout,
 			Zones: st.AllZones(), Groups: []string{"lb"}, TargetRole: lb.TargetRole}
 	}
+	desiredEdge(st, &d)
 	return d, nil
 }
 

@@ -10,13 +10,23 @@ import (
 )
 
 // Destroy plans the deletion of everything tagged with stackName, and nothing else: out of the
-// LB, the LB, instances, volumes, security groups, the key pair. Apply executes it.
-func Destroy(ctx context.Context, p cloud.Provider, stackName string) (Plan, error) {
+// LB, the LB, instances, volumes, security groups, the key pair, and the edge (DNS records,
+// CDN, role, photo bucket). A bucket holding objects is refused unless ForceDeleteData.
+// Apply executes it.
+func Destroy(ctx context.Context, p cloud.Provider, stackName string, opts ...DestroyOption) (Plan, error) {
+	var cfg destroyConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	actual, err := p.Describe(ctx, stackName)
 	if err != nil {
 		return Plan{}, fmt.Errorf("destroy %s: %w", stackName, err)
 	}
-	return Compute(DesiredState{Stack: stackName}, actual), nil
+	plan := Compute(DesiredState{Stack: stackName}, actual)
+	if err := checkBuckets(ctx, p, &plan, cfg.forceDeleteData); err != nil {
+		return Plan{}, fmt.Errorf("destroy %s: %w", stackName, err)
+	}
+	return plan, nil
 }
 
 // Host is one live host of a stack, as deploys, backups and shard moves need it.

@@ -319,7 +319,7 @@ func TestProvisionMoto(t *testing.T) {
 	st := smallStack("ig", key, 2)
 
 	first := plan(t, m.p, desired(t, st))
-	if s := first.Summary(); s.Add != 1+5+7+6+6+1+2 {
+	if s := first.Summary(); s.Add != 1+5+7+6+6+1+2+3 { // +3: photo bucket, app role, CDN
 		t.Errorf("first plan = %s", s)
 	}
 	apply(t, m.p, first)
@@ -391,7 +391,7 @@ func TestProvisionMoto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := destroy.Summary(); s.Destroy != 7+1+12+6+5+1 || s.Add+s.Change != 0 {
+	if s := destroy.Summary(); s.Destroy != 7+1+12+6+5+1+3 || s.Add+s.Change != 0 { // +3: the edge
 		t.Errorf("destroy plan = %s", s)
 	}
 	apply(t, m.p, destroy)

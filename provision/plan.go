@@ -85,6 +85,15 @@ type Change struct {
 	Detach *Detach `json:"detach,omitempty"`
 	// Name is the key pair or load balancer name on deletes.
 	Name string `json:"name,omitempty"`
+
+	// The edge (edge.go).
+	Bucket  *BucketSpec `json:"bucket,omitempty"`
+	AppRole *RoleSpec   `json:"app_role,omitempty"`
+	CDN     *CDNSpec    `json:"cdn,omitempty"`
+	Record  *RecordSpec `json:"record,omitempty"`
+	// ForceDeleteData, on a bucket delete, deletes every object version first (destroy
+	// --force-delete-data).
+	ForceDeleteData bool `json:"force_delete_data,omitempty"`
 }
 
 // AttachmentSpec puts a host's volume at its device.
@@ -271,6 +280,7 @@ func Fingerprint(actual *cloud.Resources) string {
 		r.LoadBalancers = append(r.LoadBalancers, lb)
 	}
 	slices.SortFunc(r.LoadBalancers, func(a, b cloud.LoadBalancer) int { return strings.Compare(a.Name, b.Name) })
+	r.Edge = fingerprintEdge(actual.Edge)
 	b, _ := json.Marshal(r) // maps marshal with sorted keys
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

@@ -36,6 +36,8 @@ type Stack struct {
 	Shards       Shards       `json:"shards"`
 	Backup       Backup       `json:"backup"`
 	Sandbox      Sandbox      `json:"sandbox"`
+	// DNS optionally names the load balancer and the photo CDN in a Route 53 zone (dns.go).
+	DNS DNS `json:"dns"`
 	// Path is the file the stack was read from, for error messages.
 	Path string `json:"-"`
 	// pos is where each key path was written, so later checks (CheckFiles) point at it too.

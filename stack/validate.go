@@ -80,6 +80,7 @@ func (v *validator) validate() {
 	v.deploy()
 	v.shards()
 	v.backup()
+	v.dns()
 	if s.Provider == "sandbox" {
 		v.sandbox()
 	}

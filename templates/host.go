@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/topology"
 )
@@ -39,7 +40,7 @@ func ForHost(st *stack.Stack, h stack.HostRef, appEnv map[string]string) (string
 }
 
 // PhotoBucket is the S3 bucket the stack's photos live in.
-func PhotoBucket(st *stack.Stack) string { return st.Name + "-photos" }
+func PhotoBucket(st *stack.Stack) string { return cloud.PhotoBucket(st.Name) }
 
 // AppEnv is the app server's environment derived from the stack, the same on every app host:
 // the control database, the first Redis master, every memcached host and the photo bucket. On
@@ -52,7 +53,7 @@ func PhotoBucket(st *stack.Stack) string { return st.Name + "-photos" }
 // whichever member is primary answers, a standby or a fenced old primary does not, so the app
 // finds the control database after a failover without a new app.env.
 func AppEnv(st *stack.Stack) (map[string]string, error) {
-	env := map[string]string{"INSTAGRAM_S3_BUCKET": PhotoBucket(st)}
+	env := map[string]string{"INSTAGRAM_S3_BUCKET": PhotoBucket(st), "INSTAGRAM_PHOTO_BASE_URL": PhotoBaseURL(st)}
 	hostPort := func(role string, index int) (string, error) {
 		a, err := st.Address(stack.HostRef{Role: role, Index: index})
 		if err != nil {

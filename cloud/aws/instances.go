@@ -44,6 +44,9 @@ func toInstance(in ec2types.Instance) cloud.Instance {
 		out.SecurityGroups = append(out.SecurityGroups, aws.ToString(g.GroupId))
 	}
 	slices.Sort(out.SecurityGroups)
+	if in.IamInstanceProfile != nil {
+		out.InstanceProfile = profileName(aws.ToString(in.IamInstanceProfile.Arn))
+	}
 	return out
 }
 
@@ -122,9 +125,10 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	in := &ec2.RunInstancesInput{
 		ImageId: aws.String(spec.Image), InstanceType: ec2types.InstanceType(spec.Type),
 		MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
-		Placement:         &ec2types.Placement{AvailabilityZone: aws.String(spec.Zone)},
-		SecurityGroupIds:  spec.SecurityGroupIDs,
-		TagSpecifications: tagSpec(ec2types.ResourceTypeInstance, tags),
+		Placement:          &ec2types.Placement{AvailabilityZone: aws.String(spec.Zone)},
+		SecurityGroupIds:   spec.SecurityGroupIDs,
+		TagSpecifications:  tagSpec(ec2types.ResourceTypeInstance, tags),
+		IamInstanceProfile: instanceProfileSpec(spec.InstanceProfile),
 	}
 	if spec.KeyName != "" {
 		in.KeyName = aws.String(spec.KeyName)
@@ -145,11 +149,14 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 			}
 		}
 		var out *ec2.RunInstancesOutput
-		// Groups made moments ago may not be visible to RunInstances yet.
-		err := p.untilFound(ctx, func() (err error) {
-			out, err = p.ec2.RunInstances(ctx, in)
-			return err
-		}, "InvalidGroup.NotFound")
+		// Groups made moments ago may not be visible to RunInstances yet, nor a fresh instance
+		// profile to EC2.
+		err := p.retryFreshProfile(ctx, func() error {
+			return p.untilFound(ctx, func() (err error) {
+				out, err = p.ec2.RunInstances(ctx, in)
+				return err
+			}, "InvalidGroup.NotFound")
+		})
 		if err != nil {
 			return cloud.Instance{}, wrap(err, "run instance %s (%s in %s)", spec.Name, spec.Type, spec.Zone)
 		}

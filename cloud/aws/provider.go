@@ -34,6 +34,10 @@ type Options struct {
 	// ConsistencyWindow is how long *.NotFound about an id the provider just created means "not
 	// visible yet" rather than "gone". Default 2m.
 	ConsistencyWindow time.Duration
+	// DNSZone is the Route 53 hosted zone ("example.com.") holding the stack's records named
+	// DNSNames; "": no DNS. Describe looks for exactly these records (edge.go).
+	DNSZone  string
+	DNSNames []string
 }
 
 // Provider is the AWS cloud.Provider.
@@ -44,6 +48,7 @@ type Provider struct {
 	opts Options
 	// retries observes retried attempts of every client.
 	retries *retryLog
+	edge    edgeClients
 
 	mu sync.Mutex
 	// seen is each stack's instances by client token, from the last Describe: CreateInstance
@@ -96,7 +101,7 @@ func New(cfg aws.Config, opts Options) *Provider {
 	cfg.APIOptions = append(cfg.APIOptions, rl.addRetryLog)
 	c := ec2.NewFromConfig(cfg)
 	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, retries: rl,
-		seen: map[string]tokenSnapshot{}}
+		seen: map[string]tokenSnapshot{}, edge: newEdgeClients(cfg)}
 }
 
 // Name implements cloud.Provider.
@@ -219,6 +224,7 @@ func (p *Provider) Describe(ctx context.Context, stack string) (*cloud.Resources
 	run(func() (err error) { r.SecurityGroups, err = p.describeGroups(ctx, stack); return })
 	run(func() (err error) { r.KeyPairs, err = p.describeKeyPairs(ctx, stack); return })
 	run(func() (err error) { r.LoadBalancers, err = p.describeLoadBalancers(ctx, stack); return })
+	run(func() (err error) { r.Edge, err = p.DescribeEdge(ctx, stack, p.opts.DNSZone, p.opts.DNSNames); return })
 	wg.Wait()
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("describe stack %s: %w", stack, firstAPIError(errs))

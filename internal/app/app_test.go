@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
@@ -107,7 +110,9 @@ func randomBytes(n int) []byte {
 func TestApp(t *testing.T) {
 	comps := apptest.StartComponents(t, 8)
 	cfg := comps.Config()
-	cfg.MapRefresh = time.Hour // only NOTIFY (or a fence) re-routes: the NOTIFY check cannot pass on the timer
+	cfg.MapRefresh = time.Hour                               // only NOTIFY (or a fence) re-routes: the NOTIFY check cannot pass on the timer
+	cfg.PhotoBaseURL = comps.S3Endpoint + "/" + comps.Bucket // as the sandbox's app.env has it (templates.PhotoBaseURL)
+	allowPhotoReads(t, comps.Bucket)                         // as sandbox up does (sandboxctl.AllowPhotoReads)
 	srv := apptest.StartApp(t, cfg)
 	c := client{t: t, base: srv.URL}
 
@@ -143,6 +148,15 @@ func TestApp(t *testing.T) {
 		resp.Body.Close()
 		if !bytes.Equal(got, img) {
 			t.Fatalf("image from S3: %d bytes, want %d", len(got), len(img))
+		}
+		// The photo's url (photo base URL + key) serves the same bytes straight from the bucket.
+		if want := cfg.PhotoBaseURL + "/" + p.S3Key; p.URL != want {
+			t.Fatalf("photo url = %q, want %q", p.URL, want)
+		}
+		if resp, err := http.Get(p.URL); err != nil {
+			t.Fatal(err)
+		} else if got, _ := io.ReadAll(resp.Body); resp.Body.Close() != nil || !bytes.Equal(got, img) {
+			t.Fatalf("GET %s: %s, %d bytes, want %d", p.URL, resp.Status, len(got), len(img))
 		}
 		deadline := time.Now().Add(time.Minute)
 		for !slices.Contains(c.feed(bob.ID), p.ID) {
@@ -414,5 +428,20 @@ func testGracefulShutdown(t *testing.T, comps *apptest.Components) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatalf("shutdown: %v", err)
+	}
+}
+
+// allowPhotoReads lets anonymous clients read the bucket's objects, as `sandbox up` does for
+// the photo URLs (sandboxctl.PhotoReadPolicy).
+func allowPhotoReads(t *testing.T, bucket string) {
+	t.Helper()
+	cfg, err := config.LoadDefaultConfig(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true })
+	policy := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::` + bucket + `/*"}]}`
+	if _, err := c.PutBucketPolicy(context.Background(), &s3.PutBucketPolicyInput{Bucket: aws.String(bucket), Policy: aws.String(policy)}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -42,6 +42,10 @@ type Config struct {
 	// credentials come from the standard AWS settings (AWS_ENDPOINT_URL, AWS_REGION, ...), which
 	// the env file may also set.
 	S3Bucket string
+	// PhotoBaseURL is where clients fetch photo bytes: every photo's "url" is this prefix and
+	// its S3 key (INSTAGRAM_PHOTO_BASE_URL, -photo-base-url). On AWS the CDN in front of the
+	// bucket, on the sandbox the bucket in moto; empty: photos carry no url.
+	PhotoBaseURL string
 	// Release is the deployed release name, reported by /healthz and /metrics
 	// (INSTAGRAM_VERSION, -release).
 	Release string
@@ -147,6 +151,7 @@ func settings() []setting {
 			return nil
 		}},
 		{"INSTAGRAM_S3_BUCKET", "s3-bucket", "S3 bucket for photo bytes", str(func(c *Config) *string { return &c.S3Bucket })},
+		{"INSTAGRAM_PHOTO_BASE_URL", "photo-base-url", "URL prefix of photo bytes (the CDN); a photo's url is it plus the S3 key", str(func(c *Config) *string { return &c.PhotoBaseURL })},
 		{"INSTAGRAM_VERSION", "release", "deployed release name", str(func(c *Config) *string { return &c.Release })},
 		{"INSTAGRAM_FANOUT_WORKERS", "workers", "fan-out workers", num(func(c *Config) *int { return &c.Workers })},
 		{"INSTAGRAM_FEED_LENGTH", "feed-length", "feed list cap per user", num(func(c *Config) *int { return &c.FeedLength })},

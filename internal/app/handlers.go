@@ -322,6 +322,7 @@ func (a *App) handleUpload(w http.ResponseWriter, r *http.Request) {
 		a.metrics.enqueueErrs.Inc()
 		a.log.Error("fan-out enqueue", "photo", p.ID, "err", err)
 	}
+	p.URL = PhotoURL(a.cfg.PhotoBaseURL, p.S3Key)
 	writeJSON(w, http.StatusCreated, p)
 }
 

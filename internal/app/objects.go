@@ -127,6 +127,7 @@ func (a *App) photos(ctx context.Context, ids []int64) ([]Photo, error) {
 	out := make([]Photo, 0, len(ids))
 	for _, id := range ids {
 		if p, ok := found[id]; ok {
+			p.URL = PhotoURL(a.cfg.PhotoBaseURL, p.S3Key)
 			out = append(out, p)
 		}
 	}

@@ -30,9 +30,12 @@ type User struct {
 
 // Photo is a photo's metadata; the bytes live in S3 under S3Key.
 type Photo struct {
-	ID           int64     `json:"id"`
-	UserID       int64     `json:"user_id"`
-	S3Key        string    `json:"s3_key"`
+	ID     int64  `json:"id"`
+	UserID int64  `json:"user_id"`
+	S3Key  string `json:"s3_key"`
+	// URL is where clients fetch the bytes (PhotoURL); set as the photo is served, never
+	// stored (db:"-": rows are read into Photo by position).
+	URL          string    `json:"url,omitempty" db:"-"`
 	ContentType  string    `json:"content_type"`
 	Size         int64     `json:"size"`
 	SHA256       string    `json:"sha256"`

@@ -102,9 +102,14 @@ balancer, instances, data volumes (and the data on them), security groups and th
 Resources of other stacks and untagged resources are never touched. The plan is shown; on a
 terminal you confirm by typing the stack's name, otherwise --yes is required.
 
+On AWS the edge goes too: the DNS records the stack file names, the CDN, the app hosts' IAM
+role and the photo bucket. A bucket that holds objects is refused, with their count, unless
+--force-delete-data, which deletes every version of every object first.
+
 Snapshots are kept. On the sandbox, 'instactl sandbox down' also stops moto and the LB.`,
 		Example: `  instactl destroy
-  instactl destroy --stack staging.yaml --yes`,
+  instactl destroy --stack staging.yaml --yes
+  instactl destroy --yes --force-delete-data   # the photo bucket holds photos: delete them too`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if runF != nil {
@@ -116,6 +121,7 @@ Snapshots are kept. On the sandbox, 'instactl sandbox down' also stops moto and 
 	}
 	cmd.Flags().BoolVarP(&opts.Yes, "yes", "y", false, "destroy without asking for confirmation")
 	cmd.Flags().BoolVarP(&opts.Verbose, "verbose", "v", false, provisionVerboseHelp)
+	cmd.Flags().BoolVar(&opts.ForceDeleteData, "force-delete-data", false, "also delete a photo bucket that holds objects (every version; without it such a bucket is refused)")
 	return cmd
 }
 
@@ -128,7 +134,11 @@ func provisionDestroyRun(ctx context.Context, f *Factory, out Output, opts *Dest
 	if err != nil {
 		return err
 	}
-	plan, err := provision.Destroy(ctx, p, st.Name)
+	var dopts []provision.DestroyOption
+	if opts.ForceDeleteData {
+		dopts = append(dopts, provision.ForceDeleteData())
+	}
+	plan, err := provision.Destroy(ctx, p, st.Name, dopts...)
 	if err != nil {
 		return err
 	}

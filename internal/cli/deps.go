@@ -11,6 +11,7 @@ import (
 	cloudaws "github.com/instactl/instactl/cloud/aws"
 	"github.com/instactl/instactl/cloud/sandbox"
 	"github.com/instactl/instactl/homedir"
+	"github.com/instactl/instactl/provision"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 )
@@ -30,7 +31,10 @@ func newProvider(ctx context.Context, st *stack.Stack) (cloud.Provider, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load AWS configuration: %w", err)
 		}
-		return cloudaws.New(cfg, awsOptions), nil
+		// The stack file's DNS names are the ownership of its records (Route 53 has no tags).
+		opts := awsOptions
+		opts.DNSZone, opts.DNSNames = st.DNS.Zone, provision.DNSNames(st)
+		return cloudaws.New(cfg, opts), nil
 	}
 	return nil, fmt.Errorf("%s: unknown provider %q", st.Path, st.Provider)
 }

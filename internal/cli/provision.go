@@ -49,6 +49,8 @@ type ApplyOptions struct {
 type DestroyOptions struct {
 	Yes     bool
 	Verbose bool
+	// ForceDeleteData lets destroy delete a photo bucket that holds objects.
+	ForceDeleteData bool
 }
 
 // ApplyReport is what apply and destroy print with -o json: the plan that was (or was not)

@@ -225,7 +225,7 @@ func TestProvisionAWS(t *testing.T) {
 		t.Fatalf("plan --detailed-exitcode: exit %d, want 2\n%s%s", code, stdout, stderr)
 	}
 	for _, want := range []string{"  + instance.app[0]", "  + instance.pg[1]", "  + volume.pg[1].sdf", "  + lb.igcli",
-		"  + registration.app[1]", "  + key.igcli", `type:`, "Plan: 17 to add, 0 to change, 0 to destroy."} {
+		"  + registration.app[1]", "  + key.igcli", `type:`, "Plan: 20 to add, 0 to change, 0 to destroy."} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("plan text lacks %q:\n%s", want, stdout)
 		}
@@ -244,7 +244,7 @@ func TestProvisionAWS(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &printed); err != nil {
 		t.Fatalf("plan -o json: %v\n%s", err, stdout)
 	}
-	if err := json.Unmarshal(b, &saved); err != nil || saved.Fingerprint != printed.Fingerprint || len(saved.Changes) != 17 {
+	if err := json.Unmarshal(b, &saved); err != nil || saved.Fingerprint != printed.Fingerprint || len(saved.Changes) != 20 {
 		t.Fatalf("saved plan: %v, %d changes, fingerprint %q vs printed %q", err, len(saved.Changes), saved.Fingerprint, printed.Fingerprint)
 	}
 	planned := provisionPlanned(saved)
@@ -254,7 +254,7 @@ func TestProvisionAWS(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("apply %s: exit %d\n%s%s", planFile, code, stdout, stderr)
 	}
-	for _, want := range []string{"+ instance.app[1]", "created in", "Apply complete: 17 added, 0 changed, 0 destroyed."} {
+	for _, want := range []string{"+ instance.app[1]", "created in", "Apply complete: 20 added, 0 changed, 0 destroyed."} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("apply output lacks %q:\n%s", want, stdout)
 		}
@@ -376,7 +376,7 @@ func TestProvisionAWS(t *testing.T) {
 		t.Fatalf("destroy confirmed with yes instead of the stack name: exit %d: %s", code, stderr)
 	}
 	stdout, stderr, code = run(t, "--stack", pathType, "destroy", "--yes")
-	if code != 0 || !strings.Contains(stdout, "- instance.pg[0]") || !strings.Contains(stdout, "0 added, 0 changed, 15 destroyed.") {
+	if code != 0 || !strings.Contains(stdout, "- instance.pg[0]") || !strings.Contains(stdout, "0 added, 0 changed, 18 destroyed.") {
 		t.Fatalf("destroy: exit %d\n%s%s", code, stdout, stderr)
 	}
 	if s := provisionSee(t, endpoint, "igcli"); len(s.hosts)+s.volumes+s.groups+s.keys != 0 || s.lb != nil {

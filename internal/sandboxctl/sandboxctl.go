@@ -70,6 +70,9 @@ func Up(ctx context.Context, st *stack.Stack, p *sandbox.Provider, progress func
 	if err := moto.EnsureBucket(ctx, st.Region, templates.PhotoBucket(st)); err != nil {
 		return nil, err
 	}
+	if err := moto.AllowPhotoReads(ctx, st.Region, templates.PhotoBucket(st)); err != nil {
+		return nil, err
+	}
 	env, err := templates.AppEnv(st)
 	if err != nil {
 		return nil, err

@@ -64,6 +64,9 @@ func (r *run) batch(ctx context.Context, b Batch) error {
 			Message: fmt.Sprintf("%d hosts failed, max-fail allows %d: stopped; %s", failed, r.plan.MaxFailAllowed, state)})
 		return &MaxFailError{Batch: b.Index, Failed: failed, Allowed: r.plan.MaxFailAllowed, Hosts: r.rep.Failed()}
 	}
+	if err := r.analyzeCanary(ctx, b); err != nil {
+		return err
+	}
 	r.rep.BatchesDone = max(r.rep.BatchesDone, b.Index)
 	r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusOK})
 	return nil

@@ -182,6 +182,10 @@ func TestParseSnapshotAndSub(t *testing.T) {
 	if _, err := ParseSnapshot(strings.NewReader("# just a comment\nother_metric 1\n")); err == nil {
 		t.Error("metrics of another program parsed without error")
 	}
+	if _, err := ParseSnapshot(strings.NewReader(`instagram_http_requests_total{code="200",route="GET /a"} 5` + "\n")); err == nil ||
+		!strings.Contains(err.Error(), "not a counter") {
+		t.Errorf("an untyped request series: %v; want an error, not zero requests", err)
+	}
 }
 
 // fakeFleet serves snapshots that grow by a fixed amount per scrape of each host.

@@ -47,6 +47,12 @@ func ParseSnapshot(r io.Reader) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("parse metrics: %w", err)
 	}
 	s := Snapshot{Routes: map[string]Series{}}
+	if f := fams[RequestsMetric]; f != nil && f.GetType() != dto.MetricType_COUNTER {
+		return Snapshot{}, fmt.Errorf("parse metrics: %s is a %s, not a counter", RequestsMetric, f.GetType())
+	}
+	if f := fams[LatencyMetric]; f != nil && f.GetType() != dto.MetricType_HISTOGRAM {
+		return Snapshot{}, fmt.Errorf("parse metrics: %s is a %s, not a histogram", LatencyMetric, f.GetType())
+	}
 	if f := fams[RequestsMetric]; f != nil {
 		for _, m := range f.GetMetric() {
 			route := label(m, "route")

@@ -123,7 +123,7 @@ type Analysis struct {
 	Config   Config `json:"config"`
 	// Overall compares all endpoints together; it alone can be inconclusive for the whole.
 	Overall Comparison `json:"overall"`
-	// Endpoints compare each endpoint (route pattern) either side served.
+	// Endpoints compare each endpoint (route pattern) either side served in the window.
 	Endpoints []Comparison `json:"endpoints,omitempty"`
 }
 
@@ -136,7 +136,13 @@ func Compare(canary, baseline Snapshot, cfg Config) Analysis {
 	alpha := 1 - cfg.Confidence
 	a := Analysis{Config: cfg}
 	a.Overall = compareRow(Overall, canary.Total(), baseline.Total(), alpha, cfg)
-	routes := Merge(canary, baseline).RouteNames()
+	// Endpoints neither side served in the window (known only from before it) are no rows.
+	var routes []string
+	for _, r := range Merge(canary, baseline).RouteNames() {
+		if canary.Routes[r].Requests > 0 || baseline.Routes[r].Requests > 0 {
+			routes = append(routes, r)
+		}
+	}
 	judged := 0
 	for _, r := range routes {
 		if enough(canary.Routes[r], baseline.Routes[r], cfg) {

@@ -94,6 +94,12 @@ func TestCompareRow(t *testing.T) {
 	if len(a.Endpoints) != 2 || a.Endpoints[0].Alpha != 1-cfg.Confidence || a.Endpoints[1].Verdict != Inconclusive {
 		t.Errorf("endpoints (one judged, so alpha undivided; /b too small): %+v", a.Endpoints)
 	}
+	// An endpoint neither side served in the window is no row.
+	a = Compare(snap(map[string]Series{"GET /a": series(rng, 300, 0, 0.004, 0), "GET /idle": {Bounds: bounds, Counts: make([]uint64, len(bounds))}}),
+		snap(map[string]Series{"GET /a": series(rng, 300, 0, 0.004, 0), "GET /idle": {}}), cfg)
+	if len(a.Endpoints) != 1 || a.Endpoints[0].Endpoint != "GET /a" {
+		t.Errorf("endpoints %+v; want only GET /a", a.Endpoints)
+	}
 }
 
 // TestCompareHealthyRarelyFails draws healthy canaries (both sides from one distribution)

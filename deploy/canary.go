@@ -141,6 +141,14 @@ func (r *run) analyzeCanary(ctx context.Context, b Batch) error {
 	return &CanaryError{Batch: b.Index, Analysis: a, Hosts: canaryHosts}
 }
 
+// canaryUndecided says no analysis is recorded yet (a resumed run whose predecessor died
+// before the verdict).
+func (r *run) canaryUndecided() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rep.Canary == nil
+}
+
 func (r *run) recordCanary(a canary.Analysis) {
 	r.mu.Lock()
 	r.rep.Canary = &a

@@ -164,3 +164,52 @@ func TestCanaryError(t *testing.T) {
 		t.Errorf("Error() = %q", got)
 	}
 }
+
+// A deploy killed during the analysis left batch 1 activated without a verdict; the
+// resumed run, from the journal, carries batch 1's host and judges it against the same
+// baseline before going on.
+func TestAnalyzeCanaryAfterResume(t *testing.T) {
+	p := canaryTestPlan(t, KindDeploy, 2)
+	p.Hosts[0].Address, p.Hosts[1].Address = "127.0.154.203", "127.0.154.204"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	p.Config.HealthPort = port
+	metricsHost(t, "127.0.154.203", port, 400, 10)
+	metricsHost(t, "127.0.154.204", port, 400, 0)
+
+	killed := newRun(&Deployer{}, p, nil, nil)
+	killed.update("app-0", func(hr *HostReport) { hr.State, hr.Flipped, hr.Previous = OutcomeActivated, true, "old000000000" })
+	killed.update("app-1", func(hr *HostReport) { hr.State = OutcomeStaged })
+	killed.rep.Result = ResultInterrupted
+	killed.save()
+
+	p2, prior, err := LoadJournal(p.Config.StateDir, "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prior.Resumes++
+	r := newRun(&Deployer{}, p2, prior, nil)
+	b := p2.Batches[0]
+	if got := r.carried(b, r.todo(b)); strings.Join(got, ",") != "app-0" || !r.canaryUndecided() {
+		t.Fatalf("carried %v, undecided %v; want app-0 carried without a verdict", got, r.canaryUndecided())
+	}
+	c, base, ok := r.canarySides(b)
+	if !ok || strings.Join(c, ",") != "app-0" || strings.Join(base, ",") != "app-1" {
+		t.Fatalf("sides after resume %v %v %v; want app-0 against app-1", c, base, ok)
+	}
+	// Judged now, the canary's 10% errors fail it; the rollback itself needs SSH and is the
+	// sandbox test's part, so only the verdict is checked here.
+	a, err := canary.Runner{Config: *p2.Config.Canary, Scrape: canary.HTTPScrape(r.d.httpClient())}.Run(context.Background(),
+		[]canary.Target{{Name: "app-0", URL: r.hosts["app-0"].metricsURL(r.cfg)}}, []canary.Target{{Name: "app-1", URL: r.hosts["app-1"].metricsURL(r.cfg)}})
+	if err != nil || a.Verdict != canary.Fail {
+		t.Errorf("verdict %v (%v); want fail", a.Verdict, err)
+	}
+	r.recordCanary(a)
+	if r.canaryUndecided() {
+		t.Error("a recorded verdict is still undecided")
+	}
+}

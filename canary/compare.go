@@ -37,17 +37,29 @@ type Config struct {
 	// MaxErrorRatioIncrease is the tolerated increase of the canary's 5xx ratio over the
 	// baseline's, absolute (0.01: one percentage point).
 	MaxErrorRatioIncrease float64 `json:"max_error_ratio_increase"`
-	// MaxLatencyIncrease is the tolerated relative increase of the canary's p50 or p99
-	// latency over the baseline's (0.2: 20% slower).
+	// MaxLatencyIncrease is the tolerated relative increase of the canary's latency (0.2:
+	// 20% slower): the latency test compares the canary with the baseline's latencies
+	// multiplied by 1+MaxLatencyIncrease, so a healthy canary is not failed by chance.
 	MaxLatencyIncrease float64 `json:"max_latency_increase"`
 	// Confidence is how sure a test must be to fail the canary (0.95: p-value below 0.05).
 	Confidence float64 `json:"confidence"`
+	// OnInconclusive is what the deploy does with a verdict still inconclusive at MaxWindow:
+	// OnInconclusiveContinue (also "") or OnInconclusiveRollback.
+	OnInconclusive string `json:"on_inconclusive,omitempty"`
 }
+
+// What a deploy does with a final inconclusive verdict (Config.OnInconclusive).
+const (
+	// OnInconclusiveContinue goes on: too little evidence is none against the release.
+	OnInconclusiveContinue = "continue"
+	// OnInconclusiveRollback rolls the canary back: only a pass lets the deploy go on.
+	OnInconclusiveRollback = "rollback"
+)
 
 // DefaultConfig is used for every key the stack file leaves out.
 func DefaultConfig() Config {
 	return Config{Window: 30 * time.Second, MaxWindow: 2 * time.Minute, MinRequests: 200,
-		MaxErrorRatioIncrease: 0.01, MaxLatencyIncrease: 0.2, Confidence: 0.95}
+		MaxErrorRatioIncrease: 0.01, MaxLatencyIncrease: 0.2, Confidence: 0.95, OnInconclusive: OnInconclusiveContinue}
 }
 
 // Validate says what is wrong with c, naming the stack file key.
@@ -71,6 +83,11 @@ func (c Config) Validate() error {
 	if c.Confidence <= 0.5 || c.Confidence >= 1 {
 		errs = append(errs, fmt.Errorf("confidence must be 0.5 < x < 1 such as 0.95 (got %g)", c.Confidence))
 	}
+	switch c.OnInconclusive {
+	case "", OnInconclusiveContinue, OnInconclusiveRollback:
+	default:
+		errs = append(errs, fmt.Errorf("on_inconclusive must be %s or %s (got %q)", OnInconclusiveContinue, OnInconclusiveRollback, c.OnInconclusive))
+	}
 	return errors.Join(errs...)
 }
 
@@ -90,13 +107,16 @@ type Comparison struct {
 	Endpoint string `json:"endpoint"`
 	Canary   Side   `json:"canary"`
 	Baseline Side   `json:"baseline"`
-	// ErrorTest is the two-proportion z-test of "the canary's 5xx ratio is higher".
+	// ErrorTest is the two-proportion z-test of "the canary's 5xx ratio is higher than the
+	// baseline's by more than max_error_ratio_increase".
 	ErrorTest ProportionTest `json:"error_test"`
-	// LatencyTest is the Mann–Whitney U test of "the canary's latencies are larger", over
-	// the histogram buckets.
+	// LatencyTest is the Mann–Whitney U test of "the canary's latencies are larger than the
+	// baseline's multiplied by 1+max_latency_increase", over the histogram buckets
+	// (ScaleBuckets); its Effect above 0.5 says the canary looks slower than tolerated.
 	LatencyTest RankTest `json:"latency_test"`
 	// ErrorIncrease is the canary's error ratio minus the baseline's; LatencyIncrease the
-	// larger relative increase of p50 and p99 (0.25: 25% slower).
+	// larger relative increase of p50 and p99 (0.25: 25% slower), shown, not judged: a
+	// quantile of a few hundred requests is too noisy to judge by.
 	ErrorIncrease   float64 `json:"error_increase"`
 	LatencyIncrease float64 `json:"latency_increase"`
 	// Alpha is the significance level the row was judged at: 1-confidence overall, divided
@@ -171,10 +191,13 @@ func enough(c, b Series, cfg Config) bool {
 // compareRow runs both tests on one row and judges it.
 func compareRow(name string, c, b Series, alpha float64, cfg Config) Comparison {
 	row := Comparison{Endpoint: name, Canary: side(c), Baseline: side(b), Alpha: alpha,
-		ErrorTest: TwoProportionZ(c.Errors, c.Requests, b.Errors, b.Requests)}
-	bounds := CommonBounds(c.Bounds, b.Bounds)
+		ErrorTest: TwoProportionZ(c.Errors, c.Requests, b.Errors, b.Requests, cfg.MaxErrorRatioIncrease)}
 	if len(c.Bounds) > 0 && len(b.Bounds) > 0 {
-		row.LatencyTest = MannWhitneyBuckets(Rebucket(c.Bounds, c.Counts, bounds), Rebucket(b.Bounds, b.Counts, bounds))
+		// Against the baseline slowed by the tolerance: the test is then of "slower than
+		// tolerated", not of "slower at all", which a large enough sample always finds.
+		bounds := CommonBounds(c.Bounds, b.Bounds)
+		row.LatencyTest = MannWhitneyWeighted(floats(Rebucket(c.Bounds, c.Counts, bounds)),
+			ScaleBuckets(bounds, Rebucket(b.Bounds, b.Counts, bounds), 1+cfg.MaxLatencyIncrease))
 	} else {
 		row.LatencyTest = RankTest{P: 1}
 	}
@@ -188,13 +211,14 @@ func compareRow(name string, c, b Series, alpha float64, cfg Config) Comparison 
 		return row
 	}
 	errWorse := row.ErrorIncrease > cfg.MaxErrorRatioIncrease
-	latWorse := row.LatencyIncrease > cfg.MaxLatencyIncrease
-	errText := fmt.Sprintf("error ratio %.2f%% vs %.2f%% (+%.2f points, tolerance %.2f; z %.2f, p %s)",
+	latWorse := row.LatencyTest.Effect > 0.5
+	errText := fmt.Sprintf("error ratio %.2f%% vs %.2f%% (%+.2f points, tolerance %.2f; z %.2f, p %s)",
 		100*row.Canary.ErrorRatio, 100*row.Baseline.ErrorRatio, 100*row.ErrorIncrease, 100*cfg.MaxErrorRatioIncrease,
 		row.ErrorTest.Z, FormatP(row.ErrorTest.P))
-	latText := fmt.Sprintf("latency p50 %s vs %s, p99 %s vs %s (+%.0f%%, tolerance %.0f%%; Mann-Whitney z %.2f, p %s)",
+	latText := fmt.Sprintf("latency p50 %s vs %s, p99 %s vs %s (%+.0f%%; Mann-Whitney against the baseline +%.0f%% tolerance: "+
+		"P(canary slower) %.2f, z %.2f, p %s)",
 		ms(row.Canary.P50), ms(row.Baseline.P50), ms(row.Canary.P99), ms(row.Baseline.P99), 100*row.LatencyIncrease,
-		100*cfg.MaxLatencyIncrease, row.LatencyTest.Z, FormatP(row.LatencyTest.P))
+		100*cfg.MaxLatencyIncrease, row.LatencyTest.Effect, row.LatencyTest.Z, FormatP(row.LatencyTest.P))
 	sure := fmt.Sprintf("at %.4g%% confidence", 100*(1-alpha))
 	switch {
 	case errWorse && row.ErrorTest.P < alpha:

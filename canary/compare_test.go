@@ -125,13 +125,76 @@ func TestCompareHealthyRarelyFails(t *testing.T) {
 	}
 }
 
+// TestCompareHeavyTail is the app's latency shape (p99 some 20 times p50): a p99 of a few
+// hundred requests rests on a handful of them and swings by far more than the tolerance, so
+// a healthy canary must still almost never fail nor stay inconclusive, while one twice as
+// slow always fails.
+func TestCompareHeavyTail(t *testing.T) {
+	cfg := DefaultConfig()
+	rng := rand.New(rand.NewPCG(21, 22))
+	heavy := func(n int, k float64) Snapshot {
+		s := Series{Requests: uint64(n), Bounds: bounds, Counts: make([]uint64, len(bounds))}
+		for range n {
+			v := k * 0.0014 * math.Exp(1.2*rng.NormFloat64())
+			for i, b := range bounds {
+				if v <= b {
+					s.Counts[i]++
+					break
+				}
+			}
+		}
+		return snap(map[string]Series{"GET /a": s})
+	}
+	got := map[Verdict]int{}
+	var slowNotFailed int
+	for range 300 {
+		got[Compare(heavy(400, 1), heavy(400, 1), cfg).Verdict]++
+		if Compare(heavy(400, 2), heavy(400, 1), cfg).Verdict != Fail {
+			slowNotFailed++
+		}
+	}
+	if got[Fail] > 1 || got[Inconclusive] > 20 || slowNotFailed > 0 {
+		t.Errorf("of 300 healthy canaries %v; of 300 twice as slow, %d not failed", got, slowNotFailed)
+	}
+}
+
+// TestCompareErrorsAtTheMargin: a baseline that serves 2% errors itself makes the observed
+// increase of a healthy canary swing past one point often; the test against the tolerance
+// must still (almost) never fail it, and a canary 4 points worse must (almost) always fail.
+func TestCompareErrorsAtTheMargin(t *testing.T) {
+	cfg := DefaultConfig()
+	rng := rand.New(rand.NewPCG(31, 32))
+	draw := func(n int, ratio float64) Snapshot {
+		s := series(rng, n, 0, 0.004, 0)
+		for range n {
+			if rng.Float64() < ratio {
+				s.Errors++
+			}
+		}
+		return snap(map[string]Series{"GET /a": s})
+	}
+	var healthyFails, badNotFailed int
+	for range 300 {
+		if Compare(draw(400, 0.02), draw(400, 0.02), cfg).Verdict == Fail {
+			healthyFails++
+		}
+		if Compare(draw(1000, 0.06), draw(1000, 0.02), cfg).Verdict != Fail {
+			badNotFailed++
+		}
+	}
+	if healthyFails > 1 || badNotFailed > 3 {
+		t.Errorf("of 300: %d healthy canaries failed, %d canaries 4 points worse not failed", healthyFails, badNotFailed)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c := Config{Window: 0, MaxWindow: -1, MinRequests: 0, MaxErrorRatioIncrease: 1, MaxLatencyIncrease: -1, Confidence: 1}
+	c := Config{Window: 0, MaxWindow: -1, MinRequests: 0, MaxErrorRatioIncrease: 1, MaxLatencyIncrease: -1, Confidence: 1, OnInconclusive: "stop"}
 	err := c.Validate()
-	for _, want := range []string{"window must", "max_window", "min_requests", "max_error_ratio_increase", "max_latency_increase", "confidence"} {
+	for _, want := range []string{"window must", "max_window", "min_requests", "max_error_ratio_increase", "max_latency_increase", "confidence",
+		`on_inconclusive must be continue or rollback (got "stop")`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate = %v; want it to name %s", err, want)
 		}

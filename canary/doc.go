@@ -10,17 +10,23 @@
 // traffic before the window do not count. [Compare] then tests, overall and per endpoint:
 //
 //   - errors (5xx): a one-sided two-proportion z-test ([TwoProportionZ]) of "the canary's
-//     error ratio is higher";
-//   - latency: a one-sided Mann–Whitney U test ([MannWhitneyBuckets]) of "the canary's
-//     latencies tend to be larger", on the histogram buckets: every observation in a bucket
-//     is a tie, and the variance is tie-corrected. p50 and p99 are interpolated from the
-//     buckets ([Quantile]) like histogram_quantile.
+//     error ratio is higher than the baseline's by more than max_error_ratio_increase";
+//   - latency: a one-sided Mann–Whitney U test ([MannWhitneyWeighted]) of "the canary's
+//     latencies tend to be larger than the baseline's multiplied by 1+max_latency_increase",
+//     on the histogram buckets: every observation in a bucket is a tie, the variance is
+//     tie-corrected, and the baseline is scaled bucket by bucket ([ScaleBuckets]). p50 and
+//     p99 are interpolated from the buckets ([Quantile]) like histogram_quantile, for the
+//     table only: a p99 of a few hundred requests rests on a handful of them.
 //
-// A row fails when the canary is worse than a tolerance (max_error_ratio_increase in
-// absolute points, max_latency_increase relative on p50 or p99) and its test's p-value is
-// below 1-confidence; it is inconclusive when it looks worse but the test is not that sure,
-// or when either side served fewer than min_requests (the minimum-sample guard: a few
-// requests can neither fail a healthy canary nor pass a bad one); otherwise it passes.
+// Testing against the tolerance rather than against no difference at all is what keeps a
+// healthy canary from failing: a test of "any difference" fails one healthy canary in
+// 1/(1-confidence) by definition, and a large enough sample finds a difference too small
+// to matter. A row fails when its test is sure (p-value below 1-confidence) that the canary
+// is worse beyond the tolerance; it is inconclusive when the canary looks worse beyond the
+// tolerance (error ratio increase above it; more than half the canary's requests slower
+// than the scaled baseline's) but the test is not that sure, or when either side served
+// fewer than min_requests (the minimum-sample guard: a few requests can neither fail a
+// healthy canary nor pass a bad one); otherwise it passes.
 // Endpoint rows are judged at a Bonferroni-corrected level.
 //
 // An inconclusive look extends the window up to max_window. The deploy (package deploy)

@@ -16,21 +16,38 @@ type ProportionTest struct {
 	P float64 `json:"p"`
 }
 
-// TwoProportionZ tests whether x1 of n1 is a higher proportion than x2 of n2 (one-sided,
-// pooled standard error: the textbook two-proportion z-test). A pooled proportion of 0 or
-// 1 (no events on either side, or only events) has no spread: the proportions are equal, z
-// is 0 and p 0.5. An empty sample (n1 or n2 of 0) is no evidence: z 0, p 1.
-func TwoProportionZ(x1, n1, x2, n2 uint64) ProportionTest {
+// TwoProportionZ tests whether x1 of n1 is a higher proportion than x2 of n2 by more than
+// margin (one-sided). With margin 0 it is the textbook two-proportion z-test with the pooled
+// standard error; with a margin the standard error is unpooled (pooling assumes the
+// proportions equal, which the hypothesis of a difference of margin excludes): z =
+// (p1-p2-margin)/sqrt(p1(1-p1)/n1 + p2(1-p2)/n2). Samples without spread (no events on
+// either side, or only events) give z 0 (undefined) and p 0.5 when the difference is
+// exactly the margin, else p 1 below it and 0 above. An empty sample (n1 or n2 of 0) is no evidence: z
+// 0, p 1.
+func TwoProportionZ(x1, n1, x2, n2 uint64, margin float64) ProportionTest {
 	if n1 == 0 || n2 == 0 {
 		return ProportionTest{Z: 0, P: 1}
 	}
 	p1, p2 := float64(x1)/float64(n1), float64(x2)/float64(n2)
-	pool := float64(x1+x2) / float64(n1+n2)
-	se := math.Sqrt(pool * (1 - pool) * (1/float64(n1) + 1/float64(n2)))
+	var se float64
+	if margin == 0 {
+		pool := float64(x1+x2) / float64(n1+n2)
+		se = math.Sqrt(pool * (1 - pool) * (1/float64(n1) + 1/float64(n2)))
+	} else {
+		se = math.Sqrt(p1*(1-p1)/float64(n1) + p2*(1-p2)/float64(n2))
+	}
+	d := p1 - p2 - margin
 	if se == 0 {
+		// z is undefined; 0 keeps the report's JSON finite.
+		switch {
+		case d > 0:
+			return ProportionTest{Z: 0, P: 0}
+		case d < 0:
+			return ProportionTest{Z: 0, P: 1}
+		}
 		return ProportionTest{Z: 0, P: 0.5}
 	}
-	z := (p1 - p2) / se
+	z := d / se
 	return ProportionTest{Z: z, P: 1 - NormalCDF(z)}
 }
 
@@ -54,22 +71,28 @@ type RankTest struct {
 // the normal approximation, the tie correction of the variance and a continuity correction
 // of 0.5. An empty sample gives z 0 and p 1.
 func MannWhitneyBuckets(a, b []uint64) RankTest {
+	return MannWhitneyWeighted(floats(a), floats(b))
+}
+
+// MannWhitneyWeighted is MannWhitneyBuckets on counts that need not be whole, such as a
+// histogram whose observations were scaled (ScaleBuckets); a bucket's weight counts as that
+// many tied observations.
+func MannWhitneyWeighted(a, b []float64) RankTest {
 	var na, nb float64
 	for i := range a {
-		na += float64(a[i])
+		na += a[i]
 	}
 	for i := range b {
-		nb += float64(b[i])
+		nb += b[i]
 	}
 	if na == 0 || nb == 0 || len(a) != len(b) {
 		return RankTest{P: 1}
 	}
 	var u, below, ties float64
 	for i := range a {
-		ai, bi := float64(a[i]), float64(b[i])
-		u += ai * (below + bi/2)
-		below += bi
-		t := ai + bi
+		u += a[i] * (below + b[i]/2)
+		below += b[i]
+		t := a[i] + b[i]
 		ties += t*t*t - t
 	}
 	n := na + nb
@@ -94,6 +117,49 @@ func MannWhitneyBuckets(a, b []uint64) RankTest {
 	rt.Z = d / math.Sqrt(variance)
 	rt.P = 1 - NormalCDF(rt.Z)
 	return rt
+}
+
+func floats(c []uint64) []float64 {
+	out := make([]float64, len(c))
+	for i, x := range c {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+// ScaleBuckets is the histogram of the observations multiplied by k (> 0), over the same
+// bounds: each bucket's observations are taken as spread evenly over it, from the bound
+// before (0 for the first) to its own, the way Quantile and histogram_quantile read a
+// bucket, and shared out to the buckets their scaled range overlaps. The +Inf bucket stays
+// in +Inf. The counts come out fractional. With k = 1+tolerance it is the baseline a canary
+// must be significantly slower than to fail.
+func ScaleBuckets(bounds []float64, counts []uint64, k float64) []float64 {
+	out := make([]float64, len(bounds))
+	for i, c := range counts {
+		if c == 0 {
+			continue
+		}
+		hi := bounds[i]
+		if math.IsInf(hi, 1) {
+			out[i] += float64(c)
+			continue
+		}
+		lo := 0.0
+		if i > 0 {
+			lo = bounds[i-1]
+		}
+		slo, shi := k*lo, k*hi
+		for j, jhi := range bounds {
+			jlo := 0.0
+			if j > 0 {
+				jlo = bounds[j-1]
+			}
+			if overlap := min(shi, jhi) - max(slo, jlo); overlap > 0 {
+				out[j] += float64(c) * overlap / (shi - slo)
+			}
+		}
+	}
+	return out
 }
 
 // Quantile estimates the q-quantile (0..1) of a histogram the way Prometheus'

@@ -24,18 +24,27 @@ func TestTwoProportionZ(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		x1, n1, x2, n2 uint64
+		margin         float64
 		z, p           float64
 	}{
 		// 5% against 1% of 200 each: pooled 0.03, SE sqrt(0.03*0.97*(2/200)) = 0.0170587.
-		{"5% vs 1%", 10, 200, 2, 200, 2.3448415, 0.0095176},
+		{"5% vs 1%", 10, 200, 2, 200, 0, 2.3448415, 0.0095176},
 		// 20% against 15% of 1000 each: pooled 0.175, SE 0.0169926.
-		{"20% vs 15%", 200, 1000, 150, 1000, 2.9424494, 0.0016281},
+		{"20% vs 15%", 200, 1000, 150, 1000, 0, 2.9424494, 0.0016281},
 		// The other way round: the canary is better, z is negative and p near 1.
-		{"better", 150, 1000, 200, 1000, -2.9424494, 0.9983719},
-		{"no errors anywhere", 0, 500, 0, 500, 0, 0.5},
-		{"empty canary", 0, 0, 3, 100, 0, 1},
+		{"better", 150, 1000, 200, 1000, 0, -2.9424494, 0.9983719},
+		{"no errors anywhere", 0, 500, 0, 500, 0, 0, 0.5},
+		{"empty canary", 0, 0, 3, 100, 0, 0, 1},
+		// Against a margin of one point, unpooled: 5% of 400 against none, SE
+		// sqrt(0.05*0.95/400) = 0.0108972, z = (0.05-0-0.01)/SE.
+		{"5% vs 0, margin 1 point", 20, 400, 0, 400, 0.01, 3.6706517, 0.0001210},
+		// 3% against 1% of 1000: two points, only one beyond the margin; not sure.
+		{"3% vs 1%, margin 1 point", 30, 1000, 10, 1000, 0.01, 1.6012815, 0.0546573},
+		// No errors on either side: below the margin for certain.
+		{"no errors, margin", 0, 500, 0, 500, 0.01, 0, 1},
+		{"all errors against none, margin", 100, 100, 0, 100, 0.01, 0, 0},
 	} {
-		got := TwoProportionZ(tc.x1, tc.n1, tc.x2, tc.n2)
+		got := TwoProportionZ(tc.x1, tc.n1, tc.x2, tc.n2, tc.margin)
 		if !near(got.Z, tc.z, 1e-6) || !near(got.P, tc.p, 1e-6) {
 			t.Errorf("%s: z %.7f p %.7f, want z %.7f p %.7f", tc.name, got.Z, got.P, tc.z, tc.p)
 		}
@@ -180,5 +189,23 @@ func TestRebucket(t *testing.T) {
 	// The coarse side's 0.025 bucket folds into +Inf: above 0.01 is all the fine side knows.
 	if got := Rebucket(coarse, []uint64{1, 2, 3, 4, 5, 6}, common); !slices.Equal(got, []uint64{1, 2, 3, 4, 11}) {
 		t.Errorf("coarse onto common = %v", got)
+	}
+}
+
+func TestScaleBuckets(t *testing.T) {
+	inf := math.Inf(1)
+	b := []float64{0.001, 0.002, 0.004, inf}
+	if got := ScaleBuckets(b, []uint64{3, 4, 5, 6}, 1); !slices.Equal(got, []float64{3, 4, 5, 6}) {
+		t.Errorf("k 1 = %v; want the counts unchanged", got)
+	}
+	// Doubled: (0, 1ms] becomes (0, 2ms], half in each of the first two buckets; (1, 2ms]
+	// becomes (2, 4ms]; (2, 4ms] becomes (4, 8ms], beyond the last bound: +Inf.
+	if got := ScaleBuckets(b, []uint64{4, 2, 1, 1}, 2); !slices.Equal(got, []float64{2, 2, 2, 2}) {
+		t.Errorf("k 2 = %v; want [2 2 2 2]", got)
+	}
+	// 1.5: (1, 2ms] becomes (1.5, 3ms]: a third in (1, 2ms], two thirds in (2, 4ms].
+	got := ScaleBuckets(b, []uint64{0, 3, 0, 0}, 1.5)
+	if !near(got[1], 1, 1e-12) || !near(got[2], 2, 1e-12) || got[0] != 0 || got[3] != 0 {
+		t.Errorf("k 1.5 = %v; want [0 1 2 0]", got)
 	}
 }

@@ -17,10 +17,15 @@ type Canary struct {
 	MinRequests int `json:"min_requests"`
 	// MaxErrorRatioIncrease is the tolerated increase of the 5xx ratio, absolute (0.01).
 	MaxErrorRatioIncrease float64 `json:"max_error_ratio_increase"`
-	// MaxLatencyIncrease is the tolerated relative increase of p50 or p99 latency (0.2).
+	// MaxLatencyIncrease is the tolerated relative increase of latency (0.2): the canary
+	// fails when its latencies are surely larger than the baseline's times 1.2.
 	MaxLatencyIncrease float64 `json:"max_latency_increase"`
 	// Confidence is how sure a test must be to fail the canary (0.95).
 	Confidence float64 `json:"confidence"`
+	// OnInconclusive is what the deploy does when the verdict is still inconclusive at
+	// MaxWindow: "continue" (the default: too little evidence is none against the release)
+	// or "rollback" (stricter: only a pass lets the deploy go on).
+	OnInconclusive string `json:"on_inconclusive"`
 }
 
 // canaryDefaults fills the keys of deploy.canary the file does not write (a written 0 is
@@ -49,6 +54,9 @@ func (s *Stack) canaryDefaults() {
 	if !written("confidence") {
 		c.Confidence = 0.95
 	}
+	if !written("on_inconclusive") {
+		c.OnInconclusive = "continue"
+	}
 }
 
 // canary checks deploy.canary.
@@ -75,6 +83,9 @@ func (v *validator) canary() {
 	}
 	if c.Confidence <= 0.5 || c.Confidence >= 1 {
 		v.errorf(p+"confidence", "must be between 0.5 and 1 such as 0.95 (got %g)", c.Confidence)
+	}
+	if c.OnInconclusive != "continue" && c.OnInconclusive != "rollback" {
+		v.errorf(p+"on_inconclusive", "must be continue or rollback (got %q)", c.OnInconclusive)
 	}
 	// The baseline is as many hosts as the first batch, outside it.
 	r := v.st.Role(v.st.Deploy.Role)

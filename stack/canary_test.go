@@ -17,17 +17,17 @@ func TestCanaryKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Canary{Window: 30 * time.Second, MaxWindow: 2 * time.Minute, MinRequests: 200, MaxErrorRatioIncrease: 0.01,
-		MaxLatencyIncrease: 0.2, Confidence: 0.95}
+		MaxLatencyIncrease: 0.2, Confidence: 0.95, OnInconclusive: "continue"}
 	if c := st.Deploy.Canary; c == nil || *c != want {
 		t.Fatalf("canary: {} = %+v; want the defaults %+v", c, want)
 	}
 	st, err = Parse("s.yaml", []byte(base+"deploy:\n  canary:\n    window: 10s\n    max_window: 40s\n    min_requests: 50\n"+
-		"    max_error_ratio_increase: 0\n    max_latency_increase: 0.5\n    confidence: 0.99\n"))
+		"    max_error_ratio_increase: 0\n    max_latency_increase: 0.5\n    confidence: 0.99\n    on_inconclusive: rollback\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = Canary{Window: 10 * time.Second, MaxWindow: 40 * time.Second, MinRequests: 50, MaxErrorRatioIncrease: 0,
-		MaxLatencyIncrease: 0.5, Confidence: 0.99}
+		MaxLatencyIncrease: 0.5, Confidence: 0.99, OnInconclusive: "rollback"}
 	if c := st.Deploy.Canary; *c != want {
 		t.Fatalf("canary = %+v; want %+v (a written 0 kept)", *c, want)
 	}
@@ -43,6 +43,7 @@ func TestCanaryErrors(t *testing.T) {
 		{"deploy:\n  canary:\n    confidence: 95\n", "s.yaml:7:17: deploy.canary.confidence: must be between 0.5 and 1"},
 		{"deploy:\n  canary:\n    confidence: high\n", "s.yaml:7:17: deploy.canary.confidence: expected a number such as 0.95, found \"high\""},
 		{"deploy:\n  canary:\n    windw: 10s\n", "s.yaml:7:5: deploy.canary.windw"},
+		{"deploy:\n  canary:\n    on_inconclusive: stop\n", "s.yaml:7:22: deploy.canary.on_inconclusive: must be continue or rollback (got \"stop\")"},
 		{"deploy:\n  canary: yes\n", "s.yaml:6:11: deploy.canary: expected a mapping"},
 		{"deploy:\n  batches: [50%, 100%]\n  canary: {}\n", "s.yaml:7:11: deploy.canary: needs a baseline as large as the first batch outside it: the first batch (\"50%\") holds 2 of 3 app hosts; make it at most 1"},
 	} {

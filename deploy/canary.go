@@ -16,9 +16,9 @@ import (
 // StageCanary is the canary analysis of the first batch (Config.Canary).
 const StageCanary Stage = "canary"
 
-// CanaryError is returned when the canary analysis failed the first batch: its hosts were
-// rolled back like hosts failing their health check, and the run stopped before the next
-// batch.
+// CanaryError is returned when the canary analysis failed the first batch (or left it
+// inconclusive under on_inconclusive: rollback): its hosts were rolled back like hosts
+// failing their health check, and the run stopped before the next batch.
 type CanaryError struct {
 	Batch    int
 	Analysis canary.Analysis
@@ -27,8 +27,12 @@ type CanaryError struct {
 }
 
 func (e *CanaryError) Error() string {
-	return fmt.Sprintf("deploy stopped in batch %d: the canary analysis failed %s against %s after %s: %s",
-		e.Batch, strings.Join(e.Analysis.Canary, " "), strings.Join(e.Analysis.Baseline, " "),
+	what := "failed"
+	if e.Analysis.Verdict == canary.Inconclusive {
+		what = "stayed inconclusive (deploy.canary.on_inconclusive: rollback) for"
+	}
+	return fmt.Sprintf("deploy stopped in batch %d: the canary analysis %s %s against %s after %s: %s",
+		e.Batch, what, strings.Join(e.Analysis.Canary, " "), strings.Join(e.Analysis.Baseline, " "),
 		time.Duration(e.Analysis.WindowMS)*time.Millisecond, e.Analysis.Reason)
 }
 
@@ -38,7 +42,8 @@ func canaryConfig(c *stack.Canary) *canary.Config {
 		return nil
 	}
 	return &canary.Config{Window: c.Window, MaxWindow: c.MaxWindow, MinRequests: c.MinRequests,
-		MaxErrorRatioIncrease: c.MaxErrorRatioIncrease, MaxLatencyIncrease: c.MaxLatencyIncrease, Confidence: c.Confidence}
+		MaxErrorRatioIncrease: c.MaxErrorRatioIncrease, MaxLatencyIncrease: c.MaxLatencyIncrease, Confidence: c.Confidence,
+		OnInconclusive: c.OnInconclusive}
 }
 
 // metricsURL is where the host's app server exposes its Prometheus metrics: the health
@@ -79,8 +84,10 @@ func (r *run) canarySides(b Batch) (canaryHosts, baseline []string, ok bool) {
 
 // analyzeCanary runs the canary analysis after the first batch is back behind the load
 // balancer: fail rolls the canary hosts back (out of the LB, back to their previous release,
-// in again) and returns a *CanaryError; pass and inconclusive let the run go on, the verdict
-// recorded in the report. The error is otherwise only ctx's.
+// in again) and returns a *CanaryError, and so does inconclusive under on_inconclusive:
+// rollback; pass and inconclusive otherwise let the run go on, the verdict recorded in the
+// report. No baseline to compare with is inconclusive and never rolls back (the canary is
+// not to blame for the fleet's shape). The error is otherwise only ctx's.
 func (r *run) analyzeCanary(ctx context.Context, b Batch) error {
 	canaryHosts, baseline, ok := r.canarySides(b)
 	if !ok {
@@ -119,11 +126,16 @@ func (r *run) analyzeCanary(ctx context.Context, b Batch) error {
 		r.ev.emit(Event{Batch: b.Index, Stage: StageCanary, Status: StatusOK, Message: fmt.Sprintf("pass after %s: %s", after, a.Reason)})
 		return nil
 	case canary.Inconclusive:
-		r.ev.emit(Event{Batch: b.Index, Stage: StageCanary, Status: StatusOK, Message: fmt.Sprintf(
-			"inconclusive after %s, going on (too little evidence is none against the release): %s", after, a.Reason)})
-		return nil
+		if cfg.OnInconclusive != canary.OnInconclusiveRollback {
+			r.ev.emit(Event{Batch: b.Index, Stage: StageCanary, Status: StatusOK, Message: fmt.Sprintf(
+				"inconclusive after %s, going on (too little evidence is none against the release): %s", after, a.Reason)})
+			return nil
+		}
 	}
 	cause := fmt.Errorf("canary analysis failed after %s: %s", after, a.Reason)
+	if a.Verdict == canary.Inconclusive {
+		cause = fmt.Errorf("canary analysis inconclusive after %s, and on_inconclusive is rollback: %s", after, a.Reason)
+	}
 	r.ev.emit(Event{Batch: b.Index, Stage: StageCanary, Status: StatusFail, Err: cause})
 	for _, n := range canaryHosts {
 		r.update(n, func(h *HostReport) { h.Stage, h.Error = StageCanary, ErrorLine(cause) })
@@ -162,7 +174,11 @@ func (p *Plan) canaryPlanLine() string {
 	if c == nil || p.Kind != KindDeploy {
 		return ""
 	}
+	rollsBack := "fail rolls batch 1 back"
+	if c.OnInconclusive == canary.OnInconclusiveRollback {
+		rollsBack = "fail or inconclusive rolls batch 1 back"
+	}
 	return fmt.Sprintf("canary analysis after batch 1: its hosts against as many hosts of later batches, over %s (up to %s), "+
-		"min %d requests a side, tolerances +%.2g error ratio, +%.0f%% latency, at %.3g%% confidence; fail rolls batch 1 back\n",
-		c.Window, c.MaxWindow, c.MinRequests, c.MaxErrorRatioIncrease, 100*c.MaxLatencyIncrease, 100*c.Confidence)
+		"min %d requests a side, tolerances +%.2g error ratio, +%.0f%% latency, at %.3g%% confidence; %s\n",
+		c.Window, c.MaxWindow, c.MinRequests, c.MaxErrorRatioIncrease, 100*c.MaxLatencyIncrease, 100*c.Confidence, rollsBack)
 }

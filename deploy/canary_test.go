@@ -149,6 +149,12 @@ func TestCanaryPlanLine(t *testing.T) {
 	if !strings.Contains(b.String(), want) {
 		t.Errorf("plan lacks %q:\n%s", want, b.String())
 	}
+	p.Config.Canary.OnInconclusive = canary.OnInconclusiveRollback
+	b.Reset()
+	p.Render(&b)
+	if !strings.Contains(b.String(), "confidence; fail or inconclusive rolls batch 1 back\n") {
+		t.Errorf("a plan with on_inconclusive: rollback does not say so:\n%s", b.String())
+	}
 	p.Config.Canary = nil
 	b.Reset()
 	p.Render(&b)
@@ -161,6 +167,10 @@ func TestCanaryError(t *testing.T) {
 	e := &CanaryError{Batch: 1, Hosts: []string{"app-0"}, Analysis: canary.Analysis{Canary: []string{"app-0"}, Baseline: []string{"app-3"},
 		WindowMS: 30000, Reason: "canary serves more errors"}}
 	if got := e.Error(); got != "deploy stopped in batch 1: the canary analysis failed app-0 against app-3 after 30s: canary serves more errors" {
+		t.Errorf("Error() = %q", got)
+	}
+	e.Analysis.Verdict, e.Analysis.Reason = canary.Inconclusive, "too few requests to judge"
+	if got := e.Error(); got != "deploy stopped in batch 1: the canary analysis stayed inconclusive (deploy.canary.on_inconclusive: rollback) for app-0 against app-3 after 30s: too few requests to judge" {
 		t.Errorf("Error() = %q", got)
 	}
 }

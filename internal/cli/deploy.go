@@ -62,12 +62,13 @@ new release staged for the next try.
 
 With deploy.canary in the stack file, the first batch is also judged by its metrics: once
 it is back behind the load balancer, instactl scrapes /metrics of its hosts and of as many
-hosts of later batches (still on the previous release) at both ends of a window, and compares
-the 5xx ratio (two-proportion z-test) and latency (Mann-Whitney U on the histogram) overall
-and per endpoint. Fail (worse than a tolerance, with the configured confidence) rolls the
-first batch back like a failed health check; inconclusive (too few requests, or not sure)
-extends the window up to max_window, then goes on with a warning; the report shows the
-comparison table (-o json: "canary").
+hosts of later batches (still on the previous release) at both ends of a window, and tests
+whether the canary's 5xx ratio (two-proportion z-test) or latency (Mann-Whitney U on the
+histogram) is worse than the baseline's by more than a tolerance, overall and per endpoint.
+Fail (surely worse, at the configured confidence) rolls the first batch back like a failed
+health check; inconclusive (too few requests, or not sure) extends the window up to
+max_window, then goes on with a warning (or rolls back: on_inconclusive: rollback); the
+report shows the comparison table (-o json: "canary").
 
 Before touching any host, a deploy of the app role checks that the stack's shard map exists
 (the app server cannot start without it) and refuses with exit 2 and the command to run

@@ -183,9 +183,15 @@ func TestDeployCanarySandbox(t *testing.T) {
 		t.Fatalf("versions after v1: %s", got)
 	}
 	// The same stack with the canary analysis: 10 s windows, up to 20 s; at 80 requests a
-	// second through the LB each side serves about 400 in a window.
+	// second through the LB each side serves about 400 in a window. Confidence 0.99 keeps a
+	// healthy build's chance of failing by bad luck to 1% at most, while the bad builds'
+	// tests are sure beyond 1e-5.
 	alt := deployAltStack(t, path, "  health_timeout: 60s\n",
-		"  health_timeout: 60s\n  canary:\n    window: 10s\n    max_window: 20s\n    min_requests: 200\n")
+		"  health_timeout: 60s\n  canary:\n    window: 10s\n    max_window: 20s\n    min_requests: 200\n    confidence: 0.99\n")
+	// Low traffic needs no long window to stay below min_requests: 4 s, up to 8 s.
+	lowCanary := "  health_timeout: 60s\n  canary:\n    window: 4s\n    max_window: 8s\n    min_requests: 200\n"
+	lowAlt := deployAltStack(t, path, "  health_timeout: 60s\n", lowCanary)
+	strictAlt := deployAltStack(t, path, "  health_timeout: 60s\n", lowCanary+"    on_inconclusive: rollback\n")
 	deployWith := func(bin, version string, args ...string) (string, string, int) {
 		return run(t, append([]string{"--stack", alt, "deploy", "--artifact", bin, "--version", version}, args...)...)
 	}
@@ -235,8 +241,8 @@ func TestDeployCanarySandbox(t *testing.T) {
 			t.Fatalf("exit %d, want 1", code)
 		}
 		for _, re := range []string{`(?m)^Canary analysis: FAIL after \S+: canarycli-app-0 against canarycli-app-1$`,
-			`(?m)^  canary is slower at 95% confidence: `,
-			`(?m)^ENDPOINT +REQUESTS c/b +ERRORS c/b +P50 c/b +P99 c/b +ERRORS z \(p\) +LATENCY U z \(p\) +VERDICT$`,
+			`(?m)^  canary is slower at 99% confidence: `,
+			`(?m)^ENDPOINT +REQUESTS c/b +ERRORS c/b +P50 c/b +P99 c/b +ERRORS z \(p\) +LATENCY z \(p\) +VERDICT$`,
 			`(?m)^overall +\d+/\d+ +[0-9.]+%/[0-9.]+% +[0-9.]+ms/[0-9.]+ms +[0-9.]+ms/[0-9.]+ms +-?[0-9.]+ \(\S+\) +[0-9.]+ \(\S+\) +fail$`,
 			`(?m)^canarycli-app-0 +1 +rolled-back +canary +canary analysis failed`} {
 			if !regexp.MustCompile(re).MatchString(stdout) {
@@ -274,20 +280,45 @@ func TestDeployCanarySandbox(t *testing.T) {
 	t.Run("low traffic is inconclusive, never a fail", func(t *testing.T) {
 		bin := canaryBuildApp(t, "v3", "")
 		stop := canaryStartLoad(ctx, 2, 24)
-		stdout, stderr, code := deployWith(bin, "v3")
+		stdout, stderr, code := run(t, "--stack", lowAlt, "deploy", "--artifact", bin, "--version", "v3")
 		load := stop()
 		t.Logf("deploy v3 at 2 requests/s (exit %d), load %d requests:\n%s%s", code, load.Requests, stdout, stderr)
 		if code != 0 {
 			t.Fatalf("exit %d, want 0: low traffic must not fail the canary", code)
 		}
-		for _, want := range []string{"Canary analysis: INCONCLUSIVE after 20s, 2 looks", "too few requests to judge",
-			"warning: the deploy went on without a verdict", "inconclusive after 10s"} {
+		for _, want := range []string{"Canary analysis: INCONCLUSIVE after 8s, 2 looks", "too few requests to judge",
+			"warning: the deploy went on without a verdict", "inconclusive after 4s"} {
 			if !strings.Contains(stdout+stderr, want) {
 				t.Errorf("output lacks %q", want)
 			}
 		}
 		if got := canaryVersions(t, st); got != "v3,v3" {
 			t.Errorf("versions after v3: %s", got)
+		}
+	})
+
+	t.Run("low traffic under on_inconclusive: rollback rolls the canary back", func(t *testing.T) {
+		bin := canaryBuildApp(t, "v4", "")
+		stop := canaryStartLoad(ctx, 2, 25)
+		stdout, stderr, code := run(t, "--stack", strictAlt, "deploy", "--artifact", bin, "--version", "v4", "-o", "json")
+		load := stop()
+		t.Logf("deploy v4 at 2 requests/s, strict (exit %d), load %d requests; progress:\n%s", code, load.Requests, stderr)
+		var rep deploy.Report
+		if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+			t.Fatalf("report: %v\n%s", err, stdout)
+		}
+		canaryLogAnalysis(t, "strict low traffic", rep.Canary)
+		if code != ExitError || rep.Canary == nil || rep.Canary.Verdict != canary.Inconclusive || rep.Canary.Config.OnInconclusive != "rollback" {
+			t.Fatalf("exit %d, analysis %+v; want 1 and inconclusive under on_inconclusive rollback", code, rep.Canary)
+		}
+		if h := rep.Hosts[0]; h.State != deploy.OutcomeRolledBack || h.Stage != deploy.StageCanary || rep.Hosts[1].State != deploy.OutcomeNotStarted {
+			t.Errorf("hosts %+v; want the canary rolled back at the canary stage, the other not started", rep.Hosts)
+		}
+		if !strings.Contains(stderr, "the canary analysis stayed inconclusive (deploy.canary.on_inconclusive: rollback)") {
+			t.Errorf("stderr lacks why the canary was rolled back")
+		}
+		if got := canaryVersions(t, st); got != "v3,v3" {
+			t.Errorf("versions after the strict inconclusive canary: %s; want v3,v3", got)
 		}
 	})
 	t.Logf("whole test %s", time.Since(start).Round(time.Second))

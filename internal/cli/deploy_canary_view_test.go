@@ -10,8 +10,8 @@ import (
 func TestDeployRenderCanary(t *testing.T) {
 	row := func(name string, v canary.Verdict) canary.Comparison {
 		return canary.Comparison{Endpoint: name, Verdict: v,
-			Canary:   canary.Side{Requests: 401, Errors: 20, ErrorRatio: 20.0 / 401, P50: 0.0016, P99: 0.03},
-			Baseline: canary.Side{Requests: 400, P50: 0.0016, P99: 0.04},
+			Canary:    canary.Side{Requests: 401, Errors: 20, ErrorRatio: 20.0 / 401, P50: 0.0016, P99: 0.03},
+			Baseline:  canary.Side{Requests: 400, P50: 0.0016, P99: 0.04},
 			ErrorTest: canary.ProportionTest{Z: 3.67, P: 0.000122}, LatencyTest: canary.RankTest{Z: -2.63, P: 0.996}}
 	}
 	a := &canary.Analysis{Verdict: canary.Fail, Reason: "canary serves more errors at 99% confidence: ...",

@@ -35,6 +35,13 @@ func (r *run) batch(ctx context.Context, b Batch) error {
 				return err
 			}
 			r.mark(ctx, carried)
+			// The interrupted run may have died during the canary analysis: judge the
+			// canary now rather than roll it out unjudged.
+			if r.canaryUndecided() {
+				if err := r.analyzeCanary(ctx, b); err != nil {
+					return err
+				}
+			}
 		}
 		r.rep.BatchesDone = max(r.rep.BatchesDone, b.Index)
 		r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusSkip, Message: "nothing to do"})
@@ -63,6 +70,9 @@ func (r *run) batch(ctx context.Context, b Batch) error {
 		r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusFail,
 			Message: fmt.Sprintf("%d hosts failed, max-fail allows %d: stopped; %s", failed, r.plan.MaxFailAllowed, state)})
 		return &MaxFailError{Batch: b.Index, Failed: failed, Allowed: r.plan.MaxFailAllowed, Hosts: r.rep.Failed()}
+	}
+	if err := r.analyzeCanary(ctx, b); err != nil {
+		return err
 	}
 	r.rep.BatchesDone = max(r.rep.BatchesDone, b.Index)
 	r.ev.emit(Event{Batch: b.Index, Stage: StageBatch, Status: StatusOK})

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/instactl/instactl/canary"
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
@@ -78,6 +79,10 @@ type Config struct {
 	Operator string `json:"operator"`
 	// Message is the operator's note, recorded in the lock and the audit log.
 	Message string `json:"message,omitempty"`
+
+	// Canary, when set, judges the first batch of a deploy by its metrics against as many
+	// hosts of the later batches (package canary); nil: health checks only.
+	Canary *canary.Config `json:"canary,omitempty"`
 }
 
 // DefaultAuditPath is the audit log on every host.
@@ -95,7 +100,7 @@ func ConfigFromStack(st *stack.Stack, stateDir string) Config {
 		ServiceManager: sm, KeepReleases: st.Deploy.KeepReleases, Batches: st.Deploy.Batches,
 		MaxFail: st.Deploy.MaxFail, Parallel: st.Deploy.Parallel,
 		HealthTimeout: st.Deploy.HealthTimeout, HealthPasses: st.Deploy.HealthPasses,
-		StateDir: stateDir,
+		StateDir: stateDir, Canary: canaryConfig(st.Deploy.Canary),
 	}
 	if r := st.Role(st.Deploy.Role); r != nil {
 		c.HealthPort = r.Port
@@ -167,6 +172,11 @@ func (c Config) validate() error {
 	}
 	if !c.SkipHealthGate && (c.HealthPort <= 0 || c.HealthPort > 65535) {
 		return fmt.Errorf("health check port must be 1-65535 (got %d): set the role's port", c.HealthPort)
+	}
+	if c.Canary != nil {
+		if err := c.Canary.Validate(); err != nil {
+			return fmt.Errorf("canary analysis: %w", err)
+		}
 	}
 	if c.StateDir == "" {
 		return fmt.Errorf("a local state directory is required for run journals and the audit log")

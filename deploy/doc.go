@@ -17,6 +17,13 @@
 //     (at most DrainTimeout), flip current atomically (symlink + rename), restart through the
 //     service manager, health-gate over HTTP from instactl, register the healthy hosts back,
 //     write a per-host marker;
+//   - canary analysis (Config.Canary, the stack's deploy.canary): after the first batch is
+//     back behind the LB, its hosts are compared with as many hosts of the later batches
+//     (still on the previous release) over one window of their own /metrics (package
+//     canary); fail rolls the first batch back and stops with a [*CanaryError], pass goes
+//     on, inconclusive (too little traffic by the end of max_window) goes on with the
+//     verdict in the report, or rolls back like fail under on_inconclusive: rollback. A resumed run judges the first batch when the interrupted
+//     run died before a verdict, and does not repeat a recorded one;
 //   - failure policy: failed hosts are rolled back to the release they ran before; when more
 //     hosts failed than max-fail allows, every host of the batch is rolled back and the run
 //     stops before the next batch with a [*MaxFailError];

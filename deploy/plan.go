@@ -197,6 +197,7 @@ func (p *Plan) Render(w io.Writer) error {
 	fmt.Fprintf(&b, "run %s by %s; lock on %s:%s\n", p.RunID, c.Operator, p.LockHost, LockDir(c.Path))
 	fmt.Fprintf(&b, "max-fail %s: %d of %d hosts may fail; on breach the failing batch is rolled back\n",
 		c.MaxFail, p.MaxFailAllowed, len(p.Hosts))
+	b.WriteString(p.canaryPlanLine())
 	for _, bt := range p.Batches {
 		fmt.Fprintf(&b, "batch %d (%d): %s\n", bt.Index, len(bt.Hosts), listNames(bt.Hosts, 8))
 	}

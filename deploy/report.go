@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/instactl/instactl/canary"
 )
 
 // Outcome is where a host ended up in a run.
@@ -102,6 +104,8 @@ type Report struct {
 	StageMS    int64        `json:"stage_ms"`
 	ActivateMS int64        `json:"activate_ms"`
 	Hosts      []HostReport `json:"hosts"`
+	// Canary is the canary analysis of the first batch, when the deploy ran one.
+	Canary *canary.Analysis `json:"canary,omitempty"`
 }
 
 // Count returns how many hosts ended in outcome o.

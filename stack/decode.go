@@ -2,6 +2,7 @@ package stack
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"reflect"
 	"sort"
@@ -130,6 +131,19 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
 			return
 		}
 		v.SetInt(i)
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(n.Value, 64)
+		if n.Kind != yaml.ScalarNode || err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			d.errorf(n, path, "expected a number such as 0.95, found %s", kindName(n))
+			return
+		}
+		v.SetFloat(f)
+	case reflect.Pointer:
+		// An optional section: written means present.
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, path, v.Elem())
 	case reflect.Bool:
 		b, err := strconv.ParseBool(n.Value)
 		if n.Kind != yaml.ScalarNode || err != nil {

@@ -71,9 +71,10 @@ func Parse(file string, data []byte) (*Stack, error) {
 	for _, e := range d.errs {
 		bad[e.Path] = true
 	}
-	applyDefaults(&st)
-	expandPaths(&st)
 	st.pos = d.pos
+	applyDefaults(&st)
+	st.canaryDefaults()
+	expandPaths(&st)
 	v := &validator{d: d, st: &st, skip: bad}
 	v.validate()
 	if len(d.errs) > 0 {

@@ -102,6 +102,8 @@ type Deploy struct {
 	HealthTimeout time.Duration `json:"health_timeout"`
 	HealthPasses  int           `json:"health_passes"`
 	Parallel      int           `json:"parallel"`
+	// Canary, when the file has the section, judges the first batch by its metrics.
+	Canary *Canary `json:"canary,omitempty"`
 }
 
 // Shards configures logical sharding.

@@ -216,6 +216,7 @@ func (v *validator) deploy() {
 	if dp.Parallel < 1 || dp.Parallel > MaxHosts {
 		v.errorf("deploy.parallel", "must be 1-%d (got %d)", MaxHosts, dp.Parallel)
 	}
+	v.canary()
 }
 
 // ParseCount parses a host count "N" or a percentage "N%" as used by batches and max_fail.

@@ -12,12 +12,15 @@ import (
 	"github.com/instactl/instactl/internal/app"
 )
 
-// version and commit are set at build time with -ldflags -X.
+// version and commit are set at build time with -ldflags -X. fault is set only by tests that
+// build a misbehaving server on purpose (-X main.fault=errors=5% or delay=50ms, see
+// app.Faults); nothing at run time can set it.
 var (
 	version = "dev"
 	commit  = "unknown"
+	fault   = ""
 )
 
 func main() {
-	os.Exit(app.Main(os.Args[1:], app.Build{Version: version, Commit: commit}, os.Stdout, os.Stderr))
+	os.Exit(app.Main(os.Args[1:], app.Build{Version: version, Commit: commit, Fault: fault}, os.Stdout, os.Stderr))
 }

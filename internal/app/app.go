@@ -18,6 +18,9 @@ import (
 type Build struct {
 	Version string `json:"version"`
 	Commit  string `json:"commit"`
+	// Fault, set only in fault-injection builds for tests (-X main.fault=errors=5%), makes
+	// the server misbehave on purpose; see Faults.
+	Fault string `json:"fault,omitempty"`
 }
 
 // App is one app server: its connections, background loops and HTTP handler.
@@ -52,7 +55,10 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &App{cfg: cfg, build: build, log: log}
-	var err error
+	faults, err := ParseFaults(build.Fault)
+	if err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
 	// The Redis client dials whatever the target says: the topology's Redis primary once known.
 	redisTarget := NewRedisTarget(cfg.RedisAddr)
 	if a.router, err = OpenRouter(ctx, RouterConfig{ControlDSN: cfg.ControlDSN, MaxConns: int32(cfg.PoolMaxConns),
@@ -73,7 +79,7 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	}
 	a.queue = NewQueue(a.rdb, "fanout", cfg.QueueHeartbeat)
 	a.metrics = newMetrics(a, build, cfg.Release)
-	a.handler = a.metrics.instrument(a.routes())
+	a.handler = a.metrics.instrument(withFaults(faults, a.routes()))
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.bgCancel = cancel

@@ -28,7 +28,14 @@ func Main(args []string, build Build, stdout, stderr io.Writer) int {
 	}
 	if opts.ShowVersion {
 		fmt.Fprintf(stdout, "instagram-app %s (commit %s)\n", build.Version, build.Commit)
+		if build.Fault != "" {
+			fmt.Fprintf(stdout, "fault-injection build: %s\n", build.Fault)
+		}
 		return 0
+	}
+	if _, err := ParseFaults(build.Fault); err != nil {
+		fmt.Fprintf(stderr, "instagram-app: built with a bad fault spec: %v\n", err)
+		return 2
 	}
 	for k, v := range opts.AWSEnv {
 		os.Setenv(k, v)
@@ -38,6 +45,9 @@ func Main(args []string, build Build, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil)).With("version", build.Version, "release", opts.Config.Release)
+	if build.Fault != "" {
+		log.Warn("fault-injection build: misbehaving on purpose", "fault", build.Fault)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, opts.Config, build, log); err != nil {

@@ -28,7 +28,10 @@ func newMetrics(a *App, build Build, release string) *metrics {
 		}, []string{"route", "method", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "instagram_http_request_duration_seconds", Help: "HTTP request latency by route pattern.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			// Fine buckets so a canary analysis can tell latency distributions apart (a
+			// superset of the earlier bounds, so queries on those keep working).
+			Buckets: []float64{.0005, .001, .0015, .002, .0025, .003, .004, .005, .0065, .008, .01, .0125, .015, .02, .025,
+				.03, .04, .05, .065, .08, .1, .125, .15, .2, .25, .3, .4, .5, .75, 1, 1.5, 2, 2.5, 5, 10},
 		}, []string{"route"}),
 		fanouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "instagram_feed_fanout_pushes_total", Help: "Photo ids pushed into followers' feeds.",

@@ -60,6 +60,16 @@ and rolls the failing batch back to the release each host ran before; a host tha
 release before (a stack's first deploy) has its service stopped and no release current, the
 new release staged for the next try.
 
+With deploy.canary in the stack file, the first batch is also judged by its metrics: once
+it is back behind the load balancer, instactl scrapes /metrics of its hosts and of as many
+hosts of later batches (still on the previous release) at both ends of a window, and tests
+whether the canary's 5xx ratio (two-proportion z-test) or latency (Mann-Whitney U on the
+histogram) is worse than the baseline's by more than a tolerance, overall and per endpoint.
+Fail (surely worse, at the configured confidence) rolls the first batch back like a failed
+health check; inconclusive (too few requests, or not sure) extends the window up to
+max_window, then goes on with a warning (or rolls back: on_inconclusive: rollback); the
+report shows the comparison table (-o json: "canary").
+
 Before touching any host, a deploy of the app role checks that the stack's shard map exists
 (the app server cannot start without it) and refuses with exit 2 and the command to run
 (instactl shard init) when it does not.
@@ -75,8 +85,8 @@ The result (stdout) is a per-batch summary and, for failed hosts, their whole er
 -o json prints the whole report.
 
 Exit codes: 0 ok, 2 bad flags or no shard map yet, 4 locked, 5 some hosts failed within
---max-fail, 1 max-fail breached (the message says where each host of the batch ended up) or
-the deploy could not run.`,
+--max-fail, 1 max-fail breached or the canary analysis failed (the message says where each
+host of the batch ended up) or the deploy could not run.`,
 		Example: `  # Print the batches, hosts and exact commands; change nothing
   instactl deploy --dry-run
 

@@ -279,7 +279,10 @@ func deployFinish(f *Factory, out Output, rep *deploy.Report, err error) error {
 		}
 	}
 	var mf *deploy.MaxFailError
+	var ce *deploy.CanaryError
 	switch {
+	case errors.As(err, &ce) && rep != nil:
+		return withCode(ExitError, fmt.Errorf("%w; %s; later batches were not touched", err, rep.BatchState(ce.Batch)))
 	case errors.As(err, &mf) && rep == nil:
 		return withCode(ExitError, err)
 	case errors.As(err, &mf):

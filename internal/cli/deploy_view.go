@@ -83,6 +83,9 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 	if rep.ActivateMS > 0 {
 		fmt.Fprintf(w, "  activated in %s\n", deployMS(rep.ActivateMS))
 	}
+	if err := deployRenderCanary(w, rep.Canary); err != nil {
+		return err
+	}
 	var bad []deploy.HostReport
 	for _, h := range rep.Hosts {
 		if h.Error != "" || h.RollbackError != "" || h.State == deploy.OutcomeFailed || h.State == deploy.OutcomeRolledBack ||

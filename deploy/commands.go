@@ -60,10 +60,15 @@ fi`, remote.Quote(root), remote.Quote(BinaryPath(root, id, binary)),
 // SealCommand records the verified sha256 of a staged release; ProbeCommand trusts only
 // releases sealed this way.
 func SealCommand(root, id, sha string) remote.Command {
+	return remote.Script("set -e\n" + sealLines(root, id, sha))
+}
+
+// sealLines write the seal file of release id: FetchCommand ends with them too, so both
+// staging paths seal a release the same way.
+func sealLines(root, id, sha string) string {
 	sum := path.Join(ReleaseDir(root, id), shaFile)
-	return remote.Script(fmt.Sprintf(`set -e
-printf '%%s\n' %s > %s
-mv -f -- %s %s`, remote.Quote(sha), remote.Quote(sum+".tmp"), remote.Quote(sum+".tmp"), remote.Quote(sum)))
+	return fmt.Sprintf(`printf '%%s\n' %s > %s
+mv -f -- %s %s`, remote.Quote(sha), remote.Quote(sum+".tmp"), remote.Quote(sum+".tmp"), remote.Quote(sum))
 }
 
 // flipLines points current at release $target atomically: a new symlink under a temporary

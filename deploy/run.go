@@ -24,8 +24,13 @@ type run struct {
 	saveMu sync.Mutex // serializes journal writes: one temporary file, newest snapshot last
 	rep    *Report
 	byName map[string]*HostReport
-	hosts  map[string]Host
-	locked bool
+	// sent counts the bytes this execution sends from here; sentBefore is what the runs it
+	// resumes sent.
+	sent       sentCounter
+	sentBefore int64
+	obj        storeObject
+	hosts      map[string]Host
+	locked     bool
 }
 
 func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
@@ -45,6 +50,10 @@ func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
 		}
 	}
 	r.rep.Result, r.rep.Error = "", ""
+	r.sentBefore = r.rep.BytesSent
+	if p.Kind == KindDeploy && r.cfg.stagingMethod() == StagingS3 {
+		r.rep.S3 = &S3Staging{Bucket: r.cfg.Bucket, Key: StageKey(r.cfg.StagePrefix, p.Artifact.SHA256)}
+	}
 	for i := range r.rep.Hosts {
 		h := &r.rep.Hosts[i]
 		if h.State == OutcomeNotStarted {
@@ -265,6 +274,7 @@ func (r *run) finish(ctx context.Context, err error) (*Report, error) {
 		r.prune(bg)
 	}
 	r.rep.Finished = r.d.now()
+	r.rep.BytesSent = r.sentBefore + r.sent.n.Load()
 	r.save()
 	if !interrupted {
 		r.audit(bg)
@@ -272,6 +282,7 @@ func (r *run) finish(ctx context.Context, err error) (*Report, error) {
 	if r.locked && !interrupted {
 		r.unlock(bg)
 	}
+	r.rep.BytesSent = r.sentBefore + r.sent.n.Load() // with the audit lines and the unlock
 	r.ev.emit(Event{Stage: StageDone, Status: statusOf(err), Message: string(r.rep.Result), Err: err})
 	return r.rep, err
 }
@@ -301,9 +312,12 @@ func (r *run) unlock(ctx context.Context) {
 
 // prune removes old releases on the hosts that took the release.
 func (r *run) prune(ctx context.Context) {
+	// Only hosts that took a release this run have anything new to prune: an unchanged
+	// redeploy prunes nothing and saves a round trip per host (the next deploy that ships
+	// something prunes as usual; Deployer.Prune does it on demand).
 	var names []string
 	for _, h := range r.rep.Hosts {
-		if h.State == OutcomeActivated {
+		if h.State == OutcomeActivated && h.Uploaded {
 			names = append(names, h.Host)
 		}
 	}
@@ -338,6 +352,8 @@ func (r *run) audit(ctx context.Context) {
 	}
 	cmd := AppendCommand(r.cfg.AuditPath)
 	r.pool.FanOut(ctx, targetsOf(r, names), r.cfg.Parallel, func(ctx context.Context, c *remote.Client, t remote.Target) error {
+		line := r.hostAuditLine(t.Name)
+		countSent(ctx, cmdBytes(cmd)+int64(len(line))+1)
 		res, err := c.Run(ctx, cmd, bytesReader(append(line, '\n')))
 		if err == nil {
 			err = res.Err()
@@ -347,6 +363,21 @@ func (r *run) audit(ctx context.Context) {
 		}
 		return nil
 	})
+}
+
+// hostAuditLine is the audit line a host keeps: the run's report with that host's own entry
+// only, so what a deploy sends grows with the hosts, not with their square (the local audit
+// log has every host).
+func (r *run) hostAuditLine(host string) []byte {
+	r.mu.Lock()
+	rep := *r.rep
+	rep.Hosts = nil
+	if h := r.byName[host]; h != nil {
+		rep.Hosts = []HostReport{*h}
+	}
+	r.mu.Unlock()
+	b, _ := json.Marshal(&rep)
+	return b
 }
 
 func targetsOf(r *run, names []string) []remote.Target {

@@ -57,17 +57,31 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusSkip, Message: "release " + a.ID + " already staged"})
 		return nil
 	}
-	if err := r.upload(ctx, c, h); err != nil {
-		return fail(StageUpload, err)
-	}
-	if _, err := runOK(ctx, c, SealCommand(cfg.Path, a.ID, a.SHA256)); err != nil {
+	via := StagingSSH
+	if cfg.stagingMethod() == StagingS3 {
+		if via, err = r.stageViaS3(ctx, c, h); err != nil {
+			return fail(StageUpload, err)
+		}
+	} else if err := r.uploadAndSeal(ctx, c, h); err != nil {
 		return fail(StageUpload, err)
 	}
 	r.update(h.Name, func(hr *HostReport) {
-		hr.State, hr.Uploaded, hr.Bytes, hr.StageMS = OutcomeStaged, true, a.Size, time.Since(start).Milliseconds()
+		hr.State, hr.Uploaded, hr.Via, hr.Bytes, hr.StageMS = OutcomeStaged, true, via, a.Size, time.Since(start).Milliseconds()
 	})
-	r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusOK, Bytes: a.Size, Total: a.Size})
+	if via == StagingSSH {
+		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusOK, Bytes: a.Size, Total: a.Size})
+	}
 	return nil
+}
+
+// uploadAndSeal streams the artifact to the host over SSH and seals the release.
+func (r *run) uploadAndSeal(ctx context.Context, c *remote.Client, h Host) error {
+	a := r.plan.Artifact
+	if err := r.upload(ctx, c, h); err != nil {
+		return err
+	}
+	_, err := runOK(ctx, c, SealCommand(r.cfg.Path, a.ID, a.SHA256))
+	return err
 }
 
 // upload streams the artifact with progress events.
@@ -89,7 +103,10 @@ func (r *run) upload(ctx context.Context, c *remote.Client, h Host) error {
 	pr := &progressReader{r: f, remaining: a.Size, total: a.Size, every: 4 << 20, report: func(n int64) {
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusProgress, Bytes: n, Total: a.Size})
 	}}
-	sum, err := c.Upload(ctx, pr, BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary), 0o755)
+	dst := BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary)
+	// The content, the command line and the sha256 line that follows the content.
+	countSent(ctx, a.Size+cmdBytes(remote.UploadCommand(dst, a.Size, 0o755))+int64(len(a.SHA256))+1)
+	sum, err := c.Upload(ctx, pr, dst, 0o755)
 	if err != nil {
 		return err
 	}

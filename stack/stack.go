@@ -93,6 +93,9 @@ type Deploy struct {
 	HealthTimeout time.Duration `json:"health_timeout"`
 	HealthPasses  int           `json:"health_passes"`
 	Parallel      int           `json:"parallel"`
+	// Staging is how deploy gets the artifact to the hosts: "s3" (the default: once to the
+	// stack's bucket, fetched by every host) or "ssh" (streamed to every host from here).
+	Staging string `json:"staging,omitempty"`
 }
 
 // Shards configures logical sharding.

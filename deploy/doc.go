@@ -28,7 +28,8 @@
 //     stops before the next batch with a [*MaxFailError];
 //   - prune releases beyond keep_releases on the hosts that took a new release (never
 //     current nor the rollback target), append the [Report] as one JSON line to the local
-//     audit log and, with only its own host entry, to each host's, unlock.
+//     audit log and, with only its own host entry, to the log of each host the run changed
+//     or failed on, unlock.
 //
 // Every run has a run id and a journal (<state dir>/runs/<run-id>.json: the plan and the
 // report so far, rewritten on every host change), plus per-host markers

@@ -64,6 +64,13 @@ type HostReport struct {
 	ActivateMS int64 `json:"activate_ms,omitempty"`
 }
 
+// touched reports whether the run did anything to the host or failed on it: what earns
+// the host a line in its own audit log.
+func (h *HostReport) touched() bool {
+	return h.Uploaded || h.Flipped || h.Error != "" || h.RollbackError != "" ||
+		(h.State != OutcomeActivated && h.State != OutcomeNotStarted && h.State != OutcomePending && h.State != OutcomeStaged)
+}
+
 // failed reports whether the host counts against max-fail.
 func (h *HostReport) failed() bool {
 	return h.Error != ""

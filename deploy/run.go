@@ -127,6 +127,7 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 	r.save()
+	r.predial(ctx)
 	if err := r.lock(ctx); err != nil {
 		return err
 	}
@@ -146,6 +147,16 @@ func (r *run) do(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// predial opens every host's connection while the lock is being taken, so the first step
+// after it finds them ready: a redeploy that changes nothing then costs one handshake and
+// one probe per host, overlapped with the lock's round trips. Failures are left to the step
+// that needs the connection (it dials again and records them).
+func (r *run) predial(ctx context.Context) {
+	for _, h := range r.plan.Hosts {
+		go func() { _, _ = r.pool.Get(ctx, h.Target()) }()
+	}
 }
 
 // lock takes the stack-wide lock on the lock host.
@@ -335,7 +346,8 @@ func (r *run) prune(ctx context.Context) {
 	})
 }
 
-// audit appends the report as one JSON line locally and on every host that was reached.
+// audit appends the report as one JSON line locally and on every host the run changed or
+// failed on (a host that already ran the release and was left alone keeps its log as is).
 func (r *run) audit(ctx context.Context) {
 	line, err := json.Marshal(r.rep)
 	if err == nil {
@@ -346,7 +358,7 @@ func (r *run) audit(ctx context.Context) {
 	}
 	var names []string
 	for _, h := range r.rep.Hosts {
-		if h.Stage != StageConnect {
+		if h.Stage != StageConnect && h.touched() {
 			names = append(names, h.Host)
 		}
 	}

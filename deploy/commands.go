@@ -48,7 +48,9 @@ func ProbeCommand(root, id, binary, sha string, size int64) remote.Command {
 	script := fmt.Sprintf(`root=%s bin=%s sum=%s want=%s size=%d
 cur=$(readlink -- "$root/current" 2>/dev/null) || cur=
 echo "current ${cur##*/}"
-if [ -x "$bin" ] && [ "$(cat -- "$sum" 2>/dev/null)" = "$want" ] && [ "$(stat -c %%s -- "$bin")" = "$size" ]; then
+got=
+[ -r "$sum" ] && read -r got < "$sum"
+if [ -x "$bin" ] && [ "$got" = "$want" ] && [ "$(stat -c %%s -- "$bin")" = "$size" ]; then
   echo present
 else
   echo absent

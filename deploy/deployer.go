@@ -109,6 +109,7 @@ func (d *Deployer) execute(ctx context.Context, p *Plan, prior *Report) (*Report
 	pool, done := d.pool()
 	defer done()
 	r := newRun(d, p, prior, pool)
+	r.startJournal()
 	ctx = withSent(ctx, &r.sent)
 	err := r.do(ctx)
 	return r.finish(ctx, err)

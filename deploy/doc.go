@@ -32,7 +32,8 @@
 //     or failed on, unlock.
 //
 // Every run has a run id and a journal (<state dir>/runs/<run-id>.json: the plan and the
-// report so far, rewritten on every host change), plus per-host markers
+// report so far, rewritten in the background after host changes, at most one write behind,
+// and in full when the run ends), plus per-host markers
 // (<path>/.instactl/runs/<run-id>); [Deployer.Resume] finishes an interrupted run touching
 // only unfinished hosts; if its batch then breaches max-fail, the hosts the interrupted run
 // had already switched are rolled back with the rest. An interrupted run (its context ended) keeps the lock, so nobody

@@ -22,6 +22,7 @@ type run struct {
 
 	mu     sync.Mutex // guards rep and its hosts
 	saveMu sync.Mutex // serializes journal writes: one temporary file, newest snapshot last
+	jw     journalWriter
 	rep    *Report
 	byName map[string]*HostReport
 	// sent counts the bytes this execution sends from here; sentBefore is what the runs it
@@ -67,11 +68,83 @@ func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
 	return r
 }
 
-// update changes one host's report under the lock and saves the journal.
+// update changes one host's report under the lock and saves the journal before it returns:
+// what activation records before its next step on the hosts, so a killed run's journal
+// holds every host it switched.
 func (r *run) update(host string, fn func(h *HostReport)) {
 	r.mu.Lock()
 	fn(r.byName[host])
 	r.mu.Unlock()
+	r.save()
+}
+
+// updateSoon is update with the journal saved in the background: for changes a resumed run
+// finds again by itself (a probe's result, a sealed release, a host left alone because it
+// already runs the release), so that 50 hosts finishing at once do not queue one after the
+// other behind 50 journal writes.
+func (r *run) updateSoon(host string, fn func(h *HostReport)) {
+	r.mu.Lock()
+	fn(r.byName[host])
+	r.mu.Unlock()
+	r.saveSoon()
+}
+
+// journalWriter writes the journal in the background for updateSoon: any number of updates
+// cost one or two writes, each of the newest state.
+type journalWriter struct {
+	mu      sync.Mutex
+	stopped bool
+	kick    chan struct{} // capacity 1: one pending write stands for any number of updates
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+// startJournal starts the background journal writer; stopJournal must follow.
+func (r *run) startJournal() {
+	w := &r.jw
+	w.kick, w.quit, w.done = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.kick:
+				r.save()
+			case <-w.quit:
+				return
+			}
+		}
+	}()
+}
+
+// saveSoon has the background writer save the journal, or saves it now once the writer is
+// stopped (or was never started).
+func (r *run) saveSoon() {
+	w := &r.jw
+	w.mu.Lock()
+	direct := w.stopped || w.kick == nil
+	w.mu.Unlock()
+	if direct {
+		r.save()
+		return
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default: // a write is already pending; it will take this update too
+	}
+}
+
+// stopJournal stops the background writer and saves the journal with every update so far;
+// later updates save synchronously.
+func (r *run) stopJournal() {
+	w := &r.jw
+	w.mu.Lock()
+	started := w.kick != nil && !w.stopped
+	w.stopped = true
+	w.mu.Unlock()
+	if started {
+		close(w.quit)
+		<-w.done
+	}
 	r.save()
 }
 
@@ -251,6 +324,7 @@ var errRecorded = errors.New("failure recorded")
 // finish prunes and audits what finished, releases the lock unless interrupted, and returns
 // the report with the run's error.
 func (r *run) finish(ctx context.Context, err error) (*Report, error) {
+	r.stopJournal()
 	interrupted := err != nil && ctx.Err() != nil
 	r.mu.Lock()
 	for i := range r.rep.Hosts {

@@ -24,6 +24,7 @@ func (r *run) stage(ctx context.Context) error {
 		}
 	}
 	r.fanOut(ctx, names, r.stageHost)
+	r.save() // every host's staging result, before activation changes anything
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	}
 	probe := parseLines(out)
 	if _, ok := probe["present"]; ok {
-		r.update(h.Name, func(hr *HostReport) {
+		r.updateSoon(h.Name, func(hr *HostReport) {
 			hr.State, hr.StageMS, hr.WasCurrent = OutcomeStaged, time.Since(start).Milliseconds(), probe["current"] == a.ID
 		})
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusSkip, Message: "release " + a.ID + " already staged"})
@@ -65,7 +66,7 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	} else if err := r.uploadAndSeal(ctx, c, h); err != nil {
 		return fail(StageUpload, err)
 	}
-	r.update(h.Name, func(hr *HostReport) {
+	r.updateSoon(h.Name, func(hr *HostReport) {
 		hr.State, hr.Uploaded, hr.Via, hr.Bytes, hr.StageMS = OutcomeStaged, true, via, a.Size, time.Since(start).Milliseconds()
 	})
 	if via == StagingSSH {

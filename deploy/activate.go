@@ -157,7 +157,7 @@ func (r *run) skipCurrent(ctx context.Context, b Batch, todo []string) {
 					}
 				}
 			}
-			r.update(n, func(hr *HostReport) {
+			r.updateSoon(n, func(hr *HostReport) {
 				hr.State, hr.Note = OutcomeActivated, "already current and healthy: not restarted"
 			})
 			r.ev.emit(Event{Host: n, Batch: b.Index, Stage: StageDone, Status: StatusSkip, Message: "already current"})

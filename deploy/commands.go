@@ -48,7 +48,9 @@ func ProbeCommand(root, id, binary, sha string, size int64) remote.Command {
 	script := fmt.Sprintf(`root=%s bin=%s sum=%s want=%s size=%d
 cur=$(readlink -- "$root/current" 2>/dev/null) || cur=
 echo "current ${cur##*/}"
-if [ -x "$bin" ] && [ "$(cat -- "$sum" 2>/dev/null)" = "$want" ] && [ "$(stat -c %%s -- "$bin")" = "$size" ]; then
+got=
+[ -r "$sum" ] && read -r got < "$sum"
+if [ -x "$bin" ] && [ "$got" = "$want" ] && [ "$(stat -c %%s -- "$bin")" = "$size" ]; then
   echo present
 else
   echo absent
@@ -60,10 +62,15 @@ fi`, remote.Quote(root), remote.Quote(BinaryPath(root, id, binary)),
 // SealCommand records the verified sha256 of a staged release; ProbeCommand trusts only
 // releases sealed this way.
 func SealCommand(root, id, sha string) remote.Command {
+	return remote.Script("set -e\n" + sealLines(root, id, sha))
+}
+
+// sealLines write the seal file of release id: FetchCommand ends with them too, so both
+// staging paths seal a release the same way.
+func sealLines(root, id, sha string) string {
 	sum := path.Join(ReleaseDir(root, id), shaFile)
-	return remote.Script(fmt.Sprintf(`set -e
-printf '%%s\n' %s > %s
-mv -f -- %s %s`, remote.Quote(sha), remote.Quote(sum+".tmp"), remote.Quote(sum+".tmp"), remote.Quote(sum)))
+	return fmt.Sprintf(`printf '%%s\n' %s > %s
+mv -f -- %s %s`, remote.Quote(sha), remote.Quote(sum+".tmp"), remote.Quote(sum+".tmp"), remote.Quote(sum))
 }
 
 // flipLines points current at release $target atomically: a new symlink under a temporary

@@ -69,6 +69,15 @@ type Config struct {
 	// ends earlier once the LB reports the hosts out.
 	DrainTimeout time.Duration `json:"drain_timeout"`
 
+	// Staging is how the artifact reaches the hosts: StagingS3 (the default when Bucket is
+	// set) puts it once in Bucket under StagePrefix and has every host fetch it with a
+	// presigned URL valid PresignTTL, falling back to SSH per host when the fetch fails;
+	// StagingSSH streams it to every host over SSH.
+	Staging     string        `json:"staging,omitempty"`
+	Bucket      string        `json:"bucket,omitempty"`
+	StagePrefix string        `json:"stage_prefix,omitempty"`
+	PresignTTL  time.Duration `json:"presign_ttl,omitempty"`
+
 	// LockHost names the host holding the stack-wide lock (default: the first host by name).
 	LockHost string `json:"lock_host,omitempty"`
 	// StateDir is the local directory for run journals and the local audit log.
@@ -100,7 +109,8 @@ func ConfigFromStack(st *stack.Stack, stateDir string) Config {
 		ServiceManager: sm, KeepReleases: st.Deploy.KeepReleases, Batches: st.Deploy.Batches,
 		MaxFail: st.Deploy.MaxFail, Parallel: st.Deploy.Parallel,
 		HealthTimeout: st.Deploy.HealthTimeout, HealthPasses: st.Deploy.HealthPasses,
-		StateDir: stateDir, Canary: canaryConfig(st.Deploy.Canary),
+		StateDir: stateDir, Canary: canaryConfig(st.Deploy.Canary), Staging: st.Deploy.Staging,
+		Bucket: templates.PhotoBucket(st),
 	}
 	if r := st.Role(st.Deploy.Role); r != nil {
 		c.HealthPort = r.Port
@@ -129,6 +139,11 @@ func (c Config) withDefaults() Config {
 	def(&c.HealthPath, "/healthz")
 	def(&c.AuditPath, DefaultAuditPath)
 	def(&c.MaxFail, "0")
+	def(&c.StagePrefix, DefaultStagePrefix)
+	if c.Staging == "" && c.Bucket != "" {
+		c.Staging = StagingS3
+	}
+	def(&c.Staging, StagingSSH)
 	if len(c.Batches) == 0 {
 		c.Batches = []string{"1", "100%"}
 	}
@@ -177,6 +192,12 @@ func (c Config) validate() error {
 		if err := c.Canary.Validate(); err != nil {
 			return fmt.Errorf("canary analysis: %w", err)
 		}
+	}
+	switch {
+	case c.Staging != StagingS3 && c.Staging != StagingSSH:
+		return fmt.Errorf("deploy staging must be %q or %q (got %q)", StagingS3, StagingSSH, c.Staging)
+	case c.Staging == StagingS3 && c.Bucket == "":
+		return fmt.Errorf("deploy staging %q needs a bucket; the stack has none: stage with %q", StagingS3, StagingSSH)
 	}
 	if c.StateDir == "" {
 		return fmt.Errorf("a local state directory is required for run journals and the audit log")

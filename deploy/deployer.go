@@ -40,6 +40,13 @@ type Deployer struct {
 	// LockWait is how long a run waits for a lock held by a live run before it gives up with
 	// *LockedError (0: it does not wait). A lock whose holder is gone is never waited for.
 	LockWait time.Duration
+	// Store is the object store S3 staging uploads to (Config.Staging StagingS3). Without it
+	// an S3-staged plan stages over SSH, and the report says why.
+	Store ObjectStore
+
+	// fetchURL, when set, replaces the presigned URL host h fetches (tests: a host that
+	// cannot reach S3).
+	fetchURL func(h Host, url string) string
 }
 
 func (d *Deployer) now() time.Time {
@@ -102,6 +109,8 @@ func (d *Deployer) execute(ctx context.Context, p *Plan, prior *Report) (*Report
 	pool, done := d.pool()
 	defer done()
 	r := newRun(d, p, prior, pool)
+	r.startJournal()
+	ctx = withSent(ctx, &r.sent)
 	err := r.do(ctx)
 	return r.finish(ctx, err)
 }

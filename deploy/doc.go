@@ -10,9 +10,15 @@
 //     role with info.json (holder, time, release, message, run id); a second run gets a
 //     [*LockedError] (exit 4);
 //   - stage (deploy only): one SSH connection per host, reused for every step; a probe skips
-//     hosts whose releases/<id>/ is sealed with the right sha256 and size, the others get
-//     the artifact streamed with remote.Upload (sha256 checked on the host, renamed into
-//     place) and the release sealed;
+//     hosts whose releases/<id>/ is sealed with the right sha256 and size. With S3 staging
+//     (Config.Staging StagingS3, the default when the stack has a bucket) the artifact is
+//     put once in the bucket under <prefix>/<sha256> (skipped when a HEAD finds that sha256
+//     and size there) and every host that needs it fetches it with a short-lived presigned
+//     URL in one SSH exec ([FetchCommand]: curl or wget, size and sha256 checked, renamed
+//     into place, sealed); a host whose fetch fails, or every host when the bucket cannot
+//     be used, gets it over SSH instead and its report says why. Over SSH the artifact is
+//     streamed with remote.Upload (sha256 checked on the host, renamed into place) and the
+//     release sealed. [Report.BytesSent] counts what left this machine;
 //   - activate, per batch: deregister from the LB and wait until it reports the hosts out
 //     (at most DrainTimeout), flip current atomically (symlink + rename), restart through the
 //     service manager, health-gate over HTTP from instactl, register the healthy hosts back,
@@ -27,11 +33,14 @@
 //   - failure policy: failed hosts are rolled back to the release they ran before; when more
 //     hosts failed than max-fail allows, every host of the batch is rolled back and the run
 //     stops before the next batch with a [*MaxFailError];
-//   - prune releases beyond keep_releases (never current nor the rollback target), append
-//     the [Report] as one JSON line to the local audit log and to each host's, unlock.
+//   - prune releases beyond keep_releases on the hosts that took a new release (never
+//     current nor the rollback target), append the [Report] as one JSON line to the local
+//     audit log and, with only its own host entry, to the log of each host the run changed
+//     or failed on, unlock.
 //
 // Every run has a run id and a journal (<state dir>/runs/<run-id>.json: the plan and the
-// report so far, rewritten on every host change), plus per-host markers
+// report so far, rewritten in the background after host changes, at most one write behind,
+// and in full when the run ends), plus per-host markers
 // (<path>/.instactl/runs/<run-id>); [Deployer.Resume] finishes an interrupted run touching
 // only unfinished hosts; if its batch then breaches max-fail, the hosts the interrupted run
 // had already switched are rolled back with the rest. An interrupted run (its context ended) keeps the lock, so nobody

@@ -16,6 +16,8 @@ const (
 	StageConnect    Stage = "connect"
 	StageProbe      Stage = "probe"
 	StageUpload     Stage = "upload"
+	StageStore      Stage = "s3"    // S3 staging's one upload to the bucket (run-wide)
+	StageFetch      Stage = "fetch" // a host's download from the bucket
 	StageBatch      Stage = "batch"
 	StageDeregister Stage = "deregister"
 	StageDrain      Stage = "drain"

@@ -157,6 +157,7 @@ func releaseLock(ctx context.Context, c *remote.Client, root, runID string) erro
 
 // runOK runs cmd and turns a non-zero exit into an error naming the host.
 func runOK(ctx context.Context, c *remote.Client, cmd remote.Command) ([]byte, error) {
+	countSent(ctx, cmdBytes(cmd))
 	res, err := c.Run(ctx, cmd, nil)
 	if err != nil {
 		return nil, err

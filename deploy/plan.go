@@ -149,8 +149,13 @@ func (p *Plan) steps() []Step {
 		Note: "mkdir is atomic; a second deploy is refused with the holder"})
 	if p.Kind == KindDeploy {
 		a := p.Artifact
+		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256, a.Size).String()})
+	}
+	if p.Kind == KindDeploy && c.stagingMethod() == StagingS3 {
+		s = append(s, p.s3Steps()...)
+	} else if p.Kind == KindDeploy {
+		a := p.Artifact
 		s = append(s,
-			Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256, a.Size).String()},
 			Step{Name: "upload", Where: "hosts without the release", Command: remote.UploadCommand(BinaryPath(c.Path, a.ID, c.Binary), a.Size, 0o755).String(),
 				Note: fmt.Sprintf("%d bytes on stdin, then the sha256 line; verified on the host", a.Size)},
 			Step{Name: "seal", Where: "hosts uploaded to", Command: SealCommand(c.Path, a.ID, a.SHA256).String()})
@@ -197,6 +202,11 @@ func (p *Plan) Render(w io.Writer) error {
 	fmt.Fprintf(&b, "run %s by %s; lock on %s:%s\n", p.RunID, c.Operator, p.LockHost, LockDir(c.Path))
 	fmt.Fprintf(&b, "max-fail %s: %d of %d hosts may fail; on breach the failing batch is rolled back\n",
 		c.MaxFail, p.MaxFailAllowed, len(p.Hosts))
+	if p.Kind == KindDeploy {
+		for _, l := range p.stagingLines() {
+			b.WriteString(l + "\n")
+		}
+	}
 	b.WriteString(p.canaryPlanLine())
 	for _, bt := range p.Batches {
 		fmt.Fprintf(&b, "batch %d (%d): %s\n", bt.Index, len(bt.Hosts), listNames(bt.Hosts, 8))

@@ -51,6 +51,8 @@ type HostReport struct {
 	// Uploaded says the artifact was sent; false with a staged outcome means it was there.
 	Uploaded bool  `json:"uploaded,omitempty"`
 	Bytes    int64 `json:"bytes,omitempty"`
+	// Via is how the artifact got there: StagingS3 (fetched from the bucket) or StagingSSH.
+	Via string `json:"via,omitempty"`
 	// Stage is the step that failed, Error the whole error on one line.
 	Stage Stage  `json:"stage,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -62,6 +64,13 @@ type HostReport struct {
 	// StageMS and ActivateMS time the two phases on this host.
 	StageMS    int64 `json:"stage_ms,omitempty"`
 	ActivateMS int64 `json:"activate_ms,omitempty"`
+}
+
+// touched reports whether the run did anything to the host or failed on it: what earns
+// the host a line in its own audit log.
+func (h *HostReport) touched() bool {
+	return h.Uploaded || h.Flipped || h.Error != "" || h.RollbackError != "" ||
+		(h.State != OutcomeActivated && h.State != OutcomeNotStarted && h.State != OutcomePending && h.State != OutcomeStaged)
 }
 
 // failed reports whether the host counts against max-fail.
@@ -101,9 +110,14 @@ type Report struct {
 	Started     time.Time `json:"started"`
 	Finished    time.Time `json:"finished,omitzero"`
 	// StageMS is the staging phase's wall time, ActivateMS the batches'.
-	StageMS    int64        `json:"stage_ms"`
-	ActivateMS int64        `json:"activate_ms"`
-	Hosts      []HostReport `json:"hosts"`
+	StageMS    int64 `json:"stage_ms"`
+	ActivateMS int64 `json:"activate_ms"`
+	// BytesSent is what the run sent from this machine: command lines, stdin (uploads, audit
+	// lines) and the S3 upload, not counting SSH/TLS framing and key exchanges.
+	BytesSent int64 `json:"bytes_sent"`
+	// S3 is what S3 staging did (nil when the plan stages over SSH).
+	S3    *S3Staging   `json:"s3,omitempty"`
+	Hosts []HostReport `json:"hosts"`
 	// Canary is the canary analysis of the first batch, when the deploy ran one.
 	Canary *canary.Analysis `json:"canary,omitempty"`
 }

@@ -22,10 +22,16 @@ type run struct {
 
 	mu     sync.Mutex // guards rep and its hosts
 	saveMu sync.Mutex // serializes journal writes: one temporary file, newest snapshot last
+	jw     journalWriter
 	rep    *Report
 	byName map[string]*HostReport
-	hosts  map[string]Host
-	locked bool
+	// sent counts the bytes this execution sends from here; sentBefore is what the runs it
+	// resumes sent.
+	sent       sentCounter
+	sentBefore int64
+	obj        storeObject
+	hosts      map[string]Host
+	locked     bool
 }
 
 func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
@@ -45,6 +51,10 @@ func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
 		}
 	}
 	r.rep.Result, r.rep.Error = "", ""
+	r.sentBefore = r.rep.BytesSent
+	if p.Kind == KindDeploy && r.cfg.stagingMethod() == StagingS3 {
+		r.rep.S3 = &S3Staging{Bucket: r.cfg.Bucket, Key: StageKey(r.cfg.StagePrefix, p.Artifact.SHA256)}
+	}
 	for i := range r.rep.Hosts {
 		h := &r.rep.Hosts[i]
 		if h.State == OutcomeNotStarted {
@@ -58,11 +68,83 @@ func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
 	return r
 }
 
-// update changes one host's report under the lock and saves the journal.
+// update changes one host's report under the lock and saves the journal before it returns:
+// what activation records before its next step on the hosts, so a killed run's journal
+// holds every host it switched.
 func (r *run) update(host string, fn func(h *HostReport)) {
 	r.mu.Lock()
 	fn(r.byName[host])
 	r.mu.Unlock()
+	r.save()
+}
+
+// updateSoon is update with the journal saved in the background: for changes a resumed run
+// finds again by itself (a probe's result, a sealed release, a host left alone because it
+// already runs the release), so that 50 hosts finishing at once do not queue one after the
+// other behind 50 journal writes.
+func (r *run) updateSoon(host string, fn func(h *HostReport)) {
+	r.mu.Lock()
+	fn(r.byName[host])
+	r.mu.Unlock()
+	r.saveSoon()
+}
+
+// journalWriter writes the journal in the background for updateSoon: any number of updates
+// cost one or two writes, each of the newest state.
+type journalWriter struct {
+	mu      sync.Mutex
+	stopped bool
+	kick    chan struct{} // capacity 1: one pending write stands for any number of updates
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+// startJournal starts the background journal writer; stopJournal must follow.
+func (r *run) startJournal() {
+	w := &r.jw
+	w.kick, w.quit, w.done = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.kick:
+				r.save()
+			case <-w.quit:
+				return
+			}
+		}
+	}()
+}
+
+// saveSoon has the background writer save the journal, or saves it now once the writer is
+// stopped (or was never started).
+func (r *run) saveSoon() {
+	w := &r.jw
+	w.mu.Lock()
+	direct := w.stopped || w.kick == nil
+	w.mu.Unlock()
+	if direct {
+		r.save()
+		return
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default: // a write is already pending; it will take this update too
+	}
+}
+
+// stopJournal stops the background writer and saves the journal with every update so far;
+// later updates save synchronously.
+func (r *run) stopJournal() {
+	w := &r.jw
+	w.mu.Lock()
+	started := w.kick != nil && !w.stopped
+	w.stopped = true
+	w.mu.Unlock()
+	if started {
+		close(w.quit)
+		<-w.done
+	}
 	r.save()
 }
 
@@ -118,6 +200,7 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 	r.save()
+	r.predial(ctx)
 	if err := r.lock(ctx); err != nil {
 		return err
 	}
@@ -137,6 +220,16 @@ func (r *run) do(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// predial opens every host's connection while the lock is being taken, so the first step
+// after it finds them ready: a redeploy that changes nothing then costs one handshake and
+// one probe per host, overlapped with the lock's round trips. Failures are left to the step
+// that needs the connection (it dials again and records them).
+func (r *run) predial(ctx context.Context) {
+	for _, h := range r.plan.Hosts {
+		go func() { _, _ = r.pool.Get(ctx, h.Target()) }()
+	}
 }
 
 // lock takes the stack-wide lock on the lock host.
@@ -231,6 +324,7 @@ var errRecorded = errors.New("failure recorded")
 // finish prunes and audits what finished, releases the lock unless interrupted, and returns
 // the report with the run's error.
 func (r *run) finish(ctx context.Context, err error) (*Report, error) {
+	r.stopJournal()
 	interrupted := err != nil && ctx.Err() != nil
 	r.mu.Lock()
 	for i := range r.rep.Hosts {
@@ -265,6 +359,7 @@ func (r *run) finish(ctx context.Context, err error) (*Report, error) {
 		r.prune(bg)
 	}
 	r.rep.Finished = r.d.now()
+	r.rep.BytesSent = r.sentBefore + r.sent.n.Load()
 	r.save()
 	if !interrupted {
 		r.audit(bg)
@@ -272,6 +367,7 @@ func (r *run) finish(ctx context.Context, err error) (*Report, error) {
 	if r.locked && !interrupted {
 		r.unlock(bg)
 	}
+	r.rep.BytesSent = r.sentBefore + r.sent.n.Load() // with the audit lines and the unlock
 	r.ev.emit(Event{Stage: StageDone, Status: statusOf(err), Message: string(r.rep.Result), Err: err})
 	return r.rep, err
 }
@@ -301,9 +397,12 @@ func (r *run) unlock(ctx context.Context) {
 
 // prune removes old releases on the hosts that took the release.
 func (r *run) prune(ctx context.Context) {
+	// Only hosts that took a release this run have anything new to prune: an unchanged
+	// redeploy prunes nothing and saves a round trip per host (the next deploy that ships
+	// something prunes as usual; Deployer.Prune does it on demand).
 	var names []string
 	for _, h := range r.rep.Hosts {
-		if h.State == OutcomeActivated {
+		if h.State == OutcomeActivated && h.Uploaded {
 			names = append(names, h.Host)
 		}
 	}
@@ -321,7 +420,8 @@ func (r *run) prune(ctx context.Context) {
 	})
 }
 
-// audit appends the report as one JSON line locally and on every host that was reached.
+// audit appends the report as one JSON line locally and on every host the run changed or
+// failed on (a host that already ran the release and was left alone keeps its log as is).
 func (r *run) audit(ctx context.Context) {
 	line, err := json.Marshal(r.rep)
 	if err == nil {
@@ -332,12 +432,14 @@ func (r *run) audit(ctx context.Context) {
 	}
 	var names []string
 	for _, h := range r.rep.Hosts {
-		if h.Stage != StageConnect {
+		if h.Stage != StageConnect && h.touched() {
 			names = append(names, h.Host)
 		}
 	}
 	cmd := AppendCommand(r.cfg.AuditPath)
 	r.pool.FanOut(ctx, targetsOf(r, names), r.cfg.Parallel, func(ctx context.Context, c *remote.Client, t remote.Target) error {
+		line := r.hostAuditLine(t.Name)
+		countSent(ctx, cmdBytes(cmd)+int64(len(line))+1)
 		res, err := c.Run(ctx, cmd, bytesReader(append(line, '\n')))
 		if err == nil {
 			err = res.Err()
@@ -347,6 +449,21 @@ func (r *run) audit(ctx context.Context) {
 		}
 		return nil
 	})
+}
+
+// hostAuditLine is the audit line a host keeps: the run's report with that host's own entry
+// only, so what a deploy sends grows with the hosts, not with their square (the local audit
+// log has every host).
+func (r *run) hostAuditLine(host string) []byte {
+	r.mu.Lock()
+	rep := *r.rep
+	rep.Hosts = nil
+	if h := r.byName[host]; h != nil {
+		rep.Hosts = []HostReport{*h}
+	}
+	r.mu.Unlock()
+	b, _ := json.Marshal(&rep)
+	return b
 }
 
 func targetsOf(r *run, names []string) []remote.Target {

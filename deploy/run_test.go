@@ -2,9 +2,11 @@ package deploy
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Hosts finishing at once save the journal at once: every save must land (one temporary file,
@@ -42,6 +44,50 @@ func TestJournalConcurrentSaves(t *testing.T) {
 		if h.State != OutcomeActivated {
 			t.Errorf("journal: %s is %s, want activated", h.Host, h.State)
 		}
+	}
+}
+
+// Updates saved in the background (updateSoon) all reach the journal once the writer stops,
+// and nothing writes the journal after that: Deploy may return and the caller remove it.
+func TestJournalBackgroundSaves(t *testing.T) {
+	const n = 40
+	a := Artifact{ID: "abcdef012345", SHA256: "00", Size: 1, Path: "/dev/null"}
+	p, err := NewPlan(KindDeploy, testConfig(t.TempDir()), testHosts(n), a, "", "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRun(&Deployer{}, p, nil, nil)
+	r.startJournal()
+	var wg sync.WaitGroup
+	for _, h := range p.Hosts {
+		wg.Go(func() { r.updateSoon(h.Name, func(hr *HostReport) { hr.State = OutcomeStaged }) })
+	}
+	wg.Wait()
+	r.stopJournal()
+	path := JournalPath(p.Config.StateDir, "R1")
+	_, rep, err := LoadJournal(p.Config.StateDir, "R1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range rep.Hosts {
+		if h.State != OutcomeStaged {
+			t.Errorf("journal: %s is %s, want staged", h.Host, h.State)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	// After the stop an update saves at once, as update does.
+	r.updateSoon(p.Hosts[0].Name, func(hr *HostReport) { hr.State = OutcomeActivated })
+	if _, rep, err := LoadJournal(p.Config.StateDir, "R1"); err != nil || rep.Hosts[0].State != OutcomeActivated {
+		t.Fatalf("update after the writer stopped: %v, want the journal saved with it", err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // a stray background write would recreate the file
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("journal written after the writer stopped: %v", err)
 	}
 }
 

@@ -60,9 +60,15 @@ func requireSandbox(t *testing.T) {
 func newEnv(t *testing.T, n int) *env {
 	t.Helper()
 	requireSandbox(t)
+	return newEnvAt(t, n, "127.0.40", testenv.FreePort(t, "127.0.0.1"))
+}
+
+// newEnvAt is newEnv on addresses net.1, net.2, ... with the load balancer on lbPort.
+func newEnvAt(t *testing.T, n int, net string, lbPort int) *env {
+	t.Helper()
 	dir := t.TempDir()
-	p, err := sandbox.New(sandbox.Config{Dir: filepath.Join(dir, "sandbox"), AddressBase: netip.MustParseAddr("127.0.40.0"),
-		LBPort: testenv.FreePort(t, "127.0.0.1"), DataMounts: []string{}})
+	p, err := sandbox.New(sandbox.Config{Dir: filepath.Join(dir, "sandbox"), AddressBase: netip.MustParseAddr(net + ".0"),
+		LBPort: lbPort, DataMounts: []string{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +84,7 @@ func newEnv(t *testing.T, n int) *env {
 	defer cancel()
 	tags := map[string]string{cloud.TagStack: testStack}
 	for i := range n {
-		addr := fmt.Sprintf("127.0.40.%d", i+1)
+		addr := fmt.Sprintf("%s.%d", net, i+1)
 		ud, err := templates.UserData(templates.RoleApp, templates.Data{Stack: testStack, Role: templates.RoleApp, Index: i,
 			Address: addr, ServiceManager: templates.ServiceManagerSandbox, Port: testAppPort})
 		if err != nil {

@@ -24,6 +24,7 @@ func (r *run) stage(ctx context.Context) error {
 		}
 	}
 	r.fanOut(ctx, names, r.stageHost)
+	r.save() // every host's staging result, before activation changes anything
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -51,23 +52,37 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	}
 	probe := parseLines(out)
 	if _, ok := probe["present"]; ok {
-		r.update(h.Name, func(hr *HostReport) {
+		r.updateSoon(h.Name, func(hr *HostReport) {
 			hr.State, hr.StageMS, hr.WasCurrent = OutcomeStaged, time.Since(start).Milliseconds(), probe["current"] == a.ID
 		})
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusSkip, Message: "release " + a.ID + " already staged"})
 		return nil
 	}
-	if err := r.upload(ctx, c, h); err != nil {
+	via := StagingSSH
+	if cfg.stagingMethod() == StagingS3 {
+		if via, err = r.stageViaS3(ctx, c, h); err != nil {
+			return fail(StageUpload, err)
+		}
+	} else if err := r.uploadAndSeal(ctx, c, h); err != nil {
 		return fail(StageUpload, err)
 	}
-	if _, err := runOK(ctx, c, SealCommand(cfg.Path, a.ID, a.SHA256)); err != nil {
-		return fail(StageUpload, err)
-	}
-	r.update(h.Name, func(hr *HostReport) {
-		hr.State, hr.Uploaded, hr.Bytes, hr.StageMS = OutcomeStaged, true, a.Size, time.Since(start).Milliseconds()
+	r.updateSoon(h.Name, func(hr *HostReport) {
+		hr.State, hr.Uploaded, hr.Via, hr.Bytes, hr.StageMS = OutcomeStaged, true, via, a.Size, time.Since(start).Milliseconds()
 	})
-	r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusOK, Bytes: a.Size, Total: a.Size})
+	if via == StagingSSH {
+		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusOK, Bytes: a.Size, Total: a.Size})
+	}
 	return nil
+}
+
+// uploadAndSeal streams the artifact to the host over SSH and seals the release.
+func (r *run) uploadAndSeal(ctx context.Context, c *remote.Client, h Host) error {
+	a := r.plan.Artifact
+	if err := r.upload(ctx, c, h); err != nil {
+		return err
+	}
+	_, err := runOK(ctx, c, SealCommand(r.cfg.Path, a.ID, a.SHA256))
+	return err
 }
 
 // upload streams the artifact with progress events.
@@ -89,7 +104,10 @@ func (r *run) upload(ctx context.Context, c *remote.Client, h Host) error {
 	pr := &progressReader{r: f, remaining: a.Size, total: a.Size, every: 4 << 20, report: func(n int64) {
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusProgress, Bytes: n, Total: a.Size})
 	}}
-	sum, err := c.Upload(ctx, pr, BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary), 0o755)
+	dst := BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary)
+	// The content, the command line and the sha256 line that follows the content.
+	countSent(ctx, a.Size+cmdBytes(remote.UploadCommand(dst, a.Size, 0o755))+int64(len(a.SHA256))+1)
+	sum, err := c.Upload(ctx, pr, dst, 0o755)
 	if err != nil {
 		return err
 	}

@@ -104,6 +104,9 @@ type Deploy struct {
 	Parallel      int           `json:"parallel"`
 	// Canary, when the file has the section, judges the first batch by its metrics.
 	Canary *Canary `json:"canary,omitempty"`
+	// Staging is how deploy gets the artifact to the hosts: "s3" (the default: once to the
+	// stack's bucket, fetched by every host) or "ssh" (streamed to every host from here).
+	Staging string `json:"staging,omitempty"`
 }
 
 // Shards configures logical sharding.

@@ -216,6 +216,9 @@ func (v *validator) deploy() {
 	if dp.Parallel < 1 || dp.Parallel > MaxHosts {
 		v.errorf("deploy.parallel", "must be 1-%d (got %d)", MaxHosts, dp.Parallel)
 	}
+	if dp.Staging != "" && dp.Staging != "s3" && dp.Staging != "ssh" {
+		v.errorf("deploy.staging", "must be s3 or ssh (got %q)", dp.Staging)
+	}
 	v.canary()
 }
 

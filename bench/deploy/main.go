@@ -1,55 +1,80 @@
 // Command deploybench times `deploy` (staging plus activation, one batch of 100%, no load
-// balancer) against the N OpenSSH hosts that ../../../shared/peers/deploy/hosts.sh starts, doing
-// the same job as the peer tools: put the artifact on every host, flip current, run the
-// "restart" command. It then times a redeploy of the unchanged artifact. See README.md.
+// balancer) against the N OpenSSH hosts that the peers' hosts.sh starts, doing the same job
+// as the peer tools: put the artifact on every host, flip current, run the "restart" command.
+// It then times a redeploy of the unchanged artifact. With -s3 the artifact is staged
+// through a moto_server's S3 (the sandbox's bucket); the object is deleted before the timed
+// deploy so every round pays for its upload. See README.md.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
 	"github.com/instactl/instactl/deploy"
 	"github.com/instactl/instactl/remote"
 )
 
+type options struct {
+	n          int
+	net        string
+	bench      string
+	artifact   string
+	redeploy   bool
+	ciphers    []string
+	cpuProfile string
+	s3         string
+	bucket     string
+	verbose    bool
+}
+
 func main() {
-	n := flag.Int("n", 10, "hosts h1..hN (127.0.0.11...)")
-	bench := flag.String("bench", "/tmp/deploybench", "the peers' benchmark directory (keys, known_hosts, artifact)")
-	artifact := flag.String("artifact", "", "file to deploy (default BENCH/artifact/app)")
-	redeploy := flag.Bool("redeploy", true, "also time a redeploy of the unchanged artifact")
+	var o options
+	flag.IntVar(&o.n, "n", 10, "hosts h1..hN (NET.11...)")
+	flag.StringVar(&o.net, "net", "127.0.0", "the hosts' /24: host i is NET.(10+i), as hosts.sh puts it")
+	flag.StringVar(&o.bench, "bench", "/tmp/deploybench", "the peers' benchmark directory (keys, known_hosts, artifact)")
+	flag.StringVar(&o.artifact, "artifact", "", "file to deploy (default BENCH/artifact/app)")
+	flag.BoolVar(&o.redeploy, "redeploy", true, "also time a redeploy of the unchanged artifact")
 	ciphers := flag.String("ciphers", "", "comma-separated SSH cipher preference (default: remote's)")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the deploy (not the redeploy) to this file")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the deploy (not the redeploy) to this file")
+	flag.StringVar(&o.s3, "s3", "", "stage through the S3 API at this endpoint (moto_server, e.g. http://127.0.0.1:15153); empty: over SSH")
+	flag.StringVar(&o.bucket, "bucket", "deploybench", "bucket for -s3 (created if missing)")
+	flag.BoolVar(&o.verbose, "v", false, "print the run-wide events (lock, S3 upload) and the first and last host of each stage, with times")
 	flag.Parse()
-	if *artifact == "" {
-		*artifact = filepath.Join(*bench, "artifact", "app")
+	if o.artifact == "" {
+		o.artifact = filepath.Join(o.bench, "artifact", "app")
 	}
-	var cs []string
 	if *ciphers != "" {
-		cs = strings.Split(*ciphers, ",")
+		o.ciphers = strings.Split(*ciphers, ",")
 	}
-	if err := run(*n, *bench, *artifact, *redeploy, cs, *cpuProfile); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "deploybench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, bench, artifact string, redeploy bool, ciphers []string, cpuProfile string) error {
+func run(o options) error {
 	ctx := context.Background()
 	d, err := remote.NewDialer(remote.Config{User: "root", Port: 2222,
-		IdentityFiles:  []string{filepath.Join(bench, "keys", "id_ed25519")},
-		KnownHostsFile: filepath.Join(bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: ciphers})
+		IdentityFiles:  []string{filepath.Join(o.bench, "keys", "id_ed25519")},
+		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers})
 	if err != nil {
 		return err
 	}
 	var hosts []deploy.Host
-	for i := 1; i <= n; i++ {
-		hosts = append(hosts, deploy.Host{Name: fmt.Sprintf("h%d", i), Address: fmt.Sprintf("127.0.0.%d", 10+i)})
+	for i := 1; i <= o.n; i++ {
+		hosts = append(hosts, deploy.Host{Name: fmt.Sprintf("h%d", i), Address: fmt.Sprintf("%s.%d", o.net, 10+i)})
 	}
 	state, err := os.MkdirTemp("", "deploybench-state-")
 	if err != nil {
@@ -57,12 +82,29 @@ func run(n int, bench, artifact string, redeploy bool, ciphers []string, cpuProf
 	}
 	defer os.RemoveAll(state)
 	cfg := deploy.Config{Stack: "bench", Role: "app", Path: "/srv/app", Binary: "app", Batches: []string{"100%"},
-		MaxFail: "0", Parallel: n, SkipHealthGate: true, StateDir: state, KeepReleases: 5,
+		MaxFail: "0", Parallel: o.n, SkipHealthGate: true, StateDir: state, KeepReleases: 5, Staging: deploy.StagingSSH,
 		// The peers' job: run the new binary once, then a 0.2 s "restart".
 		Restart: []string{"sh", "-c", "{ /srv/app/current/app -V >/dev/null 2>&1 || true; sleep 0.2; }"}}
+	a, err := deploy.OpenArtifact(o.artifact)
+	if err != nil {
+		return err
+	}
+	dep := &deploy.Deployer{Dialer: d}
+	if o.s3 != "" {
+		c := s3.NewFromConfig(aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("bench", "bench", "")},
+			func(so *s3.Options) {
+				so.BaseEndpoint, so.UsePathStyle = aws.String(o.s3), true
+				so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+			})
+		if err := freshObject(ctx, c, o.bucket, deploy.StageKey(deploy.DefaultStagePrefix, a.SHA256)); err != nil {
+			return err
+		}
+		dep.Store = deploy.S3Store{Client: c}
+		cfg.Staging, cfg.Bucket = deploy.StagingS3, o.bucket
+	}
 	for round := 1; round <= 2; round++ {
-		if round == 1 && cpuProfile != "" {
-			f, err := os.Create(cpuProfile)
+		if round == 1 && o.cpuProfile != "" {
+			f, err := os.Create(o.cpuProfile)
 			if err != nil {
 				return err
 			}
@@ -71,7 +113,11 @@ func run(n int, bench, artifact string, redeploy bool, ciphers []string, cpuProf
 			}
 		}
 		start := time.Now()
-		a, err := deploy.OpenArtifact(artifact)
+		flush := func() {}
+		if o.verbose {
+			dep.OnEvent, flush = timeline(start)
+		}
+		a, err := deploy.OpenArtifact(o.artifact) // hashing is part of a deploy
 		if err != nil {
 			return err
 		}
@@ -79,28 +125,99 @@ func run(n int, bench, artifact string, redeploy bool, ciphers []string, cpuProf
 		if err != nil {
 			return err
 		}
-		rep, err := (&deploy.Deployer{Dialer: d}).Deploy(ctx, p)
-		if round == 1 && cpuProfile != "" {
+		rep, err := dep.Deploy(ctx, p)
+		flush()
+		if round == 1 && o.cpuProfile != "" {
 			pprof.StopCPUProfile()
 		}
 		if err != nil {
 			return err
 		}
-		uploaded := 0
+		var viaS3, viaSSH int
 		for _, h := range rep.Hosts {
-			if h.Uploaded {
-				uploaded++
+			switch {
+			case h.Uploaded && h.Via == deploy.StagingS3:
+				viaS3++
+			case h.Uploaded:
+				viaSSH++
 			}
 		}
 		what := "deploy"
 		if round == 2 {
 			what = "redeploy"
 		}
-		fmt.Printf("%s\tN=%d\t%.2fs\tstage %.2fs\tactivate %.2fs\tuploaded %d/%d\tresult %s\n", what, n,
-			time.Since(start).Seconds(), float64(rep.StageMS)/1000, float64(rep.ActivateMS)/1000, uploaded, n, rep.Result)
-		if !redeploy {
+		fmt.Printf("%s\tN=%d\t%.2fs\tstage %.2fs\tactivate %.2fs\tvia-s3 %d\tvia-ssh %d\tsent %s\tresult %s\n", what, o.n,
+			time.Since(start).Seconds(), float64(rep.StageMS)/1000, float64(rep.ActivateMS)/1000, viaS3, viaSSH,
+			mib(rep.BytesSent), rep.Result)
+		if !o.redeploy {
 			break
 		}
 	}
 	return nil
+}
+
+// freshObject makes sure the bucket exists and does not hold key, so the timed deploy pays
+// for its upload like a first deploy of a new build.
+func freshObject(ctx context.Context, c *s3.Client, bucket, key string) error {
+	_, err := c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)})
+	var ae smithy.APIError
+	if err != nil && !(errors.As(err, &ae) && (ae.ErrorCode() == "BucketAlreadyOwnedByYou" || ae.ErrorCode() == "BucketAlreadyExists")) {
+		return fmt.Errorf("create bucket %s: %w", bucket, err)
+	}
+	if _, err := c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)}); err != nil {
+		return fmt.Errorf("delete s3://%s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// timeline prints, relative to start, every run-wide event and the first host event of each
+// stage and status; flush then prints the last one of each that had several, with their
+// count: where a deploy's time goes without a line per host.
+func timeline(start time.Time) (onEvent func(deploy.Event), flush func()) {
+	type last struct {
+		n    int
+		host string
+		at   time.Duration
+	}
+	var mu sync.Mutex
+	var order []string
+	seen := map[string]*last{}
+	onEvent = func(ev deploy.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		at := time.Since(start)
+		k := string(ev.Stage) + " " + string(ev.Status)
+		l := seen[k]
+		if l == nil {
+			l = &last{}
+			seen[k] = l
+			order = append(order, k)
+		}
+		l.n, l.host, l.at = l.n+1, ev.Host, at
+		if ev.Host != "" && l.n > 1 && ev.Status != deploy.StatusFail {
+			return
+		}
+		msg := ev.Message
+		if ev.Err != nil {
+			msg += " " + ev.Err.Error()
+		}
+		fmt.Fprintf(os.Stderr, "%7.3fs %-6s %s %s\n", at.Seconds(), ev.Host, k, msg)
+	}
+	flush = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, k := range order {
+			if l := seen[k]; l.n > 1 {
+				fmt.Fprintf(os.Stderr, "%7.3fs %-6s %s (last of %d)\n", l.at.Seconds(), l.host, k, l.n)
+			}
+		}
+	}
+	return onEvent, flush
+}
+
+func mib(n int64) string {
+	if n >= 1<<20 {
+		return fmt.Sprintf("%.2fMiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
 }

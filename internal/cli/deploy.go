@@ -36,7 +36,9 @@ type DeployOptions struct {
 	AcceptNew bool
 	Role      string
 	// LockWait is how long to wait for a lock held by a live run (0: refuse at once).
-	LockWait   time.Duration
+	LockWait time.Duration
+	// Staging overrides the stack's deploy.staging: deploy.StagingS3 or deploy.StagingSSH.
+	Staging    string
 	ChangedSet map[string]bool // flags given explicitly, so --resume can refuse them
 }
 
@@ -49,8 +51,12 @@ func NewCmdDeploy(f *Factory, out func() Output, runF func(*DeployOptions) error
 		Long: `Build the bundled app server (cmd/instagram-app) for the hosts, or take --artifact FILE, and
 roll it out in two phases:
 
-  stage     upload it once per host into releases/<id>/ (sha256 checked on the host);
-            hosts that already hold the release upload nothing
+  stage     put it into releases/<id>/ on every host (sha256 checked on the host);
+            hosts that already hold the release get nothing. By default (--staging s3)
+            it is uploaded once to the stack's bucket (skipped when the bucket holds it)
+            and every host fetches it with a short-lived presigned URL; a host whose
+            fetch fails gets it over SSH instead. --staging ssh streams it to every
+            host from here. The summary says how many bytes left this machine.
   activate  batch by batch: take the batch out of the load balancer and drain, switch
             current atomically, restart, wait for the health check, put it back
 
@@ -128,11 +134,12 @@ host of the batch ended up) or the deploy could not run.`,
 	fl.BoolVar(&o.AcceptNew, "accept-new-host-keys", false, "record the keys of hosts known_hosts does not know yet (never changed keys)")
 	fl.StringVar(&o.Role, "role", "", "role to deploy to (default: the stack's deploy.role)")
 	fl.DurationVar(&o.LockWait, "lock-wait", 0, "wait up to `DURATION` for a lock held by a live run, then exit 4 (a stale lock is reported at once)")
+	fl.StringVar(&o.Staging, "staging", "", "how hosts get the artifact: s3 (once to the stack's bucket, fetched by every host) or ssh (streamed to each host from here); default: the stack's deploy.staging, s3")
 	return cmd
 }
 
 // deployPlanFlags are the flags that shape a plan; a resumed run keeps its journal's plan.
-var deployPlanFlags = []string{"artifact", "version", "source", "batch", "max-fail", "message", "dry-run", "role"}
+var deployPlanFlags = []string{"artifact", "version", "source", "batch", "max-fail", "message", "dry-run", "role", "staging"}
 
 // deployValidate checks flags before anything is contacted (exit 2, nothing changed).
 func deployValidate(o *DeployOptions) error {
@@ -153,6 +160,9 @@ func deployValidate(o *DeployOptions) error {
 		if _, err := deploy.ParseMaxFail(o.MaxFail); err != nil {
 			return usageErrorf("--max-fail: %v (e.g. --max-fail 2 or --max-fail 10%%)", err)
 		}
+	}
+	if o.Staging != "" && o.Staging != deploy.StagingS3 && o.Staging != deploy.StagingSSH {
+		return usageErrorf("--staging %q: use s3 or ssh", o.Staging)
 	}
 	if o.Artifact != "" && o.Source != "" {
 		return usageErrorf("--artifact and --source exclude each other: --source is where to build from")

@@ -96,6 +96,9 @@ func deployRun(ctx context.Context, f *Factory, out Output, o *DeployOptions) er
 		f.IO.Statusf("note: a real deploy would be refused now: %v", err)
 	}
 	deployApplyFlags(&env.cfg, o.Batches, o.MaxFail, o.Message)
+	if o.Staging != "" {
+		env.cfg.Staging = o.Staging
+	}
 	a, cleanup, err := deployArtifact(ctx, f, env.state, o)
 	if err != nil {
 		return err
@@ -166,8 +169,16 @@ func deployResume(ctx context.Context, f *Factory, out Output, o *DeployOptions)
 		return err
 	}
 	defer pool.Close()
+	st, err := f.Stack()
+	if err != nil {
+		return err
+	}
+	store, err := deployStore(ctx, st, p)
+	if err != nil {
+		return err
+	}
 	prog := deployNewProgress(f.IO, p)
-	d := &deploy.Deployer{Dialer: pool, LB: prov, OnEvent: prog.event, LockWait: o.LockWait}
+	d := &deploy.Deployer{Dialer: pool, LB: prov, OnEvent: prog.event, LockWait: o.LockWait, Store: store}
 	f.IO.Statusf("resuming %s %s: release %s on %d hosts", p.Kind, p.RunID, orDash(p.Release), len(p.Hosts))
 	rep, err := d.Resume(ctx, state, o.Resume)
 	prog.finish()
@@ -201,8 +212,12 @@ func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, 
 		return err
 	}
 	defer pool.Close()
+	store, err := deployStore(ctx, env.st, p)
+	if err != nil {
+		return err
+	}
 	prog := deployNewProgress(f.IO, p)
-	rep, err := run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event, LockWait: lockWait}, ctx, p)
+	rep, err := run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event, LockWait: lockWait, Store: store}, ctx, p)
 	prog.finish()
 	return deployFinish(f, out, rep, err)
 }

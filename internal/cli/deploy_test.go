@@ -71,7 +71,7 @@ func TestDeployRenderReport(t *testing.T) {
 	if err := deployRenderReport(&b, rep); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded (3.0 MiB), 3 already had it",
+	for _, want := range []string{"release abc (v2) on 4 app hosts: PARTIAL", "1 hosts uploaded over SSH (3.0 MiB), 3 already had it",
 		"batch 1  1   hosts app-0", "batch 2  3   hosts app-1..app-3", "activated 2, rolled-back 1",
 		"app-2  2      rolled-back  health  health: 503 after 30s more\n"} {
 		if !strings.Contains(b.String(), want) {
@@ -352,7 +352,7 @@ func TestDeploySandbox(t *testing.T) {
 			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 		}
 		v1.Release = m[1]
-		for _, want := range []string{fmt.Sprintf("%d hosts uploaded", deployTestApps), "batch 1  1   hosts deploycli-app-0", "activated 1",
+		for _, want := range []string{"uploaded once to s3://deploycli-photos/instactl/releases/", fmt.Sprintf("%d hosts fetched it from S3", deployTestApps), "batch 1  1   hosts deploycli-app-0", "activated 1",
 			fmt.Sprintf("activated %d", deployTestApps-1)} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("summary lacks %q", want)

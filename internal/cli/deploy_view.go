@@ -45,15 +45,7 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 	fmt.Fprintf(w, "%s %s: release %s%s on %d %s hosts: %s\n", rep.Kind, rep.RunID, orDash(rep.Release),
 		deployVersionNote(rep.Version), len(rep.Hosts), rep.Role, strings.ToUpper(string(rep.Result)))
 	if rep.Kind == deploy.KindDeploy {
-		uploaded, bytes := 0, int64(0)
-		for _, h := range rep.Hosts {
-			if h.Uploaded {
-				uploaded++
-				bytes += h.Bytes
-			}
-		}
-		fmt.Fprintf(w, "  stage    %d hosts uploaded (%s), %d already had it, %s\n", uploaded, humanBytes(bytes),
-			len(rep.Hosts)-uploaded, deployMS(rep.StageMS))
+		deployRenderStaging(w, rep)
 	}
 	var batches []int
 	byBatch := map[int][]deploy.HostReport{}
@@ -112,6 +104,48 @@ func deployRenderReport(w io.Writer, rep *deploy.Report) error {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", h.Host, h.Batch, h.State, orDash(string(h.Stage)), orDash(errtext.OneLine(msg)))
 	}
 	return tw.Flush()
+}
+
+// deployRenderStaging is the staging line of the summary: how the hosts got the artifact,
+// the S3 upload, the bytes sent from this machine, and one line per host that fell back from
+// S3 to SSH, with why.
+func deployRenderStaging(w io.Writer, rep *deploy.Report) {
+	var viaS3, viaSSH int
+	var bytes int64
+	var fellBack []deploy.HostReport
+	for _, h := range rep.Hosts {
+		switch {
+		case !h.Uploaded:
+		case h.Via == deploy.StagingS3:
+			viaS3++
+		default:
+			viaSSH++
+			bytes += h.Bytes
+			if rep.S3 != nil && rep.S3.Error == "" {
+				fellBack = append(fellBack, h)
+			}
+		}
+	}
+	had := len(rep.Hosts) - viaS3 - viaSSH
+	if rep.S3 == nil {
+		fmt.Fprintf(w, "  stage    %d hosts uploaded over SSH (%s), %d already had it, %s; sent from here %s\n", viaSSH, humanBytes(bytes),
+			had, deployMS(rep.StageMS), humanBytes(rep.BytesSent))
+		return
+	}
+	s3 := "already in s3://" + rep.S3.Bucket + "/" + rep.S3.Key
+	switch {
+	case rep.S3.Error != "":
+		s3 = "S3 unavailable (" + rep.S3.Error + ")"
+	case rep.S3.Uploaded:
+		s3 = fmt.Sprintf("uploaded once to s3://%s/%s (%s)", rep.S3.Bucket, rep.S3.Key, humanBytes(rep.S3.Bytes))
+	case viaS3 == 0 && viaSSH == 0:
+		s3 = "S3 not needed"
+	}
+	fmt.Fprintf(w, "  stage    %s; %d hosts fetched it from S3, %d over SSH, %d already had it, %s; sent from here %s\n",
+		s3, viaS3, viaSSH, had, deployMS(rep.StageMS), humanBytes(rep.BytesSent))
+	for _, h := range fellBack {
+		fmt.Fprintf(w, "  %s: %s\n", h.Host, orDash(errtext.OneLine(h.Note)))
+	}
 }
 
 // deployHostRange names a batch's hosts compactly: "app-0", "app-1 app-2", "app-3..app-49".

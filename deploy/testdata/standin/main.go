@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -31,6 +32,14 @@ func main() {
 			return
 		}
 		fmt.Fprintf(w, `{"status":"ok","version":%q}`+"\n", version)
+	})
+	// The load generator's sign-up, so internal/loadgen can drive the stand-in (a feed-only
+	// mix needs users first); every other GET is the catch-all below.
+	var users atomic.Int64
+	mux.HandleFunc("POST /users", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"id":%d}`+"\n", users.Add(1))
 	})
 	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(5 * time.Millisecond) // a request in flight while the host drains

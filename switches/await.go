@@ -63,7 +63,7 @@ func Await(ctx context.Context, client *http.Client, targets []Target, version i
 
 func awaitOne(ctx context.Context, client *http.Client, t Target, version int64, since time.Time, poll time.Duration) Ack {
 	ack := Ack{Host: t.Host}
-	lastErr := fmt.Errorf("no answer from %s yet", t.URL)
+	var lastErr error
 	for {
 		r, err := Fetch(ctx, client, t.URL)
 		switch {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/instactl/instactl/switches"
 )
 
 // Build identifies the binary; cmd/instagram-app stamps it with -ldflags.
@@ -38,6 +40,9 @@ type App struct {
 	metrics *metrics
 	handler http.Handler
 
+	switches      *switches.Board
+	switchChanged chan struct{}
+
 	bgCancel     context.CancelFunc
 	shuttingDown atomic.Bool
 }
@@ -51,7 +56,9 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &App{cfg: cfg, build: build, log: log}
+	a := &App{cfg: cfg, build: build, log: log, switchChanged: make(chan struct{}, 1)}
+	// The switches first, from disk: they apply from the first request on.
+	a.switches = switches.NewBoard(cfg.SwitchesFile, log, a.switchApplied)
 	var err error
 	// The Redis client dials whatever the target says: the topology's Redis primary once known.
 	redisTarget := NewRedisTarget(cfg.RedisAddr)
@@ -73,11 +80,12 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	}
 	a.queue = NewQueue(a.rdb, "fanout", cfg.QueueHeartbeat)
 	a.metrics = newMetrics(a, build, cfg.Release)
-	a.handler = a.metrics.instrument(a.routes())
+	a.handler = a.metrics.instrument(a.gate(a.routes()))
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.bgCancel = cancel
 	go a.router.Watch(bg, cfg.ControlDSN, cfg.MapRefresh)
+	a.startSwitches(bg)
 	if a.workers, err = a.queue.Start(bg, cfg.Workers, a.fanout, log); err != nil {
 		cancel()
 		a.router.Close()

@@ -63,7 +63,7 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	// The Redis client dials whatever the target says: the topology's Redis primary once known.
 	redisTarget := NewRedisTarget(cfg.RedisAddr)
 	if a.router, err = OpenRouter(ctx, RouterConfig{ControlDSN: cfg.ControlDSN, MaxConns: int32(cfg.PoolMaxConns),
-		PgBouncer: cfg.PgBouncer, Redis: redisTarget, Log: log}); err != nil {
+		PgBouncer: cfg.PgBouncer, Redis: redisTarget, Log: log, StartWithoutMap: true}); err != nil {
 		return nil, err
 	}
 	a.store = &Store{r: a.router, fenceWait: cfg.FenceWait}

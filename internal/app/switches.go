@@ -91,6 +91,14 @@ func (a *App) gate(next http.Handler) http.Handler {
 			refused = a.switches.Status(switches.ReadOnly)
 		case r.Method == http.MethodPost && r.URL.Path == "/photos" && !a.switches.On(switches.Uploads):
 			refused = a.switches.Status(switches.Uploads)
+		case !a.router.Loaded():
+			// Started without the control database (RouterConfig.StartWithoutMap).
+			if mux != nil {
+				_, r.Pattern = mux.Handler(r)
+			}
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no shard map yet: the control database has not answered since this server started"})
+			return
 		default:
 			next.ServeHTTP(w, r)
 			return

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/instactl/instactl/internal/app/apptest"
+	"github.com/instactl/instactl/internal/testenv"
 	"github.com/instactl/instactl/switches"
 )
 
@@ -168,5 +170,63 @@ func TestSwitchesInApp(t *testing.T) {
 		if !bytes.Contains(m, []byte(want)) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+}
+
+// TestSwitchesRestartWithoutControlDatabase: an app server restarted while the control
+// database does not answer starts anyway, from the switch state on its disk: readonly, set
+// before the restart, still refuses writes.
+func TestSwitchesRestartWithoutControlDatabase(t *testing.T) {
+	ctx := context.Background()
+	comps := apptest.StartComponents(t, 2)
+	cfg := comps.Config()
+	cfg.SwitchesFile = filepath.Join(t.TempDir(), "switches.json")
+	srv := apptest.StartApp(t, cfg)
+	ctl, err := pgx.Connect(ctx, comps.ControlDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close(ctx)
+	ev, err := switches.Set(ctx, ctl, switches.Change{Name: switches.ReadOnly, On: true, Reason: "before the restart", By: "tester"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if r, err := switches.Fetch(ctx, http.DefaultClient, srv.URL); err == nil && r.Version == ev.Version {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the app never applied the switch")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := srv.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same server, its control database unreachable (nobody listens on that port).
+	cfg.ControlDSN = fmt.Sprintf("postgres://app@127.0.0.1:%d/control?sslmode=disable&connect_timeout=1", testenv.FreePort(t, "127.0.0.1"))
+	srv = apptest.StartApp(t, cfg)
+	r, err := switches.Fetch(ctx, http.DefaultClient, srv.URL)
+	if err != nil || r.Source != switches.FromDisk || r.Version != ev.Version {
+		t.Fatalf("report after the restart without the database: %+v, %v", r, err)
+	}
+	resp, err := http.Post(srv.URL+"/users", "application/json", strings.NewReader(`{"username":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "read-only") || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a write after the restart: %d %s (want 503, read-only)", resp.StatusCode, body)
+	}
+	resp, err = http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("healthz without the control database: %d, want 503", resp.StatusCode)
 	}
 }

@@ -39,9 +39,11 @@ type Target struct {
 // Ack is one app server's acknowledgement: the version it reported and how long after since
 // it first did (the time of the poll that saw it).
 type Ack struct {
-	Host    string        `json:"host"`
-	Version int64         `json:"version"`
-	After   time.Duration `json:"after_ns"`
+	Host string `json:"host"`
+	// Version is the version the server reported last; Answered says whether it answered at all.
+	Version  int64         `json:"version"`
+	Answered bool          `json:"answered"`
+	After    time.Duration `json:"after_ns"`
 	// Error is the last failure when the server never acknowledged.
 	Error string `json:"error,omitempty"`
 }
@@ -70,10 +72,10 @@ func awaitOne(ctx context.Context, client *http.Client, t Target, version int64,
 		case err != nil:
 			lastErr = err
 		case r.Version >= version:
-			ack.Version, ack.After = r.Version, time.Since(since)
+			ack.Version, ack.Answered, ack.After = r.Version, true, time.Since(since)
 			return ack
 		default:
-			ack.Version = r.Version
+			ack.Version, ack.Answered = r.Version, true
 			lastErr = fmt.Errorf("%s still applies version %d (from %s)", t.Host, r.Version, r.Source)
 		}
 		select {

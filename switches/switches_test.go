@@ -295,10 +295,10 @@ func TestAwait(t *testing.T) {
 	if !acks[0].OK() || !acks[1].OK() || acks[1].Version != 5 || acks[1].After < acks[0].After {
 		t.Fatalf("acks of a and b: %+v", acks[:2])
 	}
-	if acks[2].OK() || acks[2].Version != 4 || !strings.Contains(acks[2].Error, "version 4") {
+	if acks[2].OK() || acks[2].Version != 4 || !acks[2].Answered || !strings.Contains(acks[2].Error, "version 4") {
 		t.Fatalf("ack of c (stays at 4): %+v", acks[2])
 	}
-	if acks[3].OK() {
+	if acks[3].OK() || acks[3].Answered {
 		t.Fatalf("ack of d (nobody listens): %+v", acks[3])
 	}
 }

@@ -195,8 +195,10 @@ func renderSwitchSet(w io.Writer, v SwitchSetView) error {
 	for _, a := range v.Acks {
 		if a.OK() {
 			fmt.Fprintf(tw, "  %s\tversion %d\t%s\n", a.Host, a.Version, a.After.Round(100*time.Microsecond))
-		} else {
+		} else if a.Answered {
 			fmt.Fprintf(tw, "  %s\tversion %d\tNOT ACKNOWLEDGED\n", a.Host, a.Version)
+		} else {
+			fmt.Fprintf(tw, "  %s\tno answer\tNOT ACKNOWLEDGED\n", a.Host)
 		}
 	}
 	return tw.Flush()

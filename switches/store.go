@@ -55,6 +55,18 @@ func (c Change) Validate() error {
 	return nil
 }
 
+// Prepare migrates the control schema (a control database made before the switches existed
+// gets their tables) and lets appRole, the role the app servers connect as, read them.
+func Prepare(ctx context.Context, db DB, appRole string) error {
+	if _, err := controldb.Migrate(ctx, db); err != nil {
+		return fmt.Errorf("prepare the switch tables: %w", err)
+	}
+	if err := controldb.GrantRead(ctx, db, appRole); err != nil {
+		return fmt.Errorf("prepare the switch tables: %w", err)
+	}
+	return nil
+}
+
 // Event is one audited change: who, when, why, the effective value before and after.
 type Event struct {
 	ID        int64      `json:"id"`

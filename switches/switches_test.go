@@ -302,3 +302,39 @@ func TestAwait(t *testing.T) {
 		t.Fatalf("ack of d (nobody listens): %+v", acks[3])
 	}
 }
+
+// TestPrepareLetsTheAppRead: on a control database whose app role cannot read the switch
+// tables (a site made before they existed), Prepare migrates and grants, and the app role
+// reads what Set wrote.
+func TestPrepareLetsTheAppRead(t *testing.T) {
+	ctx := context.Background()
+	dsn, db := startControl(t)
+	if _, err := db.Exec(ctx, "CREATE ROLE reader LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := switches.Set(ctx, db, switches.Change{Name: switches.ReadOnly, On: true, Reason: "drill", By: "ops@a"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.User = "reader"
+	reader, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close(ctx)
+	if _, err := switches.Load(ctx, reader); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("load by a role without the grant: %v (want permission denied)", err)
+	}
+	if err := switches.Prepare(ctx, db, "reader"); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := switches.Load(ctx, reader); err != nil || s.Version != 1 || !s.On(switches.ReadOnly, time.Now()) {
+		t.Fatalf("load by the role after Prepare: %+v, %v", s, err)
+	}
+	if err := switches.Prepare(ctx, db, "nobody"); err == nil || !strings.Contains(err.Error(), "nobody") {
+		t.Fatalf("Prepare for a missing role: %v", err)
+	}
+}

@@ -143,6 +143,11 @@ func switchSetRun(ctx context.Context, f *Factory, out Output, o *SwitchSetOptio
 			return err
 		}
 	}
+	// A control database made before the switches existed gets their tables here; the app
+	// servers' role must be able to read them (shard init grants it on a new site).
+	if err := switches.Prepare(ctx, conn, shardAppRole); err != nil {
+		return err
+	}
 	ev, err := switches.Set(ctx, conn, o.Change)
 	if err != nil {
 		return err

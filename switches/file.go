@@ -9,7 +9,7 @@ import (
 )
 
 // DefaultFile is where an app server keeps the last state it applied.
-const DefaultFile = "/var/lib/instagram/switches.json"
+const DefaultFile = "/var/lib/instagram/switches/state.json"
 
 // fileFormat is the version of the state file's layout.
 const fileFormat = 1

@@ -69,7 +69,7 @@ type Config struct {
 	QueueHeartbeat time.Duration
 	// SwitchesFile keeps the last switch state applied, so a restart without the control
 	// database starts from it (INSTAGRAM_SWITCHES_FILE, -switches-file; default
-	// /var/lib/instagram/switches.json).
+	// /var/lib/instagram/switches/state.json).
 	SwitchesFile string
 	// SwitchRefresh is the periodic re-read of the switches, a backstop to NOTIFY
 	// (INSTAGRAM_SWITCH_REFRESH, -switch-refresh).

@@ -30,7 +30,7 @@ func addSwitchCommands(root *cobra.Command, f *Factory, out func() Output) {
 		Short: "Degradation switches (kill switches): shed load on purpose",
 		Long: `Named switches the app servers consult on every request, stored in the control database,
 pushed to every app server (LISTEN/NOTIFY, with a re-read every 10 s as a backstop) and kept
-on each server's disk (/var/lib/instagram/switches.json), so a server restarted while the
+on each server's disk (/var/lib/instagram/switches/state.json), so a server restarted while the
 control database is unreachable starts from the last state it knew.
 
 Switches (default in brackets):

@@ -50,7 +50,7 @@ func tables(t *testing.T, conn *pgx.Conn) []string {
 }
 
 var allTables = []string{"replication_events", "replication_groups", "replication_members", "schema_version", "shard_map",
-	"shard_map_meta", "shard_move_steps", "shard_moves", "shard_nodes"}
+	"shard_map_meta", "shard_move_steps", "shard_moves", "shard_nodes", "switch_events", "switch_meta", "switches"}
 
 func versions(t *testing.T, conn *pgx.Conn) []int {
 	t.Helper()

@@ -10,6 +10,7 @@ var Migrations = []Migration{
 	{Version: 1, Name: "shard map and move journal", SQL: shardMapV1 + moveJournalV1},
 	{Version: 2, Name: "replication topology", SQL: topologyV2},
 	{Version: 3, Name: "replication events", SQL: replicationEventsV3},
+	{Version: 4, Name: "degradation switches", SQL: switchesV4},
 }
 
 // replicationEventsV3 records every finished switchover, failover and rejoin: what status
@@ -110,4 +111,37 @@ CREATE TABLE replication_members (
 // ReadTables are the tables app servers read (the shard map, its registry, the topology, and
 // the schema version, so a reader can tell a schema newer than it knows): GrantRead gives a
 // role SELECT on them.
-var ReadTables = []string{"schema_version", "shard_map", "shard_nodes", "shard_map_meta", "replication_groups", "replication_members"}
+var ReadTables = []string{"schema_version", "shard_map", "shard_nodes", "shard_map_meta", "replication_groups", "replication_members",
+	"switches", "switch_meta"}
+
+// switchesV4: the degradation switches (package switches). One row per switch that was ever
+// set (a switch never set has its built-in default), one global version bumped by every
+// change (what app servers report having applied), and the audit of every change.
+const switchesV4 = `
+CREATE TABLE switch_meta (
+	singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+	version bigint NOT NULL
+);
+INSERT INTO switch_meta (version) VALUES (0);
+CREATE TABLE switches (
+	name text PRIMARY KEY,
+	enabled bool NOT NULL,
+	reason text NOT NULL,
+	set_by text NOT NULL,
+	set_at timestamptz NOT NULL,
+	expires_at timestamptz,
+	version bigint NOT NULL
+);
+CREATE TABLE switch_events (
+	id bigserial PRIMARY KEY,
+	name text NOT NULL,
+	before_enabled bool NOT NULL,
+	after_enabled bool NOT NULL,
+	reason text NOT NULL,
+	set_by text NOT NULL,
+	expires_at timestamptz,
+	version bigint NOT NULL,
+	at timestamptz NOT NULL
+);
+CREATE INDEX switch_events_name ON switch_events (name, id);
+`

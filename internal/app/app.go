@@ -12,6 +12,8 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/instactl/instactl/switches"
 )
 
 // Build identifies the binary; cmd/instagram-app stamps it with -ldflags.
@@ -41,6 +43,9 @@ type App struct {
 	metrics *metrics
 	handler http.Handler
 
+	switches      *switches.Board
+	switchChanged chan struct{}
+
 	bgCancel     context.CancelFunc
 	shuttingDown atomic.Bool
 }
@@ -54,15 +59,17 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &App{cfg: cfg, build: build, log: log}
+	a := &App{cfg: cfg, build: build, log: log, switchChanged: make(chan struct{}, 1)}
 	faults, err := ParseFaults(build.Fault)
 	if err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
+	// The switches first, from disk: they apply from the first request on.
+	a.switches = switches.NewBoard(cfg.SwitchesFile, log, a.switchApplied)
 	// The Redis client dials whatever the target says: the topology's Redis primary once known.
 	redisTarget := NewRedisTarget(cfg.RedisAddr)
 	if a.router, err = OpenRouter(ctx, RouterConfig{ControlDSN: cfg.ControlDSN, MaxConns: int32(cfg.PoolMaxConns),
-		PgBouncer: cfg.PgBouncer, Redis: redisTarget, Log: log}); err != nil {
+		PgBouncer: cfg.PgBouncer, Redis: redisTarget, Log: log, StartWithoutMap: true}); err != nil {
 		return nil, err
 	}
 	a.store = &Store{r: a.router, fenceWait: cfg.FenceWait}
@@ -79,11 +86,12 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	}
 	a.queue = NewQueue(a.rdb, "fanout", cfg.QueueHeartbeat)
 	a.metrics = newMetrics(a, build, cfg.Release)
-	a.handler = a.metrics.instrument(withFaults(faults, a.routes()))
+	a.handler = a.metrics.instrument(withFaults(faults, a.gate(a.routes())))
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.bgCancel = cancel
 	go a.router.Watch(bg, cfg.ControlDSN, cfg.MapRefresh)
+	a.startSwitches(bg)
 	if a.workers, err = a.queue.Start(bg, cfg.Workers, a.fanout, log); err != nil {
 		cancel()
 		a.router.Close()

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/instactl/instactl/switches"
 )
 
 // DefaultConfigFile is where `instactl deploy` writes the app's settings on a host.
@@ -69,6 +71,16 @@ type Config struct {
 	// QueueHeartbeat is how often fan-out workers prove they are alive; a worker silent for
 	// three heartbeats is dead and its jobs are recovered (INSTAGRAM_QUEUE_HEARTBEAT).
 	QueueHeartbeat time.Duration
+	// SwitchesFile keeps the last switch state applied, so a restart without the control
+	// database starts from it (INSTAGRAM_SWITCHES_FILE, -switches-file; default
+	// /var/lib/instagram/switches/state.json).
+	SwitchesFile string
+	// SwitchRefresh is the periodic re-read of the switches, a backstop to NOTIFY
+	// (INSTAGRAM_SWITCH_REFRESH, -switch-refresh).
+	SwitchRefresh time.Duration
+	// FanoutBigFollowers is the follower count from which fan-out is queued while the switch
+	// feed.fanout is off (INSTAGRAM_FANOUT_BIG_FOLLOWERS, -fanout-big-followers).
+	FanoutBigFollowers int
 }
 
 // DefaultConfig returns the defaults used for every unset setting.
@@ -83,6 +95,11 @@ func DefaultConfig() Config {
 		ShutdownTimeout: 20 * time.Second,
 		MaxUploadBytes:  32 << 20,
 		QueueHeartbeat:  2 * time.Second,
+
+		// The degradation switches (switches.go).
+		SwitchesFile:       switches.DefaultFile,
+		SwitchRefresh:      10 * time.Second,
+		FanoutBigFollowers: 1000,
 	}
 }
 
@@ -103,6 +120,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("INSTAGRAM_FEED_LENGTH must be >= 1 (got %d)", c.FeedLength)
 	case c.PoolMaxConns < 1:
 		return fmt.Errorf("INSTAGRAM_DB_POOL_MAX must be >= 1 (got %d)", c.PoolMaxConns)
+	case c.SwitchRefresh <= 0:
+		return fmt.Errorf("INSTAGRAM_SWITCH_REFRESH must be positive (got %s)", c.SwitchRefresh)
 	}
 	if c.PgBouncer != "" {
 		if _, _, err := net.SplitHostPort(c.PgBouncer); err != nil {
@@ -165,6 +184,9 @@ func settings() []setting {
 			return err
 		}},
 		{"INSTAGRAM_QUEUE_HEARTBEAT", "queue-heartbeat", "fan-out worker heartbeat", dur(func(c *Config) *time.Duration { return &c.QueueHeartbeat })},
+		{"INSTAGRAM_SWITCHES_FILE", "switches-file", "last switch state applied, read at start", str(func(c *Config) *string { return &c.SwitchesFile })},
+		{"INSTAGRAM_SWITCH_REFRESH", "switch-refresh", "switch state timer re-read", dur(func(c *Config) *time.Duration { return &c.SwitchRefresh })},
+		{"INSTAGRAM_FANOUT_BIG_FOLLOWERS", "fanout-big-followers", "followers from which fan-out waits while feed.fanout is off", num(func(c *Config) *int { return &c.FanoutBigFollowers })},
 	}
 }
 

@@ -128,6 +128,9 @@ func (a *App) fanout(ctx context.Context, job Job) error {
 	if err != nil {
 		return err
 	}
+	if parked, err := a.fanoutDeferred(ctx, job, len(followers)); parked || err != nil {
+		return err
+	}
 	if err := a.feeds.Push(ctx, j.PhotoID, followers); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/instactl/instactl/shardmap"
+	"github.com/instactl/instactl/switches"
 )
 
 func (a *App) routes() http.Handler {
@@ -37,6 +38,7 @@ func (a *App) routes() http.Handler {
 	mux.HandleFunc("POST /photos/{id}/comments", a.handleComment)
 	mux.HandleFunc("GET /photos/{id}/comments", a.handleComments)
 	mux.HandleFunc("GET /healthz", a.handleHealth)
+	mux.HandleFunc("GET "+switches.Path, a.handleSwitches)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }
@@ -217,6 +219,15 @@ func (a *App) handleFeed(w http.ResponseWriter, r *http.Request) {
 	ids, err := a.feeds.Page(r.Context(), id, before, limit)
 	if err != nil {
 		a.fail(w, r, err)
+		return
+	}
+	if !a.switches.On(switches.FeedRanking) {
+		p, err := a.feedFromRedis(r.Context(), ids, limit)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
 		return
 	}
 	ps, err := a.photos(r.Context(), ids)

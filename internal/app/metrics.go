@@ -18,6 +18,9 @@ type metrics struct {
 	cacheHits   prometheus.Counter
 	cacheMisses prometheus.Counter
 	enqueueErrs prometheus.Counter
+	// switchRefusals counts requests refused by a switch; fanoutDeferred fan-out jobs parked.
+	switchRefusals *prometheus.CounterVec
+	fanoutDeferred prometheus.Counter
 }
 
 func newMetrics(a *App, build Build, release string) *metrics {
@@ -40,6 +43,12 @@ func newMetrics(a *App, build Build, release string) *metrics {
 		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "instagram_photo_cache_misses_total", Help: "Photo objects read from Postgres."}),
 		enqueueErrs: prometheus.NewCounter(prometheus.CounterOpts{Name: "instagram_fanout_enqueue_errors_total", Help: "Uploads whose fan-out job could not be queued."}),
 	}
+	m.switchRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "instagram_switch_refusals_total", Help: "Requests refused because a degradation switch is off (or readonly on).",
+	}, []string{"name"})
+	m.fanoutDeferred = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "instagram_fanout_deferred_total", Help: "Fan-out jobs queued for later because feed.fanout was off.",
+	})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "instagram_build_info", Help: "Build and release of this server (always 1).",
 		ConstLabels: prometheus.Labels{"version": build.Version, "commit": build.Commit, "release": release},
@@ -47,7 +56,7 @@ func newMetrics(a *App, build Build, release string) *metrics {
 	info.Set(1)
 	m.reg.MustRegister(m.requests, m.latency, m.fanouts, m.cacheHits, m.cacheMisses, m.enqueueErrs, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&stateCollector{a: a})
+		&stateCollector{a: a}, m.switchRefusals, m.fanoutDeferred, &switchCollector{a: a})
 	return m
 }
 

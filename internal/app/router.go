@@ -68,6 +68,11 @@ type RouterConfig struct {
 	// Redis, when set, is pointed at the primary of the topology's Redis group.
 	Redis *RedisTarget
 	Log   *slog.Logger
+	// StartWithoutMap lets OpenRouter return when the control database does not answer: the
+	// map is empty (Loaded is false) until Watch loads it. The app server uses it so that a
+	// restart while the control database is unreachable still serves what needs no map (its
+	// switch state from disk, /metrics).
+	StartWithoutMap bool
 }
 
 type nodePool struct {
@@ -125,8 +130,12 @@ func OpenRouter(ctx context.Context, cfg RouterConfig) (*Router, error) {
 	r := &Router{control: control, maxConns: cfg.MaxConns, pooler: cfg.PgBouncer, redis: cfg.Redis, log: log,
 		pools: map[string]*nodePool{}, changed: make(chan struct{}), epochs: map[string]int64{}}
 	if err := r.Refresh(ctx); err != nil {
-		r.Close()
-		return nil, err
+		if !cfg.StartWithoutMap {
+			r.Close()
+			return nil, err
+		}
+		log.Warn("shard map not loaded at start; data requests answer 503 until the control database answers", "err", err)
+		r.cur.Store(&shardmap.Map{})
 	}
 	if err := r.RefreshTopology(ctx); err != nil {
 		// The map is enough to serve; the listener and the timer load the topology again.
@@ -137,6 +146,9 @@ func OpenRouter(ctx context.Context, cfg RouterConfig) (*Router, error) {
 	}
 	return r, nil
 }
+
+// Loaded reports whether a shard map was loaded (see RouterConfig.StartWithoutMap).
+func (r *Router) Loaded() bool { return len(r.cur.Load().Shards) > 0 }
 
 // Map returns the cached shard map.
 func (r *Router) Map() *shardmap.Map { return r.cur.Load() }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -144,6 +145,10 @@ func StartApp(t testing.TB, cfg app.Config) *Server {
 		out = os.Stderr
 	}
 	log := slog.New(slog.NewTextHandler(out, nil))
+	if cfg.SwitchesFile == app.DefaultConfig().SwitchesFile {
+		// Never the machine's own /var/lib/instagram: each server its own file.
+		cfg.SwitchesFile = filepath.Join(t.TempDir(), "switches.json")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, app.Build{Version: "test", Commit: "none"}, log)
 	if err != nil {

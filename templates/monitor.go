@@ -43,6 +43,9 @@ const (
 	// PostgresExporterEnv and PgBouncerExporterEnv hold the exporters' connection settings.
 	PostgresExporterEnv  = "/etc/instagram/postgres-exporter.env"
 	PgBouncerExporterEnv = "/etc/instagram/pgbouncer-exporter.env"
+	// PgBouncerExporterPath runs Debian's PgBouncer exporter with the fixes it needs against
+	// PgBouncer 1.18 (files/monitor/pgbouncer-exporter.py.tmpl).
+	PgBouncerExporterPath = "/opt/instagram/bin/instactl-pgbouncer-exporter"
 	// nodeExporterProcfs is a sandbox host's view of /proc for node_exporter: links to the
 	// machine's /proc except 1 -> /proc/self, because node_exporter reads the mount table of pid
 	// 1, which on the sandbox is the machine's and not the host's (its volumes are mounted only
@@ -115,7 +118,7 @@ func exporterServices(d Data) []Service {
 		if d.PgBouncer {
 			out = append(out, Service{
 				Name: ServicePgBouncerExporter, Description: "PgBouncer exporter", User: user,
-				Command: []string{"/usr/bin/prometheus-pgbouncer-exporter",
+				Command: []string{PgBouncerExporterPath,
 					"--host", d.Address, "--port", strconv.Itoa(PgBouncerExporterPort),
 					"--pgbouncer-host", d.Address, "--pgbouncer-port", strconv.Itoa(d.PgBouncerPort),
 					"--pgbouncer-user", PgBouncerAdminUser},

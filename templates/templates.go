@@ -65,6 +65,7 @@ func parse() (*template.Template, error) {
 		"postgresExporterQueries": func() string { return PostgresExporterQueries },
 		"postgresExporterEnv":     func() string { return PostgresExporterEnv },
 		"pgbouncerExporterEnv":    func() string { return PgBouncerExporterEnv },
+		"pgbouncerExporterPath":   func() string { return PgBouncerExporterPath },
 		"nodeExporterPort":        func() int { return NodeExporterPort },
 		"monitorConfigDir":        func() string { return MonitorConfigDir },
 		"prometheusConfig":        func() string { return PrometheusConfig },

@@ -249,6 +249,78 @@ systemctl enable --now instagram-node-exporter.service
 
 PGBOUNCER_EXPORTER_PASSWORD='repl'\''s secret'
 printf 'PGPASSWORD=%s\n' "$PGBOUNCER_EXPORTER_PASSWORD" | write_file /etc/instagram/pgbouncer-exporter.env 0640 root:prometheus
+write_file /opt/instagram/bin/instactl-pgbouncer-exporter 0755 root:root <<'INSTACTL_EOF'
+#!/usr/bin/python3
+"""PgBouncer exporter of app-0, rendered by instactl: Debian's prometheus-pgbouncer-exporter
+(1.7) with two fixes, run with its own command line.
+
+- PgBouncer 1.8 renamed SHOW STATS' total_requests to total_query_count: the 1.7 exporter fails
+  every scrape (KeyError) against bookworm's PgBouncer. The metric keeps its name,
+  pgbouncer_requests_total.
+- It opens one connection at start and never another: it dies when PgBouncer is not up yet and
+  fails every scrape after PgBouncer restarts. Here it waits for PgBouncer at start, and a scrape
+  that meets a broken connection reconnects once (a scrape that still fails is a failed scrape:
+  Prometheus records the target down).
+"""
+import sys
+import time
+
+import psycopg2
+from prometheus_pgbouncer_exporter import cli, collectors, utils
+
+stats = collectors.StatsCollector.metrics
+if "total_requests" in stats:
+    stats["total_query_count"] = stats.pop("total_requests")
+
+class Connection:
+    """A connection to PgBouncer's admin console, opened again after it broke."""
+
+    def __init__(self, user, port, host):
+        self.args = (user, port, host)
+        self.conn = None
+
+    def cursor(self):
+        if self.conn is None or self.conn.closed:
+            self.conn = utils.get_connection(*self.args)
+        return self.conn.cursor()
+
+    def reset(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg2.Error:
+                pass
+        self.conn = None
+
+    def close(self):
+        self.reset()
+
+def reconnecting(query):
+    def run(connection, key):
+        try:
+            return query(connection, key)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            connection.reset()
+            return query(connection, key)
+    return run
+
+collectors.get_data_by_named_column = reconnecting(utils.get_data_by_named_column)
+collectors.get_data_by_named_row = reconnecting(utils.get_data_by_named_row)
+
+def connect_when_up(user, port, host):
+    conn = Connection(user, port, host)
+    while True:
+        try:
+            conn.cursor().close()
+            return conn
+        except psycopg2.Error as err:
+            print("waiting for pgbouncer at %s:%s: %s" % (host, port, str(err).strip()), file=sys.stderr, flush=True)
+            conn.reset()
+            time.sleep(2)
+
+cli.get_connection = connect_when_up
+sys.exit(cli.main())
+INSTACTL_EOF
 
 write_file /etc/systemd/system/instagram-pgbouncer-exporter.service 0644 root:root <<'INSTACTL_EOF'
 # instagram-pgbouncer-exporter.service on app-0, rendered by instactl.
@@ -262,7 +334,7 @@ Type=simple
 User=prometheus
 WorkingDirectory=/
 EnvironmentFile=/etc/instagram/pgbouncer-exporter.env
-ExecStart=/usr/bin/prometheus-pgbouncer-exporter --host 10.0.1.10 --port 9127 --pgbouncer-host 10.0.1.10 --pgbouncer-port 6432 --pgbouncer-user instactl
+ExecStart=/opt/instagram/bin/instactl-pgbouncer-exporter --host 10.0.1.10 --port 9127 --pgbouncer-host 10.0.1.10 --pgbouncer-port 6432 --pgbouncer-user instactl
 KillSignal=SIGTERM
 KillMode=mixed
 TimeoutStopSec=10

@@ -91,7 +91,12 @@ func (a *API) Targets(ctx context.Context) ([]Target, error) {
 	}
 	out := make([]Target, 0, len(data.ActiveTargets))
 	for _, t := range data.ActiveTargets {
-		out = append(out, Target{Job: t.Labels["job"], Host: t.Labels["host"], Instance: t.Labels["instance"],
+		// Package monitor labels a target instance = its host name; a label host, when set, wins.
+		host := t.Labels["host"]
+		if host == "" {
+			host = t.Labels["instance"]
+		}
+		out = append(out, Target{Job: t.Labels["job"], Host: host, Instance: t.Labels["instance"],
 			Health: t.Health, LastError: t.LastError, LastScrape: t.LastScrape, ScrapeDuration: t.LastScrapeDuration})
 	}
 	return out, nil

@@ -22,6 +22,10 @@ const (
 	PrometheusPort = 9090
 )
 
+// PgHeartbeatInterval is how often, in seconds, the heartbeat service writes (package monitor's
+// HeartbeatInterval).
+const PgHeartbeatInterval = 10
+
 // Monitoring paths on the hosts.
 const (
 	// TextfileDir is node_exporter's textfile collector directory on every host: tools drop
@@ -40,6 +44,10 @@ const (
 	// PostgresExporterQueries are postgres_exporter's extra queries on pg hosts (replication seen
 	// from both ends, see files/postgres-exporter-queries.yaml.tmpl).
 	PostgresExporterQueries = "/etc/instagram/postgres-exporter-queries.yaml"
+	// PgHeartbeatSQL is the statement the heartbeat service runs every PgHeartbeatInterval
+	// seconds on a pg host: on a primary it rewrites the heartbeat row every standby's exporter
+	// reads the age of (package monitor's queries and rules; files/monitor/pg-heartbeat.sql.tmpl).
+	PgHeartbeatSQL = "/etc/instagram/pg-heartbeat.sql"
 	// PostgresExporterEnv and PgBouncerExporterEnv hold the exporters' connection settings.
 	PostgresExporterEnv  = "/etc/instagram/postgres-exporter.env"
 	PgBouncerExporterEnv = "/etc/instagram/pgbouncer-exporter.env"
@@ -59,6 +67,7 @@ const (
 	ServicePostgresExporter  = "postgres-exporter"
 	ServiceRedisExporter     = "redis-exporter"
 	ServicePgBouncerExporter = "pgbouncer-exporter"
+	ServicePgHeartbeat       = "pg-heartbeat"
 	ServicePrometheus        = "prometheus"
 	ServiceAlertmanager      = "alertmanager"
 	ServiceBlackbox          = "blackbox-exporter"
@@ -104,8 +113,14 @@ func exporterServices(d Data) []Service {
 		out = append(out, Service{
 			Name: ServicePostgresExporter, Description: "postgres_exporter", User: "postgres",
 			Command: []string{"/usr/bin/prometheus-postgres-exporter", listen(PostgresExporterPort),
-				"--extend.query-path=" + PostgresExporterQueries, "--disable-settings-metrics"},
+				"--extend.query-path=" + PostgresExporterQueries},
 			Dir: "/", EnvFile: PostgresExporterEnv, StopSignal: "TERM", StopTimeout: 10, Start: true,
+		}, Service{
+			// A failed write (the server restarting, a standby) is retried at the next beat.
+			Name: ServicePgHeartbeat, Description: "replication heartbeat writer", User: "postgres",
+			Command: []string{"/bin/sh", "-c", "while :; do " + d.PGBinDir + "/psql -X -q -h /run/postgresql -p " + strconv.Itoa(d.Port) +
+				" -d postgres -f " + PgHeartbeatSQL + " >/dev/null; sleep " + strconv.Itoa(PgHeartbeatInterval) + "; done"},
+			Dir: "/", StopSignal: "TERM", StopTimeout: 10, Start: true,
 		})
 	case RoleRedis:
 		out = append(out, Service{

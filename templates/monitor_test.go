@@ -49,7 +49,7 @@ func TestMonitoredUserDataGolden(t *testing.T) {
 // address (sandbox hosts share the machine's loopback).
 func TestExporterServices(t *testing.T) {
 	want := map[string][]string{
-		RolePostgres:  {"postgres", ServiceNodeExporter, ServicePostgresExporter},
+		RolePostgres:  {"postgres", ServiceNodeExporter, ServicePostgresExporter, ServicePgHeartbeat},
 		RoleRedis:     {"redis", ServiceNodeExporter, ServiceRedisExporter},
 		RoleApp:       {"pgbouncer", "app", ServiceNodeExporter, ServicePgBouncerExporter},
 		RoleMemcached: {"memcached", ServiceNodeExporter},

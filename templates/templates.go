@@ -63,6 +63,8 @@ func parse() (*template.Template, error) {
 		// Monitoring paths and ports (monitor.go).
 		"textfileDir":             func() string { return TextfileDir },
 		"postgresExporterQueries": func() string { return PostgresExporterQueries },
+		"pgHeartbeatSQL":          func() string { return PgHeartbeatSQL },
+		"pgHeartbeatInterval":     func() int { return PgHeartbeatInterval },
 		"postgresExporterEnv":     func() string { return PostgresExporterEnv },
 		"pgbouncerExporterEnv":    func() string { return PgBouncerExporterEnv },
 		"pgbouncerExporterPath":   func() string { return PgBouncerExporterPath },

@@ -12,16 +12,17 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/instactl/instactl/errtext"
+	"github.com/instactl/instactl/monitor"
 	"github.com/instactl/instactl/monitorhost"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
 
 // MonitorUpOptions are the flags of `instactl monitor up`.
 type MonitorUpOptions struct {
-	ScrapeInterval     time.Duration
-	EvaluationInterval time.Duration
-	AlertFor           time.Duration
-	AcceptNewHostKeys  bool
+	ScrapeInterval    time.Duration
+	AlertFor          time.Duration
+	AcceptNewHostKeys bool
 }
 
 // addMonitorCommands adds `instactl monitor up|status`.
@@ -61,9 +62,6 @@ Works the same on the sandbox and on AWS: everything goes through SSH to the mon
 			if o.ScrapeInterval < time.Second || o.ScrapeInterval > 10*time.Minute {
 				return usageErrorf("--scrape-interval must be 1s-10m (got %s)", o.ScrapeInterval)
 			}
-			if o.EvaluationInterval != 0 && (o.EvaluationInterval < time.Second || o.EvaluationInterval > 10*time.Minute) {
-				return usageErrorf("--evaluation-interval must be 1s-10m (got %s)", o.EvaluationInterval)
-			}
 			if o.AlertFor < 0 || o.AlertFor%time.Second != 0 {
 				return usageErrorf("--alert-for must be whole seconds such as 30s (got %s)", o.AlertFor)
 			}
@@ -74,14 +72,13 @@ Works the same on the sandbox and on AWS: everything goes through SSH to the mon
 		},
 	}
 	fl := cmd.Flags()
-	fl.DurationVar(&o.ScrapeInterval, "scrape-interval", monitorhost.DefaultScrapeInterval, "how often every target is scraped")
-	fl.DurationVar(&o.EvaluationInterval, "evaluation-interval", 0, "how often rules are evaluated (default: the scrape interval)")
-	fl.DurationVar(&o.AlertFor, "alert-for", 0, "replace every alert's for: duration (drills and tests; default: each rule's own)")
+	fl.DurationVar(&o.ScrapeInterval, "scrape-interval", monitor.DefaultOptions().ScrapeInterval, "how often every target is scraped and the rules evaluated")
+	fl.DurationVar(&o.AlertFor, "alert-for", 0, "cap every alert's for: duration (drills and tests; default: each rule's own)")
 	fl.BoolVar(&o.AcceptNewHostKeys, "accept-new-host-keys", false, "record the monitor host's key if it is not known yet (never a changed one)")
 	return cmd
 }
 
-func monitorUpRun(ctx context.Context, f *Factory, o Output, opts *MonitorUpOptions) error {
+func monitorUpRun(ctx context.Context, f *Factory, out Output, opts *MonitorUpOptions) error {
 	st, err := f.Stack()
 	if err != nil {
 		return err
@@ -90,8 +87,13 @@ func monitorUpRun(ctx context.Context, f *Factory, o Output, opts *MonitorUpOpti
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
-	files, err := monitorConfig(st, monitorhost.Options{ScrapeInterval: opts.ScrapeInterval,
-		EvaluationInterval: opts.EvaluationInterval, For: opts.AlertFor})
+	topo, err := statusTopology(ctx, f, st)
+	if err != nil {
+		return err
+	}
+	o := monitor.DefaultOptions()
+	o.ScrapeInterval, o.MaxFor = opts.ScrapeInterval, opts.AlertFor
+	files, err := monitorConfig(st, topo, o)
 	if err != nil {
 		return err
 	}
@@ -104,7 +106,7 @@ func monitorUpRun(ctx context.Context, f *Factory, o Output, opts *MonitorUpOpti
 	if err != nil {
 		return err
 	}
-	return render(f.IO, o, res, func(w io.Writer) error {
+	return render(f.IO, out, res, func(w io.Writer) error {
 		fmt.Fprintf(w, "%s: installed %s\n", res.Host, strings.Join(res.Files, ", "))
 		if len(res.Started) > 0 {
 			fmt.Fprintf(w, "%s: started %s\n", res.Host, strings.Join(res.Started, ", "))
@@ -115,10 +117,22 @@ func monitorUpRun(ctx context.Context, f *Factory, o Output, opts *MonitorUpOpti
 	})
 }
 
-// monitorConfig renders the monitor host's configuration. It is the one place the generator is
-// chosen: package monitor's rule set replaces monitorhost.Generate here when it lands.
-func monitorConfig(st *stack.Stack, o monitorhost.Options) (monitorhost.Files, error) {
-	return monitorhost.Generate(st, o)
+// monitorConfig renders the monitor host's configuration with package monitor (the files
+// `instactl monitor rules` writes): Prometheus' configuration and rules and Alertmanager's.
+// postgres_exporter's queries are left out: the Postgres hosts have them from their user data
+// (templates renders the same text, TestMonitorTemplatesAgree checks it).
+func monitorConfig(st *stack.Stack, topo topology.Topology, o monitor.Options) (monitorhost.Files, error) {
+	gen, err := monitor.Files(st, topo, o)
+	if err != nil {
+		return nil, err
+	}
+	files := monitorhost.Files{}
+	for _, f := range gen {
+		if f.Name != monitor.FilePostgresQueries {
+			files[f.Name] = string(f.Data)
+		}
+	}
+	return files, nil
 }
 
 // MonitorStatusView is what `instactl monitor status` shows.

@@ -47,15 +47,16 @@ func NewCmdMonitorUp(f *Factory, out func() Output, runF func(*MonitorUpOptions)
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Install the generated Prometheus and Alertmanager configuration and (re)start them",
-		Long: `Generate the Prometheus configuration (every exporter of every host, the app servers' /metrics),
-the alert rules and the Alertmanager configuration from the stack file, copy them to the monitor
+		Long: `Generate the Prometheus configuration (every exporter of every host, the app servers' /metrics,
+the blackbox probes), the alert rules and the Alertmanager configuration from the stack file and
+the topology (the files ` + "`instactl monitor rules`" + ` writes), copy them to the monitor
 host over SSH, check them there with promtool and amtool, and only then replace the old ones;
 start Prometheus, Alertmanager and blackbox_exporter if they are stopped and reload the running
 ones. A configuration the tools reject changes nothing (exit 1, their words on stderr).
 Works the same on the sandbox and on AWS: everything goes through SSH to the monitor host.`,
 		Example: `  instactl monitor up
   instactl monitor up --scrape-interval 30s
-  # a drill: alerts fire 10 s after their condition holds
+  # a drill: no alert waits longer than 10 s once its condition holds
   instactl monitor up --scrape-interval 2s --alert-for 10s`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

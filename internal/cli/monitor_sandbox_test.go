@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/internal/testenv"
 	"github.com/instactl/instactl/monitor"
 	"github.com/instactl/instactl/monitorhost"
@@ -163,6 +164,12 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 	if code := backupRun("all"); code != 0 {
 		t.Fatalf("backup create on a healthy stack: exit %d", code)
 	}
+	// Its freezes recorded themselves in the replicas' freeze metrics and its thaws removed them.
+	for _, h := range []stack.HostRef{{Role: "pg", Index: 1}, {Role: "redis", Index: 1}} {
+		if out := sandboxRun(t, pool, st, h, "cat "+backup.FreezeMetricsFile+" 2>/dev/null; true"); out != "" {
+			t.Fatalf("%s: freeze metrics left after the backup's thaw: %s", h.Name(), out)
+		}
+	}
 
 	// Every target up (the app's /metrics and the blackbox probes included), then `monitor
 	// status` says so: 7 node, 2 postgres, 2 redis, pgbouncer, app, prometheus, alertmanager,
@@ -245,10 +252,10 @@ fallocate -l $(($2 - $1 / 50)) "$m/monitor-test-fill"`)
 	})
 
 	t.Run("volume frozen past the budget", func(t *testing.T) {
-		// The test plays a backup whose thaw guardian died: it freezes the standby's volume and
-		// writes the freeze metric the way backup must (monitor.MetricVolumeFrozenSince, in the
-		// host's textfile directory), then never thaws in time.
-		file := templates.TextfileDir + "/instactl_freeze.prom"
+		// The test plays a backup run killed mid-freeze whose thaw guardian died too: the two
+		// steps of backup's freeze (its mount's line in backup.FreezeMetricsFile, then
+		// xfs_freeze -f), and no thaw within the budget.
+		file := backup.FreezeMetricsFile
 		sandboxRun(t, pool, st, pg1, fmt.Sprintf(`set -e
 printf '%s{mountpoint="/var/lib/postgresql"} %%s\n' "$(date +%%s)" > %s.tmp
 mv -f %s.tmp %s

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/instactl/instactl/remote"
-	"github.com/instactl/instactl/templates"
 )
 
 // Host-side paths. None of them is on a data volume: a frozen volume never blocks the backup's
@@ -24,13 +23,6 @@ const (
 	GuardianPIDFile = HostStateDir + "/guardian.pid"
 	// GuardianFiredFile is written by a guardian that ran out its budget and thawed.
 	GuardianFiredFile = HostStateDir + "/guardian.fired"
-	// FreezeMetricsFile tells Prometheus (the node exporter's textfile collector, on a stack
-	// with a monitor role) since when each frozen mount is frozen:
-	//   instactl_volume_frozen_since_seconds{mountpoint="/var/lib/postgresql"} 1.7e9
-	// A freeze adds its mount's line just before xfs_freeze -f; a complete thaw (the run's or
-	// the guardian's) removes the file. A line that outlives the freeze budget is a volume left
-	// frozen: package monitor's VolumeFrozenTooLong alert.
-	FreezeMetricsFile = templates.TextfileDir + "/instactl_freeze.prom"
 	// GuardianLog receives the guardian's output.
 	GuardianLog = "/var/log/instagram/backup-guardian.log"
 	// guardianMarker is the guardian's $0, so its processes are recognisable in /proc.
@@ -98,7 +90,6 @@ func (c commands) lock(holder string, wait time.Duration) remote.Command {
 func (c commands) armGuardian(budget time.Duration, pgBin string, pgPort int, mounts []string) remote.Command {
 	guard := `echo $$ >"$1.tmp" && mv "$1.tmp" "$1"; sleep "$2"; date -u +%FT%TZ >"$3"; ` +
 		`pidfile=$1 port=$4 bin=$5; shift 5; for m in "$@"; do xfs_freeze -u "$m" && echo "guardian thawed $m"; done; ` +
-		`rm -f ` + remote.Quote(FreezeMetricsFile) + `; ` +
 		`if [ "$port" -gt 0 ]; then runuser -u postgres -- "$bin/psql" -X -q -h ` + pgSocketDir +
 		` -p "$port" -d postgres -c "SELECT pg_wal_replay_resume()" && echo "guardian resumed wal replay"; fi; ` +
 		`rm -f "$pidfile"`
@@ -124,22 +115,16 @@ func (c commands) killGuardian() remote.Command {
 	return c.root(remote.Script(script))
 }
 
-// freeze freezes one mount, first recording it in FreezeMetricsFile when the host has the
-// textfile directory (a monitored stack): the file is rewritten through a rename, other
-// mounts' lines kept.
+// freeze freezes one mount.
 func (c commands) freeze(mount string) remote.Command {
-	script := `f=` + remote.Quote(FreezeMetricsFile) + `; if [ -d "${f%/*}" ]; then ` +
-		`{ grep -vF "mountpoint=\"$1\"}" "$f" 2>/dev/null; printf 'instactl_volume_frozen_since_seconds{mountpoint="%s"} %s\n' "$1" "$(date +%s)"; } >"$f.tmp" && mv -f "$f.tmp" "$f"; fi; ` +
-		`exec xfs_freeze -f "$1"`
-	return c.root(remote.Command{"sh", "-c", script, "instactl-freeze", mount})
+	return c.root(remote.Cmd("xfs_freeze", "-f", mount))
 }
 
 // thaw thaws mounts and prints "thawed MOUNT" for each that was frozen; one that was not frozen
 // (xfs_freeze says EINVAL) is skipped silently. Any other failure exits non-zero.
 func (c commands) thaw(mounts []string) remote.Command {
 	script := `rc=0; for m in "$@"; do if out=$(xfs_freeze -u "$m" 2>&1); then echo "thawed $m"; ` +
-		`else case $out in *"Invalid argument"*) ;; *) echo "$out" >&2; rc=1;; esac; fi; done; ` +
-		`if [ $rc -eq 0 ]; then rm -f ` + remote.Quote(FreezeMetricsFile) + `; fi; exit $rc`
+		`else case $out in *"Invalid argument"*) ;; *) echo "$out" >&2; rc=1;; esac; fi; done; exit $rc`
 	return c.root(append(remote.Command{"sh", "-c", script, "instactl-thaw"}, mounts...))
 }
 

@@ -1,9 +1,6 @@
 package backup
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +13,8 @@ func TestCommandStrings(t *testing.T) {
 	}{
 		{"lock nowait", c.lock("me since t", 0).String(),
 			`sh -c 'mkdir -p /var/lib/instagram/backup && flock -E 75 -n /var/lib/instagram/backup/lock sh -c '\''printf '\''\'\'''\''%s\n'\''\'\'''\'' "$1" >"$2.tmp" && mv "$2.tmp" "$2" && echo acquired && exec cat >/dev/null'\'' instactl-backup-lock '\''me since t'\'' /var/lib/instagram/backup/lock.holder; rc=$?; if [ $rc -eq 75 ]; then cat /var/lib/instagram/backup/lock.holder 2>/dev/null; fi; exit $rc'`},
-		{"freeze", c.freeze("/var/lib/postgresql").String(), `sh -c 'f=/var/lib/instagram/textfile/instactl_freeze.prom; if [ -d "${f%/*}" ]; then { grep -vF "mountpoint=\"$1\"}" "$f" 2>/dev/null; printf '\''instactl_volume_frozen_since_seconds{mountpoint="%s"} %s\n'\'' "$1" "$(date +%s)"; } >"$f.tmp" && mv -f "$f.tmp" "$f"; fi; exec xfs_freeze -f "$1"' instactl-freeze /var/lib/postgresql`},
-		{"freeze sudo", commands{sudo: true}.freeze("/data").String(), `sudo -n sh -c 'f=/var/lib/instagram/textfile/instactl_freeze.prom; if [ -d "${f%/*}" ]; then { grep -vF "mountpoint=\"$1\"}" "$f" 2>/dev/null; printf '\''instactl_volume_frozen_since_seconds{mountpoint="%s"} %s\n'\'' "$1" "$(date +%s)"; } >"$f.tmp" && mv -f "$f.tmp" "$f"; fi; exec xfs_freeze -f "$1"' instactl-freeze /data`},
+		{"freeze", c.freeze("/var/lib/postgresql").String(), `xfs_freeze -f /var/lib/postgresql`},
+		{"freeze sudo", commands{sudo: true}.freeze("/data").String(), `sudo -n xfs_freeze -f /data`},
 		{"sync", c.syncMounts([]string{"/a", "/b"}).String(), `sync -f /a /b`},
 		{"psql", c.psql("/usr/lib/postgresql/15/bin", 5432, "postgres", "CHECKPOINT").String(),
 			`runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v 'ON_ERROR_STOP=1' -h /run/postgresql -p 5432 -d postgres -c CHECKPOINT`},
@@ -78,62 +75,5 @@ func TestParsers(t *testing.T) {
 	fs := parseFSInfo("/var/lib/postgresql|/dev/loop3|xfs|1234-abcd\nBEGIN\nmeta-data=/dev/loop3 isize=512 agcount=4, agsize=32768 blks\ndata     =  bsize=4096   blocks=131072, imaxpct=25\nEND\n")
 	if len(fs) != 1 || fs[0].UUID != "1234-abcd" || fs[0].Geometry["data.bsize"] != "4096" || fs[0].Geometry["meta-data.agcount"] != "4" {
 		t.Errorf("parseFSInfo = %+v", fs)
-	}
-}
-
-// TestFreezeMetricsFile runs the freeze and thaw scripts on this machine (xfs_freeze replaced by
-// a stub, FreezeMetricsFile by a temporary path): each freeze records its mount once, a
-// complete thaw removes the file, a failed thaw keeps it (the volume may still be frozen).
-func TestFreezeMetricsFile(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	if err := os.Mkdir(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	stub := "#!/bin/sh\nif [ -e " + filepath.Join(dir, "fail") + " ]; then echo 'xfs_freeze: cannot unfreeze: Device busy' >&2; exit 1; fi\n"
-	if err := os.WriteFile(filepath.Join(bin, "xfs_freeze"), []byte(stub), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "textfile", "instactl_freeze.prom")
-	run := func(cmd []string) {
-		t.Helper()
-		for i := range cmd {
-			cmd[i] = strings.ReplaceAll(cmd[i], FreezeMetricsFile, file)
-		}
-		c := exec.Command(cmd[0], cmd[1:]...)
-		c.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
-		out, err := c.CombinedOutput()
-		t.Logf("%s: %v", out, err)
-	}
-	c := commands{}
-	run(c.freeze("/a"))
-	if _, err := os.Stat(file); !os.IsNotExist(err) {
-		t.Fatalf("a host without the textfile directory got %s (%v)", file, err)
-	}
-	if err := os.Mkdir(filepath.Dir(file), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	run(c.freeze("/a"))
-	run(c.freeze("/b"))
-	run(c.freeze("/a"))
-	b, _ := os.ReadFile(file)
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], `instactl_volume_frozen_since_seconds{mountpoint="/b"} `) ||
-		!strings.HasPrefix(lines[1], `instactl_volume_frozen_since_seconds{mountpoint="/a"} `) {
-		t.Fatalf("freeze metrics after freezing /a, /b, /a:\n%s", b)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "fail"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	run(c.thaw([]string{"/a", "/b"}))
-	if _, err := os.Stat(file); err != nil {
-		t.Fatalf("a failed thaw removed the freeze metrics: %v", err)
-	}
-	if err := os.Remove(filepath.Join(dir, "fail")); err != nil {
-		t.Fatal(err)
-	}
-	run(c.thaw([]string{"/a", "/b"}))
-	if _, err := os.Stat(file); !os.IsNotExist(err) {
-		t.Fatalf("a complete thaw left %s (%v)", file, err)
 	}
 }

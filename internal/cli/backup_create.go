@@ -94,8 +94,13 @@ func backupCreateRun(ctx context.Context, f *Factory, out Output, o *BackupCreat
 	}
 	defer d.close()
 	start := time.Now()
-	res, cerr := backup.Create(ctx, backup.Options{Env: d.env, Target: o.Target, LockWait: o.LockWait,
-		AllowCrashConsistent: o.AllowCrashConsistent})
+	var res *backup.CreateResult
+	cerr := silenceOperation(ctx, f, backupSilence(o.Target), "instactl backup create: standbys pause replay while frozen", func() error {
+		var err error
+		res, err = backup.Create(ctx, backup.Options{Env: d.env, Target: o.Target, LockWait: o.LockWait,
+			AllowCrashConsistent: o.AllowCrashConsistent})
+		return err
+	})
 	if res == nil {
 		res = &backup.CreateResult{}
 	}

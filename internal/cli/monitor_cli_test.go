@@ -17,6 +17,7 @@ import (
 	"github.com/instactl/instactl/internal/testenv"
 	"github.com/instactl/instactl/monitor"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
 )
 
 // monitorStackFile writes the example stack with a monitor host (withMonitor) and returns its
@@ -325,5 +326,58 @@ func TestSilenceOperation(t *testing.T) {
 	}
 	if !strings.Contains(errOut.String(), "warning: no silence for") {
 		t.Errorf("unreachable Alertmanager: stderr %q, want a warning", errOut.String())
+	}
+}
+
+// TestAlertCommandsExist checks that the command every generated alert names is a real
+// instactl command with real flags, once its label templates are filled in: an alert that
+// answers with a command that does not exist is worse than none.
+func TestAlertCommandsExist(t *testing.T) {
+	st, err := stack.Load(monitorStackFile(t, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo, err := topology.FromStack(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf, err := monitor.Rules(st, topo, monitor.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Added by the monitoring host's commands (monitor up|status), which live beside these.
+	pending := map[string]bool{"instactl monitor up": true, "instactl monitor status": true}
+	fill := strings.NewReplacer("{{ $labels.instance }}", "pg-1", "{{ $labels.application_name }}", "pg-1", "{{ $labels.group }}", "pg-0", "{{ $labels.mountpoint }}", "/var/lib/postgresql")
+	root := NewCmdRoot(&IOStreams{In: strings.NewReader(""), Out: &strings.Builder{}, ErrOut: &strings.Builder{}})
+	seen := map[string]bool{}
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			line := fill.Replace(r.Annotations[monitor.AnnotationCommand])
+			if seen[line] {
+				continue
+			}
+			seen[line] = true
+			args := strings.Fields(line)
+			if len(args) < 2 || args[0] != "instactl" || strings.Contains(line, "{{") {
+				t.Errorf("%s: command %q is not an instactl command line", r.Alert, line)
+				continue
+			}
+			cmd, rest, err := root.Find(args[1:])
+			if err != nil || cmd == root || !cmd.Runnable() {
+				if !pending[line] {
+					t.Errorf("%s: %q is no instactl command (%v)", r.Alert, line, err)
+				}
+				continue
+			}
+			if err := cmd.ParseFlags(rest); err != nil {
+				t.Errorf("%s: %q: %v", r.Alert, line, err)
+			}
+		}
+	}
+	if len(seen) < 8 {
+		t.Errorf("only %d distinct commands checked: %v", len(seen), seen)
 	}
 }

@@ -25,6 +25,10 @@ check /usr/sbin/pgbouncer pgbouncer
 check curl curl
 check shellcheck shellcheck
 check chromium chromium
+check prometheus prometheus
+check promtool prometheus
+check prometheus-alertmanager prometheus-alertmanager
+check amtool prometheus-alertmanager
 
 if [ ${#need[@]} -gt 0 ]; then
   # shellcheck disable=SC2207

@@ -100,7 +100,7 @@ func alertsRun(ctx context.Context, f *Factory, out Output, o *AlertsOptions) er
 	}
 	as, err := monitor.NewClient(u).Alerts(ctx, o.All)
 	if err != nil {
-		return err
+		return alertmanagerHint(err)
 	}
 	views := alertViews(as)
 	return render(f.IO, out, views, func(w io.Writer) error { return renderAlerts(w, views, time.Now()) })
@@ -168,4 +168,12 @@ func renderAlerts(w io.Writer, views []AlertView, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// alertmanagerHint adds what to check to an Alertmanager that does not answer.
+func alertmanagerHint(err error) error {
+	if strings.Contains(err.Error(), "unreachable") {
+		return fmt.Errorf("%w\nis the monitoring host up? see instactl monitor status", err)
+	}
+	return err
 }

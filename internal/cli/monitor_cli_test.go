@@ -261,6 +261,11 @@ func TestSilenceBadInput(t *testing.T) {
 	if code != ExitUsage || !strings.Contains(stderr, "--alertmanager") {
 		t.Errorf("alerts without a monitor host: exit %d, %q; want 2 and a hint about --alertmanager", code, stderr)
 	}
+	dead := "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort(t, "127.0.0.1"))
+	_, stderr, code = run(t, "alerts", "--stack", stackPath, "--alertmanager", dead)
+	if code != ExitError || !strings.Contains(stderr, "unreachable") || !strings.Contains(stderr, "instactl monitor status") {
+		t.Errorf("alerts from a dead Alertmanager: exit %d, %q; want 1 and what to check", code, stderr)
+	}
 }
 
 // TestSilenceOperation checks what deploy, switchover and backup silence (through the CLI's

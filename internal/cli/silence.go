@@ -135,7 +135,7 @@ func newCmdSilenceExpire(f *Factory, out func() Output) *cobra.Command {
 			c := monitor.NewClient(u)
 			for _, id := range args {
 				if err := c.ExpireSilence(cmd.Context(), id); err != nil {
-					return fmt.Errorf("expire silence %s: %w", id, err)
+					return alertmanagerHint(fmt.Errorf("expire silence %s: %w", id, err))
 				}
 				f.IO.Statusf("expired silence %s", id)
 			}
@@ -163,7 +163,7 @@ func silenceRun(ctx context.Context, f *Factory, out Output, o *SilenceOptions) 
 	s := monitor.Silence{Matchers: ms, StartsAt: now, EndsAt: now.Add(o.For), CreatedBy: silenceAuthor(), Comment: o.Reason}
 	id, err := monitor.NewClient(u).PutSilence(ctx, s)
 	if err != nil {
-		return err
+		return alertmanagerHint(err)
 	}
 	s.ID = id
 	s.Status.State = "active"
@@ -280,7 +280,7 @@ func silenceListRun(ctx context.Context, f *Factory, out Output, am string, all 
 	}
 	ss, err := monitor.NewClient(u).Silences(ctx)
 	if err != nil {
-		return err
+		return alertmanagerHint(err)
 	}
 	views := []SilenceView{}
 	for _, s := range ss {

@@ -386,3 +386,77 @@ func TestAlertCommandsExist(t *testing.T) {
 		t.Errorf("only %d distinct commands checked: %v", len(seen), seen)
 	}
 }
+
+// TestOperationsSilenceWhileTheyRun runs the real commands (backup create, switchover) on a
+// sandbox stack whose hosts are not up, so each fails fast, and checks through a real
+// Alertmanager that each set its silence and expired it when it returned; a Redis-only backup
+// sets none. (What a silence covers while an operation runs is TestSilenceOperation's.)
+func TestOperationsSilenceWhileTheyRun(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := "/var/lib/instactl/sandbox/monrules-cli-test"
+	y := strings.NewReplacer(
+		"\nload_balancer:\n", "\n  monitor:\n    count: 1\n\nload_balancer:\n",
+		"address_base: 127.0.10.1", "address_base: 127.0.155.1",
+		"dir: /var/lib/instactl/sandbox/instagram", "dir: "+dir,
+		"lb_port: 18080", "lb_port: 18155",
+		"moto_port: 15000", "moto_port: 15155",
+	).Replace(string(stack.Example()))
+	if !strings.Contains(y, dir) || !strings.Contains(y, "127.0.155.1") {
+		t.Fatal("the example stack changed: this test's sandbox keys were not replaced")
+	}
+	path := filepath.Join(t.TempDir(), "instagram.yaml")
+	if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	u := monitorStartAlertmanager(t, path)
+	t.Setenv(EnvAlertmanager, u)
+	c := monitor.NewClient(u)
+
+	silences := func() []SilenceView {
+		t.Helper()
+		ss, err := c.Silences(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []SilenceView
+		for _, s := range ss {
+			out = append(out, silenceView(s))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		args    []string
+		matcher string
+		comment string
+	}{
+		{[]string{"backup", "create", "--target", "redis", "--metrics-file", "-"}, "", ""},
+		{[]string{"backup", "create", "--metrics-file", "-"}, `{alertname=~"PostgresReplicationLagBytes|PostgresReplicationLagTime"}`, "instactl backup create"},
+		{[]string{"switchover", "pg-0"}, `{group="pg-0"}`, "instactl switchover pg-0"},
+	} {
+		before := len(silences())
+		_, stderr, code := run(t, append(tc.args, "--stack", path)...)
+		if code == 0 {
+			t.Fatalf("%v succeeded without hosts: %s", tc.args, stderr)
+		}
+		got := silences()
+		if tc.matcher == "" {
+			if len(got) != before {
+				t.Errorf("%v set a silence: %+v", tc.args, got)
+			}
+			continue
+		}
+		if len(got) != before+1 {
+			t.Fatalf("%v: silences %+v, want one more than %d", tc.args, got, before)
+		}
+		var s SilenceView
+		for _, v := range got {
+			if strings.HasPrefix(v.Comment, tc.comment) {
+				s = v
+			}
+		}
+		if s.Matchers != tc.matcher || s.State != "expired" {
+			t.Errorf("%v: silence %+v, want %s, expired once the command returned", tc.args, s, tc.matcher)
+		}
+	}
+}

@@ -17,5 +17,6 @@
 //
 // The Alertmanager client (Client, the API interface) reads alerts and manages silences through
 // API v2; SilenceDuring silences what an operation is expected to trip for exactly as long as
-// it runs.
+// it runs. PromClient queries Prometheus; RecoveryPoints reads from it, per replication group,
+// the newest backup and the point a restore reaches now (for `instactl status`).
 package monitor

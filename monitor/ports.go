@@ -55,8 +55,10 @@ const (
 )
 
 // TextfileDir is where the node exporter's textfile collector reads *.prom files on every host
-// (the Debian package's default --collector.textfile.directory).
-const TextfileDir = "/var/lib/prometheus/node-exporter"
+// (templates.TextfileDir, the directory the hosts' user data gives it). Not the Debian default
+// /var/lib/prometheus/node-exporter: sandbox hosts share the machine's /var/lib/prometheus,
+// while /var/lib/instagram is private to each host.
+const TextfileDir = "/var/lib/instagram/textfile"
 
 // BackupMetricsFile is where `instactl backup create` must write its metrics for these rules:
 // run it (from cron) on the monitor host with --metrics-file BackupMetricsFile, so the monitor

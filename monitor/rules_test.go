@@ -85,8 +85,6 @@ func (fx fixtures) alert(severity, job, host string, extra []string, summary, co
 	return ptAlert{ExpLabels: l, ExpAnnotations: map[string]string{AnnotationSummary: summary, AnnotationCommand: command}}
 }
 
-func plain(s string, v string) ptSeries { return ptSeries{Series: s, Values: v} }
-
 func expect(labels map[string]string, summary, command string) ptAlert {
 	return ptAlert{ExpLabels: labels, ExpAnnotations: map[string]string{AnnotationSummary: summary, AnnotationCommand: command}}
 }

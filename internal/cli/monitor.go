@@ -25,21 +25,6 @@ type MonitorUpOptions struct {
 	AcceptNewHostKeys bool
 }
 
-// addMonitorCommands adds `instactl monitor up|status`.
-func addMonitorCommands(root *cobra.Command, f *Factory, out func() Output) {
-	cmd := &cobra.Command{
-		Use:   "monitor",
-		Short: "Bring the monitor host up and show what it sees",
-		Long: `The stack's monitor role runs Prometheus, Alertmanager and blackbox_exporter on one host; every
-host runs node_exporter (textfile collector in /var/lib/instagram/textfile) and the exporter of
-its role, on its own address: postgres_exporter 9187 on pg, redis_exporter 9121 on redis, the
-PgBouncer exporter 9127 on app hosts, node_exporter 9100 everywhere; Prometheus listens on the
-monitor role's port (9090), Alertmanager on 9093, blackbox on 9115.`,
-	}
-	cmd.AddCommand(NewCmdMonitorUp(f, out, nil), NewCmdMonitorStatus(f, out))
-	root.AddCommand(cmd)
-}
-
 // NewCmdMonitorUp installs the generated configuration on the monitor host. runF, when set,
 // receives the parsed options instead of running (tests).
 func NewCmdMonitorUp(f *Factory, out func() Output, runF func(*MonitorUpOptions) error) *cobra.Command {

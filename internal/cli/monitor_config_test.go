@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/monitor"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
@@ -28,6 +29,10 @@ func TestMonitorTemplatesAgree(t *testing.T) {
 	}
 	if time.Duration(templates.PgHeartbeatInterval)*time.Second != monitor.HeartbeatInterval {
 		t.Errorf("heartbeat every %d s in templates, %s in monitor", templates.PgHeartbeatInterval, monitor.HeartbeatInterval)
+	}
+	if templates.TextfileDir != monitor.TextfileDir || backup.FreezeMarkerFile != monitor.FreezeMetricsFile {
+		t.Errorf("textfile directory: templates %s, monitor %s; freeze marker: backup %s, monitor %s",
+			templates.TextfileDir, monitor.TextfileDir, backup.FreezeMarkerFile, monitor.FreezeMetricsFile)
 	}
 	if templates.RoleMonitor != monitor.Role || stack.MonitorRole != monitor.Role {
 		t.Errorf("monitor role: templates %q, stack %q, monitor %q", templates.RoleMonitor, stack.MonitorRole, monitor.Role)

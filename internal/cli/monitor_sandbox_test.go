@@ -19,7 +19,6 @@ import (
 	"github.com/instactl/instactl/monitorhost"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
-	"github.com/instactl/instactl/templates"
 )
 
 // The monitoring test's own loopback range and ports, and its shortened clock: every target is
@@ -153,7 +152,7 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dst := templates.TextfileDir + "/instactl_backup.prom"
+		dst := monitor.BackupMetricsFile
 		cmd := remote.Script("cat > " + remote.Quote(dst+".tmp") + " && mv -f " + remote.Quote(dst+".tmp") + " " + remote.Quote(dst))
 		res, err := c.Run(ctx, cmd, strings.NewReader(string(b)))
 		if err != nil || res.ExitCode != 0 {
@@ -166,7 +165,7 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 	}
 	// Its freezes recorded themselves in the replicas' freeze metrics and its thaws removed them.
 	for _, h := range []stack.HostRef{{Role: "pg", Index: 1}, {Role: "redis", Index: 1}} {
-		if out := sandboxRun(t, pool, st, h, "cat "+backup.FreezeMetricsFile+" 2>/dev/null; true"); out != "" {
+		if out := sandboxRun(t, pool, st, h, "cat "+backup.FreezeMarkerFile+" 2>/dev/null; true"); out != "" {
 			t.Fatalf("%s: freeze metrics left after the backup's thaw: %s", h.Name(), out)
 		}
 	}
@@ -253,9 +252,9 @@ fallocate -l $(($2 - $1 / 50)) "$m/monitor-test-fill"`)
 
 	t.Run("volume frozen past the budget", func(t *testing.T) {
 		// The test plays a backup run killed mid-freeze whose thaw guardian died too: the two
-		// steps of backup's freeze (its mount's line in backup.FreezeMetricsFile, then
+		// steps of backup's freeze (its mount's line in backup.FreezeMarkerFile, then
 		// xfs_freeze -f), and no thaw within the budget.
-		file := backup.FreezeMetricsFile
+		file := backup.FreezeMarkerFile
 		sandboxRun(t, pool, st, pg1, fmt.Sprintf(`set -e
 printf '%s{mountpoint="/var/lib/postgresql"} %%s\n' "$(date +%%s)" > %s.tmp
 mv -f %s.tmp %s

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/instactl/instactl/remote"
+	"github.com/instactl/instactl/templates"
 )
 
 // Host-side paths. None of them is on a data volume: a frozen volume never blocks the backup's
@@ -31,12 +32,26 @@ const (
 	lockConflictExit = 75
 	// pgSocketDir is where every host's Postgres listens on a Unix socket.
 	pgSocketDir = "/run/postgresql"
+	// FreezeMarkerFile is the node exporter textfile (monitor.FreezeMetricsFile) that holds,
+	// while a volume is frozen, instactl_volume_frozen_since_seconds{mountpoint=...}: the
+	// monitoring alerts on a volume frozen past the budget. freeze adds the mount's line just
+	// before xfs_freeze; thaw and the guardian remove the file once every mount is thawed.
+	FreezeMarkerFile = templates.TextfileDir + "/instactl_freeze.prom"
 )
 
 // commands builds the remote commands of one host. They are pure functions of their inputs so
 // the exact strings are unit-tested; sudo is used when the SSH user is not root.
 type commands struct {
 	sudo bool
+	// freezeMarker replaces FreezeMarkerFile (tests).
+	freezeMarker string
+}
+
+func (c commands) marker() string {
+	if c.freezeMarker != "" {
+		return c.freezeMarker
+	}
+	return FreezeMarkerFile
 }
 
 // root wraps a command that needs root.
@@ -89,12 +104,12 @@ func (c commands) lock(holder string, wait time.Duration) remote.Command {
 // it (killGuardian) after its own thaw.
 func (c commands) armGuardian(budget time.Duration, pgBin string, pgPort int, mounts []string) remote.Command {
 	guard := `echo $$ >"$1.tmp" && mv "$1.tmp" "$1"; sleep "$2"; date -u +%FT%TZ >"$3"; ` +
-		`pidfile=$1 port=$4 bin=$5; shift 5; for m in "$@"; do xfs_freeze -u "$m" && echo "guardian thawed $m"; done; ` +
+		`pidfile=$1 port=$4 bin=$5 marker=$6; shift 6; for m in "$@"; do xfs_freeze -u "$m" && echo "guardian thawed $m"; done; rm -f "$marker"; ` +
 		`if [ "$port" -gt 0 ]; then runuser -u postgres -- "$bin/psql" -X -q -h ` + pgSocketDir +
 		` -p "$port" -d postgres -c "SELECT pg_wal_replay_resume()" && echo "guardian resumed wal replay"; fi; ` +
 		`rm -f "$pidfile"`
 	args := append([]string{"setsid", "sh", "-c", guard, guardianMarker, GuardianPIDFile, seconds(budget),
-		GuardianFiredFile, strconv.Itoa(pgPort), pgBin}, mounts...)
+		GuardianFiredFile, strconv.Itoa(pgPort), pgBin, c.marker()}, mounts...)
 	script := "mkdir -p " + remote.Quote(HostStateDir) + " " + remote.Quote("/var/log/instagram") +
 		" && rm -f " + remote.Quote(GuardianPIDFile) + " " + remote.Quote(GuardianFiredFile) + " && " +
 		remote.Quote(args...) + " </dev/null >>" + remote.Quote(GuardianLog) + " 2>&1 & " +
@@ -115,17 +130,23 @@ func (c commands) killGuardian() remote.Command {
 	return c.root(remote.Script(script))
 }
 
-// freeze freezes one mount.
+// freeze freezes one mount, after adding its line to the freeze marker (best effort, written
+// atomically: a marker that cannot be written never stops a backup).
 func (c commands) freeze(mount string) remote.Command {
-	return c.root(remote.Cmd("xfs_freeze", "-f", mount))
+	script := `m=$1 f=$2; { mkdir -p "$(dirname "$f")" && ` +
+		`{ grep -vF "mountpoint=\"$m\"}" "$f" 2>/dev/null; ` +
+		`printf 'instactl_volume_frozen_since_seconds{mountpoint="%s"} %s\n' "$m" "$(date +%s)"; } >"$f.tmp" && ` +
+		`mv "$f.tmp" "$f"; } 2>/dev/null; exec xfs_freeze -f "$m"`
+	return c.root(remote.Command{"sh", "-c", script, "instactl-freeze", mount, c.marker()})
 }
 
 // thaw thaws mounts and prints "thawed MOUNT" for each that was frozen; one that was not frozen
 // (xfs_freeze says EINVAL) is skipped silently. Any other failure exits non-zero.
 func (c commands) thaw(mounts []string) remote.Command {
-	script := `rc=0; for m in "$@"; do if out=$(xfs_freeze -u "$m" 2>&1); then echo "thawed $m"; ` +
-		`else case $out in *"Invalid argument"*) ;; *) echo "$out" >&2; rc=1;; esac; fi; done; exit $rc`
-	return c.root(append(remote.Command{"sh", "-c", script, "instactl-thaw"}, mounts...))
+	script := `f=$1; shift; rc=0; for m in "$@"; do if out=$(xfs_freeze -u "$m" 2>&1); then echo "thawed $m"; ` +
+		`else case $out in *"Invalid argument"*) ;; *) echo "$out" >&2; rc=1;; esac; fi; done; ` +
+		`if [ $rc -eq 0 ]; then rm -f "$f"; fi; exit $rc`
+	return c.root(append(remote.Command{"sh", "-c", script, "instactl-thaw", c.marker()}, mounts...))
 }
 
 // syncMounts flushes every mount's file system.

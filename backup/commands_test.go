@@ -13,8 +13,8 @@ func TestCommandStrings(t *testing.T) {
 	}{
 		{"lock nowait", c.lock("me since t", 0).String(),
 			`sh -c 'mkdir -p /var/lib/instagram/backup && flock -E 75 -n /var/lib/instagram/backup/lock sh -c '\''printf '\''\'\'''\''%s\n'\''\'\'''\'' "$1" >"$2.tmp" && mv "$2.tmp" "$2" && echo acquired && exec cat >/dev/null'\'' instactl-backup-lock '\''me since t'\'' /var/lib/instagram/backup/lock.holder; rc=$?; if [ $rc -eq 75 ]; then cat /var/lib/instagram/backup/lock.holder 2>/dev/null; fi; exit $rc'`},
-		{"freeze", c.freeze("/var/lib/postgresql").String(), `xfs_freeze -f /var/lib/postgresql`},
-		{"freeze sudo", commands{sudo: true}.freeze("/data").String(), `sudo -n xfs_freeze -f /data`},
+		{"freeze", c.freeze("/var/lib/postgresql").String(), `sh -c 'm=$1 f=$2; { mkdir -p "$(dirname "$f")" && { grep -vF "mountpoint=\"$m\"}" "$f" 2>/dev/null; printf '\''instactl_volume_frozen_since_seconds{mountpoint="%s"} %s\n'\'' "$m" "$(date +%s)"; } >"$f.tmp" && mv "$f.tmp" "$f"; } 2>/dev/null; exec xfs_freeze -f "$m"' instactl-freeze /var/lib/postgresql /var/lib/instagram/textfile/instactl_freeze.prom`},
+		{"freeze sudo", strings.Join(commands{sudo: true}.freeze("/data")[:4], " "), `sudo -n sh -c`},
 		{"sync", c.syncMounts([]string{"/a", "/b"}).String(), `sync -f /a /b`},
 		{"psql", c.psql("/usr/lib/postgresql/15/bin", 5432, "postgres", "CHECKPOINT").String(),
 			`runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v 'ON_ERROR_STOP=1' -h /run/postgresql -p 5432 -d postgres -c CHECKPOINT`},
@@ -37,7 +37,7 @@ func TestGuardianCommand(t *testing.T) {
 	cmd := commands{}.armGuardian(2500*time.Millisecond, "/usr/lib/postgresql/15/bin", 5432, []string{"/var/lib/postgresql"})
 	s := cmd[len(cmd)-1]
 	for _, want := range []string{
-		`setsid sh -c`, `instactl-thaw-guardian /var/lib/instagram/backup/guardian.pid 2.5 /var/lib/instagram/backup/guardian.fired 5432 /usr/lib/postgresql/15/bin /var/lib/postgresql`,
+		`setsid sh -c`, `instactl-thaw-guardian /var/lib/instagram/backup/guardian.pid 2.5 /var/lib/instagram/backup/guardian.fired 5432 /usr/lib/postgresql/15/bin /var/lib/instagram/textfile/instactl_freeze.prom /var/lib/postgresql`,
 		`</dev/null >>/var/log/instagram/backup-guardian.log 2>&1 &`, `sleep "$2"`, `xfs_freeze -u "$m"`, `pg_wal_replay_resume()`,
 		`pidfile=$1 `, `rm -f "$pidfile"`,
 	} {

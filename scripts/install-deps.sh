@@ -25,6 +25,16 @@ check /usr/sbin/pgbouncer pgbouncer
 check curl curl
 check shellcheck shellcheck
 check chromium chromium
+# Monitoring (the monitor role, every host's exporters, promtool/amtool checks).
+check prometheus prometheus
+check promtool prometheus
+check prometheus-alertmanager prometheus-alertmanager
+check amtool prometheus-alertmanager
+check prometheus-node-exporter prometheus-node-exporter
+check prometheus-postgres-exporter prometheus-postgres-exporter
+check prometheus-redis-exporter prometheus-redis-exporter
+check prometheus-pgbouncer-exporter prometheus-pgbouncer-exporter
+check prometheus-blackbox-exporter prometheus-blackbox-exporter
 
 if [ ${#need[@]} -gt 0 ]; then
   # shellcheck disable=SC2207

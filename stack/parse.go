@@ -137,7 +137,12 @@ func yamlSyntaxError(file string, data []byte, err error) *Error {
 }
 
 // RoleDefaults are the service ports and kinds of the roles instactl knows.
-var RoleDefaults = map[string]int{"app": 8080, "pg": 5432, "redis": 6379, "memcached": 11211}
+var RoleDefaults = map[string]int{"app": 8080, "pg": 5432, "redis": 6379, "memcached": 11211, MonitorRole: 9090}
+
+// MonitorRole is the role whose host runs Prometheus (on the role's port), Alertmanager and
+// blackbox_exporter. A stack that declares it gets exporters on every host; one host is enough
+// and is the default count.
+const MonitorRole = "monitor"
 
 func applyDefaults(s *Stack) {
 	def := func(p *string, v string) {
@@ -179,6 +184,9 @@ func applyDefaults(s *Stack) {
 		defInt(&r.Port, RoleDefaults[r.Name])
 		if len(r.InstanceTypes) > 0 {
 			def(&r.InstanceType, r.InstanceTypes[0])
+		}
+		if r.Name == MonitorRole {
+			defInt(&r.Count, 1)
 		}
 		def(&r.InstanceType, "t3.medium")
 		if r.Volumes.Count > 0 {

@@ -128,6 +128,9 @@ func (v *validator) roles() {
 			}
 			return ""
 		})
+		if r.Name == MonitorRole && r.Count > 1 {
+			v.errorf(p+".count", "must be 1: one host runs Prometheus, Alertmanager and blackbox_exporter (got %d)", r.Count)
+		}
 		if r.Port < 0 || r.Port > 65535 {
 			v.errorf(p+".port", "must be a TCP port 1-65535 (got %d)", r.Port)
 		}

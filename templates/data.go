@@ -147,6 +147,12 @@ type Data struct {
 	// fenced old master cannot diverge. 0 leaves it off (a group without replica).
 	RedisMinReplicas int `json:"redis_min_replicas,omitempty"`
 
+	// Exporters runs node_exporter (textfile collector at TextfileDir) and the exporter of the
+	// host's role on Address at the ports of the monitoring plan (postgres_exporter on pg,
+	// redis_exporter on redis, the PgBouncer exporter beside PgBouncer): set when the stack
+	// declares a monitor role. The monitor role itself always has them.
+	Exporters bool `json:"exporters,omitempty"`
+
 	// CacheMB is memcached's memory limit (default 64).
 	CacheMB int `json:"cache_mb"`
 
@@ -198,6 +204,9 @@ func (d Data) withDefaults() Data {
 	defInt(&d.CacheMB, 64)
 	if d.PrimaryPort == 0 {
 		d.PrimaryPort = d.Port
+	}
+	if d.Role == RoleMonitor {
+		d.Exporters = true
 	}
 	return d
 }
@@ -290,7 +299,7 @@ func (d Data) Validate() error {
 
 func needsPort(role string) bool {
 	switch role {
-	case RolePostgres, RoleRedis, RoleMemcached, RoleApp:
+	case RolePostgres, RoleRedis, RoleMemcached, RoleApp, RoleMonitor:
 		return true
 	}
 	return false

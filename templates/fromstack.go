@@ -67,6 +67,7 @@ func FromStack(st *stack.Stack, role string, index int, address, primaryAddress 
 		}
 		d.Peers = peers
 	}
+	d.Exporters = st.Role(RoleMonitor) != nil
 	if role == RoleRedis && r.Replicas > 0 {
 		d.RedisMinReplicas = 1
 	}

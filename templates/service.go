@@ -107,6 +107,10 @@ func Services(d Data) []Service {
 			StopSignal: "TERM", StopTimeout: 30, Start: false,
 		})
 	}
+	out = append(out, exporterServices(d)...)
+	if d.Role == RoleMonitor {
+		out = append(out, monitorServices(d)...)
+	}
 	return out
 }
 
@@ -126,7 +130,9 @@ func (d Data) mountIfAny() string {
 
 // serviceNames lists every service name any role can have, sorted.
 func serviceNames() []string {
-	names := []string{"postgres", "pgbouncer", "redis", "memcached", "app"}
+	names := []string{"postgres", "pgbouncer", "redis", "memcached", "app",
+		ServiceNodeExporter, ServicePostgresExporter, ServiceRedisExporter, ServicePgBouncerExporter,
+		ServicePrometheus, ServiceAlertmanager, ServiceBlackbox}
 	sort.Strings(names)
 	return names
 }

@@ -60,6 +60,19 @@ func parse() (*template.Template, error) {
 		"sandboxFstab":   func() string { return SandboxFstabPath },
 		"sandboxRCLocal": func() string { return SandboxRCLocalPath },
 		"supervisorPath": func() string { return SupervisorPath },
+		// Monitoring paths and ports (monitor.go).
+		"textfileDir":             func() string { return TextfileDir },
+		"postgresExporterQueries": func() string { return PostgresExporterQueries },
+		"pgHeartbeatSQL":          func() string { return PgHeartbeatSQL },
+		"pgHeartbeatInterval":     func() int { return PgHeartbeatInterval },
+		"postgresExporterEnv":     func() string { return PostgresExporterEnv },
+		"pgbouncerExporterEnv":    func() string { return PgBouncerExporterEnv },
+		"pgbouncerExporterPath":   func() string { return PgBouncerExporterPath },
+		"nodeExporterPort":        func() int { return NodeExporterPort },
+		"monitorConfigDir":        func() string { return MonitorConfigDir },
+		"prometheusConfig":        func() string { return PrometheusConfig },
+		"alertmanagerConfig":      func() string { return AlertmanagerConfig },
+		"blackboxConfig":          func() string { return BlackboxConfig },
 		"file": func(name string, d Data) (string, error) {
 			return renderHeredoc(t, name, d)
 		},

@@ -60,7 +60,7 @@ textfile collector at it with --metrics-file.`,
 
   # crontab: hourly, metrics for the node exporter, mail only on failure
   0 * * * *  instactl --stack /etc/instactl/prod.yaml backup create \
-               --metrics-file /var/lib/node_exporter/textfile/instactl_backup.prom >/dev/null
+               --metrics-file /var/lib/instagram/textfile/instactl_backup.prom >/dev/null
 
   instactl backup create -o json | jq '.sets[] | {set_id, state, freeze_duration_ns}'`,
 		Args: noArgs,
@@ -94,8 +94,13 @@ func backupCreateRun(ctx context.Context, f *Factory, out Output, o *BackupCreat
 	}
 	defer d.close()
 	start := time.Now()
-	res, cerr := backup.Create(ctx, backup.Options{Env: d.env, Target: o.Target, LockWait: o.LockWait,
-		AllowCrashConsistent: o.AllowCrashConsistent})
+	var res *backup.CreateResult
+	cerr := silenceOperation(ctx, f, backupSilence(o.Target), "instactl backup create: standbys pause replay while frozen", func() error {
+		var err error
+		res, err = backup.Create(ctx, backup.Options{Env: d.env, Target: o.Target, LockWait: o.LockWait,
+			AllowCrashConsistent: o.AllowCrashConsistent})
+		return err
+	})
 	if res == nil {
 		res = &backup.CreateResult{}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/deploy"
+	"github.com/instactl/instactl/monitor"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -217,7 +218,14 @@ func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, 
 		return err
 	}
 	prog := deployNewProgress(f.IO, p)
-	rep, err := run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event, LockWait: lockWait, Store: store}, ctx, p)
+	var rep *deploy.Report
+	// The role's hosts restart and run two releases side by side while this runs: silence
+	// exactly that, for exactly as long (monitor.DeploySilence).
+	err = silenceOperation(ctx, f, monitor.DeploySilence(env.cfg.Role), fmt.Sprintf("instactl %s %s of role %s", p.Kind, p.RunID, env.cfg.Role), func() error {
+		var rerr error
+		rep, rerr = run(&deploy.Deployer{Dialer: pool, LB: env.prov, OnEvent: prog.event, LockWait: lockWait, Store: store}, ctx, p)
+		return rerr
+	})
 	prog.finish()
 	return deployFinish(f, out, rep, err)
 }

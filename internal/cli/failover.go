@@ -162,14 +162,18 @@ func runGroupOp(ctx context.Context, f *Factory, o Output, op, name string, fl g
 		return err
 	}
 	v := FailoverView{Kind: g.Kind}
-	switch g.Kind {
-	case topology.KindPostgres:
-		v.Report, err = runPostgresOp(ctx, env, op, g, name, fl, &v)
-	case topology.KindRedis:
-		v.Report, err = runRedisOp(ctx, env, op, g, name, fl, &v)
-	default:
+	if g.Kind != topology.KindPostgres && g.Kind != topology.KindRedis {
 		return usageErrorf("group %s is of kind %q; switchover, failover and rejoin know postgres and redis", g.Name, g.Kind)
 	}
+	err = silenceOperation(ctx, f, groupOpSilence(op, g.Name), "instactl "+op+" "+g.Name, func() error {
+		var oerr error
+		if g.Kind == topology.KindPostgres {
+			v.Report, oerr = runPostgresOp(ctx, env, op, g, name, fl, &v)
+		} else {
+			v.Report, oerr = runRedisOp(ctx, env, op, g, name, fl, &v)
+		}
+		return oerr
+	})
 	v.Elapsed = time.Since(start)
 	if v.Group == "" {
 		v.Group = g.Name // an operation refused before it began reports no group

@@ -97,6 +97,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addHostCommands(cmd, f, out)
 	addFailoverCommands(cmd, f, out)
 	addSwitchCommands(cmd, f, out)
+	addMonitorCommands(cmd, f, out)
 	return cmd
 }
 

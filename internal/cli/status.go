@@ -13,6 +13,7 @@ import (
 	"github.com/instactl/instactl/deploy"
 	"github.com/instactl/instactl/errtext"
 	"github.com/instactl/instactl/internal/status"
+	"github.com/instactl/instactl/monitor"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/topology"
 	"github.com/spf13/cobra"
@@ -30,6 +31,10 @@ type StackStatus struct {
 	ShardError  string           `json:"shard_error,omitempty"`
 	Groups      []StatusGroup    `json:"groups,omitempty"`
 	GroupError  string           `json:"group_error,omitempty"`
+	// Recovery is per group backup age and "recoverable to", from Prometheus (stacks with a
+	// monitor role).
+	Recovery      *StatusRecovery `json:"recovery,omitempty"`
+	RecoveryError string          `json:"recovery_error,omitempty"`
 }
 
 // StatusBackup is the newest backup set of one target and the newest verified one.
@@ -57,7 +62,9 @@ func NewCmdStatus(f *Factory, out func() Output) *cobra.Command {
 		Long: `Show, for the whole stack: every host per role with its health and services, the release
 each app host runs, how far each replica is behind its primary, the newest backup of each target
 and the newest verified one, how the logical shards spread over the physical nodes, and the
-deploy lock if someone holds it. Exits 1 when a host is unhealthy.`,
+deploy lock if someone holds it. With a monitor role, per replication group the newest backup
+and the point a restore reaches now ("recoverable to": archived WAL past the backup), from
+Prometheus (or $INSTACTL_PROMETHEUS). Exits 1 when a host is unhealthy.`,
 		Example: `  instactl status
   instactl status -o json | jq '.hosts[] | select(.replication.lag_bytes > 1000000)'`,
 		Args: noArgs,
@@ -120,6 +127,12 @@ func statusCollect(ctx context.Context, f *Factory) (*StackStatus, error) {
 		s.Backups, err = statusBackups(ctx, f)
 		if err != nil {
 			s.BackupError = errtext.OneLine(err.Error())
+		}
+	}
+	if st.Role(monitor.Role) != nil {
+		s.Recovery, err = statusRecovery(ctx, st, topo)
+		if err != nil {
+			s.RecoveryError = errtext.OneLine(err.Error())
 		}
 	}
 	if st.Role(st.Shards.Role) != nil {
@@ -244,6 +257,7 @@ func statusRender(w io.Writer, s *StackStatus) error {
 		}
 		tw.Flush()
 	}
+	renderRecovery(w, s.Recovery, s.RecoveryError, time.Now())
 	fmt.Fprintln(w, "\nShards:")
 	switch {
 	case s.ShardError != "":

@@ -1,0 +1,281 @@
+package monitor
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/topology"
+)
+
+// The files `instactl monitor rules` writes, all into one directory: the Prometheus
+// configuration names the rule file relative to itself.
+const (
+	FilePrometheus       = "prometheus.yml"
+	FileRules            = "instactl.rules.yml"
+	FileAlertmanager     = "alertmanager.yml"
+	FilePostgresQueries  = "postgres-exporter-queries.yaml"
+	PostgresQueriesFlag  = "--extend.query-path"
+	postgresQueriesUsage = "postgres_exporter " + PostgresQueriesFlag + "=" + FilePostgresQueries
+)
+
+// File is one generated file.
+type File struct {
+	Name string `json:"name"`
+	Data []byte `json:"-"`
+}
+
+// Files generates every file of the stack's monitoring: Prometheus's configuration and rules,
+// Alertmanager's configuration and postgres_exporter's queries.
+func Files(st *stack.Stack, topo topology.Topology, o Options) ([]File, error) {
+	prom, err := PrometheusConfig(st, topo, o)
+	if err != nil {
+		return nil, err
+	}
+	rules, err := RulesYAML(st, topo, o)
+	if err != nil {
+		return nil, err
+	}
+	am, err := AlertmanagerConfig(st, o)
+	if err != nil {
+		return nil, err
+	}
+	return []File{
+		{Name: FilePrometheus, Data: prom},
+		{Name: FileRules, Data: rules},
+		{Name: FileAlertmanager, Data: am},
+		{Name: FilePostgresQueries, Data: []byte(PostgresQueries)},
+	}, nil
+}
+
+type promConfig struct {
+	Global        promGlobal     `yaml:"global"`
+	RuleFiles     []string       `yaml:"rule_files"`
+	Alerting      promAlerting   `yaml:"alerting"`
+	ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
+}
+
+type promGlobal struct {
+	ScrapeInterval     string            `yaml:"scrape_interval"`
+	EvaluationInterval string            `yaml:"evaluation_interval"`
+	ExternalLabels     map[string]string `yaml:"external_labels"`
+}
+
+type promAlerting struct {
+	Alertmanagers []struct {
+		StaticConfigs []staticConfig `yaml:"static_configs"`
+	} `yaml:"alertmanagers"`
+}
+
+type scrapeConfig struct {
+	JobName        string              `yaml:"job_name"`
+	MetricsPath    string              `yaml:"metrics_path,omitempty"`
+	Params         map[string][]string `yaml:"params,omitempty"`
+	StaticConfigs  []staticConfig      `yaml:"static_configs"`
+	RelabelConfigs []relabelConfig     `yaml:"relabel_configs,omitempty"`
+}
+
+type staticConfig struct {
+	Targets []string          `yaml:"targets"`
+	Labels  map[string]string `yaml:"labels,omitempty"`
+}
+
+type relabelConfig struct {
+	SourceLabels []string `yaml:"source_labels,omitempty,flow"`
+	TargetLabel  string   `yaml:"target_label"`
+	Replacement  string   `yaml:"replacement,omitempty"`
+}
+
+// PrometheusConfig generates prometheus.yml: one scrape job per exporter with one static
+// target per host (labels instance = host name, role, group), the blackbox probes through the
+// monitor host's blackbox exporter, the rule file and every monitor host's Alertmanager.
+func PrometheusConfig(st *stack.Stack, topo topology.Topology, o Options) ([]byte, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	_, monAddr, err := MonitorHost(st)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := Targets(st, topo)
+	if err != nil {
+		return nil, err
+	}
+	probes, err := Probes(st, topo)
+	if err != nil {
+		return nil, err
+	}
+	iv := promDuration(o.ScrapeInterval)
+	c := promConfig{
+		Global:    promGlobal{ScrapeInterval: iv, EvaluationInterval: iv, ExternalLabels: map[string]string{"stack": st.Name}},
+		RuleFiles: []string{FileRules},
+	}
+	c.Alerting.Alertmanagers = make([]struct {
+		StaticConfigs []staticConfig `yaml:"static_configs"`
+	}, 1)
+	var ams []string
+	for _, t := range targets {
+		if t.Job == JobAlertmanager {
+			ams = append(ams, t.Address)
+		}
+	}
+	c.Alerting.Alertmanagers[0].StaticConfigs = []staticConfig{{Targets: ams}}
+	for _, job := range []string{JobNode, JobPostgres, JobRedis, JobPgBouncer, JobApp, JobPrometheus, JobAlertmanager, JobBlackbox} {
+		sc := scrapeConfig{JobName: job}
+		if job == JobApp {
+			sc.MetricsPath = AppMetricsPath
+		}
+		for _, t := range targets {
+			if t.Job == job {
+				sc.StaticConfigs = append(sc.StaticConfigs, staticConfig{Targets: []string{t.Address}, Labels: t.Labels()})
+			}
+		}
+		if len(sc.StaticConfigs) > 0 {
+			c.ScrapeConfigs = append(c.ScrapeConfigs, sc)
+		}
+	}
+	if len(probes) > 0 {
+		sc := scrapeConfig{JobName: JobProbe, MetricsPath: "/probe",
+			RelabelConfigs: []relabelConfig{
+				{SourceLabels: []string{"__address__"}, TargetLabel: "__param_target"},
+				{TargetLabel: "__address__", Replacement: net.JoinHostPort(monAddr, strconv.Itoa(PortBlackbox))},
+			}}
+		for _, p := range probes {
+			sc.StaticConfigs = append(sc.StaticConfigs, staticConfig{Targets: []string{p.URL},
+				Labels: map[string]string{"instance": p.Host, "role": p.Role, "group": p.Group, "module": p.Module, "__param_module": p.Module}})
+		}
+		c.ScrapeConfigs = append(c.ScrapeConfigs, sc)
+	}
+	return marshal(fmt.Sprintf("# Prometheus configuration of stack %s, generated by `instactl monitor rules`: edit the stack, not this file.\n"+
+		"# Port plan: node %d, postgres %d, redis %d, pgbouncer %d, app on its port %s, blackbox %d, prometheus %d, alertmanager %d.\n",
+		st.Name, PortNode, PortPostgres, PortRedis, PortPgBouncer, AppMetricsPath, PortBlackbox, PortPrometheus, PortAlertmanager), c)
+}
+
+type amConfig struct {
+	Route        amRoute     `yaml:"route"`
+	Receivers    []amRecv    `yaml:"receivers"`
+	InhibitRules []amInhibit `yaml:"inhibit_rules"`
+}
+
+type amRoute struct {
+	Receiver       string    `yaml:"receiver"`
+	GroupBy        []string  `yaml:"group_by,omitempty,flow"`
+	GroupWait      string    `yaml:"group_wait,omitempty"`
+	GroupInterval  string    `yaml:"group_interval,omitempty"`
+	RepeatInterval string    `yaml:"repeat_interval,omitempty"`
+	Matchers       []string  `yaml:"matchers,omitempty"`
+	Continue       bool      `yaml:"continue,omitempty"`
+	Routes         []amRoute `yaml:"routes,omitempty"`
+}
+
+type amRecv struct {
+	Name           string      `yaml:"name"`
+	WebhookConfigs []amWebhook `yaml:"webhook_configs,omitempty"`
+}
+
+type amWebhook struct {
+	URL          string `yaml:"url"`
+	SendResolved bool   `yaml:"send_resolved"`
+}
+
+type amInhibit struct {
+	SourceMatchers []string `yaml:"source_matchers"`
+	TargetMatchers []string `yaml:"target_matchers"`
+	Equal          []string `yaml:"equal,flow"`
+}
+
+// Receivers of the Alertmanager configuration.
+const (
+	ReceiverDefault = "default"
+	ReceiverWebhook = "webhook"
+)
+
+// AlertmanagerConfig generates alertmanager.yml: everything goes to the default receiver (kept
+// and shown by `instactl alerts`, sent nowhere), critical alerts also to the webhook receiver;
+// grouped by alert and group, with a long group_interval against flapping storms. Inhibitions:
+// a host that is down silences its other alerts; a group without a primary (master) silences
+// its members' follow-on alerts, so the page says failover and nothing else.
+func AlertmanagerConfig(st *stack.Stack, o Options) ([]byte, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := amConfig{
+		Route: amRoute{Receiver: ReceiverDefault, GroupBy: []string{"alertname", LabelGroup},
+			GroupWait: "30s", GroupInterval: "5m", RepeatInterval: "4h",
+			Routes: []amRoute{{Receiver: ReceiverWebhook, Matchers: []string{LabelSeverity + `="` + SeverityCritical + `"`}}}},
+		Receivers: []amRecv{
+			{Name: ReceiverDefault},
+			{Name: ReceiverWebhook, WebhookConfigs: []amWebhook{{URL: o.WebhookURL, SendResolved: true}}},
+		},
+		InhibitRules: []amInhibit{
+			{SourceMatchers: []string{`alertname="` + AlertHostDown + `"`}, TargetMatchers: []string{`alertname!="` + AlertHostDown + `"`}, Equal: []string{LabelHost}},
+			{SourceMatchers: []string{`alertname="` + AlertPostgresNoPrimary + `"`},
+				TargetMatchers: []string{`alertname=~"` + AlertPostgresDown + "|" + AlertPostgresReplicationBroken + "|" + AlertPostgresLagTime + "|" + AlertPostgresHeartbeatStale + `"`},
+				Equal:          []string{LabelGroup}},
+			{SourceMatchers: []string{`alertname="` + AlertRedisNoMaster + `"`},
+				TargetMatchers: []string{`alertname=~"` + AlertRedisDown + "|" + AlertRedisLinkDown + `"`}, Equal: []string{LabelGroup}},
+		},
+	}
+	return marshal("# Alertmanager configuration of stack "+st.Name+", generated by `instactl monitor rules`.\n"+
+		"# Replace the webhook receiver's placeholder URL with the pager's (instactl monitor rules --webhook URL).\n", c)
+}
+
+// PostgresQueries is postgres_exporter's custom query file (--extend.query-path), the same on
+// every Postgres host; the exporter connects to database HeartbeatDatabase. Metric names are
+// the query's key and the column: instactl_pg_in_recovery, instactl_pg_replication_lag_bytes,
+// instactl_pg_replication_replay_lag_seconds, instactl_pg_replication_streaming (labels
+// application_name = the standby's host name, state), instactl_pg_heartbeat_age_seconds.
+//
+// Not used, on purpose: the exporter's pg_replication_lag (now() - the last replayed
+// transaction's time) grows without bound on an idle primary's standbys and, in its "fixed"
+// forms, reads 0 on a broken link.
+const PostgresQueries = `# postgres_exporter custom queries, generated by instactl (` + postgresQueriesUsage + `).
+# Replication is judged on the primary (byte lag and streaming state per standby, from
+# pg_stat_replication; logical walsenders of shard moves, which are connected to a database,
+# are left out) and by the age of the heartbeat row the primary rewrites every 10 s, read on
+# every member: an idle primary keeps its standbys' heartbeat fresh, a broken link does not.
+# The exporter's own pg_replication_lag is not used: it grows on an idle primary's standbys
+# (postgres_exporter issue 385) and its fixes read 0 on a broken link.
+instactl_pg:
+  query: "SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS in_recovery"
+  master: true
+  metrics:
+    - in_recovery:
+        usage: "GAUGE"
+        description: "1 on a standby (in recovery), 0 on a primary"
+instactl_pg_replication:
+  query: |
+    SELECT r.application_name, r.state,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::float8 AS lag_bytes,
+           COALESCE(EXTRACT(EPOCH FROM r.replay_lag), 0)::float8 AS replay_lag_seconds,
+           CASE WHEN r.state = 'streaming' THEN 1 ELSE 0 END AS streaming
+    FROM pg_stat_replication r JOIN pg_stat_activity a ON a.pid = r.pid
+    WHERE a.datname IS NULL AND NOT pg_is_in_recovery()
+  master: true
+  metrics:
+    - application_name:
+        usage: "LABEL"
+        description: "The standby's application_name: its host name"
+    - state:
+        usage: "LABEL"
+        description: "The walsender's state"
+    - lag_bytes:
+        usage: "GAUGE"
+        description: "Bytes of WAL the standby has not replayed yet, measured on the primary"
+    - replay_lag_seconds:
+        usage: "GAUGE"
+        description: "pg_stat_replication.replay_lag in seconds (0 when idle)"
+    - streaming:
+        usage: "GAUGE"
+        description: "1 while the standby streams"
+instactl_pg_heartbeat:
+  query: "SELECT EXTRACT(EPOCH FROM (now() - max(ts)))::float8 AS age_seconds FROM instactl_heartbeat"
+  master: true
+  metrics:
+    - age_seconds:
+        usage: "GAUGE"
+        description: "Age of the heartbeat row the primary rewrites every 10 s, as replayed here"
+`

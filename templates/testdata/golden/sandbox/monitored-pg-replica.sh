@@ -1,0 +1,576 @@
+#!/bin/bash
+# instactl bootstrap for pg-1: role pg (replica of 127.0.77.1:5432), stack dev, sandbox flavour.
+# Rendered by instactl (`instactl render pg`); do not edit on the host.
+# Idempotent: every step checks before it changes anything, so a failed run can simply be re-run.
+# Ends by writing /var/lib/instagram/bootstrap.done, or bootstrap.failed (exit status, line, command).
+set -euo pipefail
+set -o errtrace
+umask 022
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C
+cd /
+
+readonly DONE=/var/lib/instagram/bootstrap.done FAILED=/var/lib/instagram/bootstrap.failed
+# shellcheck disable=SC2034 # not every role uses every one
+readonly HOST_NAME=pg-1 ADDRESS=127.0.77.2 PORT=5432
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$HOST_NAME" "$*"; }
+
+# die records a failure the script itself detected (the ERR trap records the others).
+die() {
+	log "ERROR: $*"
+	printf 'line %s: %s\n' "${BASH_LINENO[0]}" "$*" >"$FAILED"
+	exit 1
+}
+
+on_error() {
+	local rc=$1 line=$2 cmd=$3
+	# Keep the first failure: a failing subshell also fails the line that ran it.
+	if [ ! -e "$FAILED" ]; then
+		printf 'exit %s at line %s: %s\n' "$rc" "$line" "$cmd" >"$FAILED"
+	fi
+	log "FAILED: exit $rc at line $line: $cmd"
+}
+
+# write_file PATH MODE OWNER: install stdin at PATH atomically.
+write_file() {
+	local path=$1 mode=$2 owner=$3 tmp
+	mkdir -p "$(dirname "$path")"
+	tmp=$(mktemp "$path.XXXXXX")
+	cat >"$tmp"
+	chmod "$mode" "$tmp"
+	chown "$owner" "$tmp"
+	mv -f "$tmp" "$path"
+}
+
+# wait_for WHAT SECONDS COMMAND...: run COMMAND until it succeeds, at most SECONDS.
+wait_for() {
+	local what=$1 limit=$2 deadline
+	shift 2
+	deadline=$((SECONDS + limit))
+	until "$@"; do
+		if ((SECONDS >= deadline)); then
+			die "$what not ready after ${limit}s"
+		fi
+		sleep 0.5
+	done
+	log "$what is ready"
+}
+
+mkdir -p /var/lib/instagram /var/log/instagram /etc/instagram/services /run/instagram
+# One bootstrap at a time; fd 9 is closed for every service started below.
+exec 9>/var/lib/instagram/bootstrap.lock
+if ! flock -n 9; then
+	log "another bootstrap is running on this host; not starting a second one"
+	exit 75
+fi
+rm -f "$DONE" "$FAILED"
+trap 'on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
+log "bootstrap of $HOST_NAME (pg, $ADDRESS) starting"
+
+write_file /etc/instagram/host.env 0644 root:root <<'INSTACTL_EOF'
+# Identity of this host, written by instactl bootstrap.
+INSTACTL_STACK='dev'
+INSTACTL_ROLE='pg'
+INSTACTL_INDEX=1
+INSTACTL_HOST='pg-1'
+INSTACTL_ADDRESS='127.0.77.2'
+INSTACTL_SERVICE_MANAGER='sandbox'
+INSTACTL_EOF
+
+# ---- service supervisor (no systemd on sandbox hosts) ----
+readonly SVC=/opt/instagram/bin/instactl-svc
+write_file "$SVC" 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+# instactl-svc: the service manager of sandbox hosts, which have no systemd.
+# Usage: instactl-svc start|stop|restart|status NAME
+# NAME is defined by /etc/instagram/services/NAME.env (SVC_COMMAND array, SVC_USER, SVC_DIR,
+# SVC_ENV_FILE, SVC_RUNTIME_DIR, SVC_PIDFILE, SVC_LOG, SVC_STOP_SIGNAL, SVC_STOP_TIMEOUT).
+# start daemonizes in a new session (it outlives the SSH session that ran it) and is a no-op
+# when the service runs; stop sends SVC_STOP_SIGNAL, waits SVC_STOP_TIMEOUT seconds, then
+# SIGKILL; status exits 0 only when the recorded pid is alive (3 when it is not).
+# Rendered by instactl.
+set -euo pipefail
+
+usage() {
+	echo "usage: instactl-svc start|stop|restart|status NAME" >&2
+	exit 2
+}
+[ $# -eq 2 ] || usage
+action=$1 name=$2
+case $name in
+'' | *[!A-Za-z0-9_.-]*) usage ;;
+esac
+conf=${INSTACTL_SVC_DIR:-/etc/instagram/services}/$name.env
+if [ ! -r "$conf" ]; then
+	echo "instactl-svc: no service $name ($conf is missing)" >&2
+	exit 5
+fi
+
+SVC_COMMAND=()
+SVC_USER=root SVC_DIR=/ SVC_ENV_FILE='' SVC_RUNTIME_DIR=''
+SVC_PIDFILE=/run/instagram/$name.pid SVC_LOG=/var/log/instagram/$name.log
+SVC_STOP_SIGNAL=TERM SVC_STOP_TIMEOUT=30
+# shellcheck source=/dev/null
+. "$conf"
+[ ${#SVC_COMMAND[@]} -gt 0 ] || {
+	echo "instactl-svc: $conf sets no SVC_COMMAND" >&2
+	exit 6
+}
+
+# alive PID: the process exists and is not a zombie waiting for a reaper.
+alive() {
+	local stat
+	kill -0 "$1" 2>/dev/null || return 1
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[ "${stat:0:1}" != Z ]
+}
+
+# running_pid prints the service's pid when it is alive.
+running_pid() {
+	local pid
+	[ -s "$SVC_PIDFILE" ] || return 1
+	pid=$(<"$SVC_PIDFILE")
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	alive "$pid" || return 1
+	echo "$pid"
+}
+
+start() {
+	local pid group home
+	if pid=$(running_pid); then
+		echo "$name is running (pid $pid)"
+		return 0
+	fi
+	mkdir -p "$(dirname "$SVC_PIDFILE")" "$(dirname "$SVC_LOG")"
+	rm -f "$SVC_PIDFILE"
+	group=$(id -gn "$SVC_USER")
+	home=$(getent passwd "$SVC_USER" | cut -d: -f6)
+	if [ -n "$SVC_RUNTIME_DIR" ]; then
+		install -d -o "$SVC_USER" -g "$group" -m 2775 "$SVC_RUNTIME_DIR"
+	fi
+	touch "$SVC_LOG"
+	chown "$SVC_USER:$group" "$SVC_LOG"
+	local -a launch=(env HOME="$home" USER="$SVC_USER" LOGNAME="$SVC_USER")
+	if [ "$SVC_USER" != root ]; then
+		# setpriv execs in place (runuser would fork), so the recorded pid is the service's.
+		launch=(setpriv --reuid="$SVC_USER" --regid="$group" --init-groups -- "${launch[@]}")
+	fi
+	# The launcher records its own pid, then becomes the service: new session, no terminal,
+	# stdin from /dev/null, output appended to the log, inherited fd 9 (bootstrap lock) closed.
+	# shellcheck disable=SC2016 # expanded by the launcher shell
+	setsid bash -c 'echo $$ >"$1" && cd "$2" || exit 1
+		if [ -n "$3" ]; then set -a && . "$3" && set +a || exit 1; fi
+		shift 3 && exec "$@"' instactl-svc-launch "$SVC_PIDFILE" "$SVC_DIR" "$SVC_ENV_FILE" \
+		"${launch[@]}" "${SVC_COMMAND[@]}" </dev/null >>"$SVC_LOG" 2>&1 9>&- &
+	for _ in $(seq 50); do
+		[ -s "$SVC_PIDFILE" ] && break
+		sleep 0.1
+	done
+	# A service that dies at once (bad config, port taken) is reported here, not later.
+	sleep 0.5
+	if pid=$(running_pid); then
+		echo "$name started (pid $pid)"
+		return 0
+	fi
+	echo "instactl-svc: $name exited during start; last lines of $SVC_LOG:" >&2
+	tail -n 20 "$SVC_LOG" >&2
+	return 1
+}
+
+stop() {
+	local pid deadline
+	if ! pid=$(running_pid); then
+		rm -f "$SVC_PIDFILE"
+		echo "$name is stopped"
+		return 0
+	fi
+	kill -s "$SVC_STOP_SIGNAL" "$pid" 2>/dev/null || true
+	deadline=$((SECONDS + SVC_STOP_TIMEOUT))
+	while alive "$pid"; do
+		if ((SECONDS >= deadline)); then
+			echo "instactl-svc: $name (pid $pid) did not stop within ${SVC_STOP_TIMEOUT}s; killing it" >&2
+			kill -KILL "$pid" 2>/dev/null || true
+			sleep 0.2
+			break
+		fi
+		sleep 0.1
+	done
+	rm -f "$SVC_PIDFILE"
+	echo "$name stopped"
+}
+
+status() {
+	local pid
+	if pid=$(running_pid); then
+		echo "$name is running (pid $pid)"
+		return 0
+	fi
+	echo "$name is not running"
+	return 3
+}
+
+case $action in
+start) start ;;
+stop) stop ;;
+restart) stop && start ;;
+status) status ;;
+*) usage ;;
+esac
+INSTACTL_EOF
+
+# ---- data volume: sdf under /run/instactl/dev, xfs at /var/lib/postgresql ----
+readonly DEVICE_DIR=/run/instactl/dev MOUNT=/var/lib/postgresql
+DEVICES=(sdf)
+
+# device_path NAME: the block device behind DEVICE_DIR/NAME (or its Xen name, xvdf for sdf).
+device_path() {
+	local p
+	for p in "$DEVICE_DIR/$1" "$DEVICE_DIR/xvd${1#sd}"; do
+		if [ -b "$p" ]; then
+			readlink -f "$p"
+			return 0
+		fi
+	done
+	return 1
+}
+
+devs=()
+deadline=$((SECONDS + 300))
+for name in "${DEVICES[@]}"; do
+	until dev=$(device_path "$name"); do
+		if ((SECONDS >= deadline)); then
+			die "device $DEVICE_DIR/$name did not appear within 300s"
+		fi
+		sleep 1
+	done
+	log "device $name is $dev"
+	devs+=("$dev")
+done
+DATA_DEV=${devs[0]}
+
+# Format only a device that holds nothing; anything else is somebody's data.
+probe_rc=0
+probe=$(blkid -p -o export "$DATA_DEV") || probe_rc=$?
+case $probe_rc in
+0 | 2) ;;
+*) die "blkid $DATA_DEV failed with exit $probe_rc" ;;
+esac
+fstype=$(sed -n 's/^TYPE=//p' <<<"$probe")
+if grep -q '^PTTYPE=' <<<"$probe"; then
+	die "$DATA_DEV has a partition table; refusing to format it"
+fi
+case $fstype in
+"")
+	log "mkfs.xfs $DATA_DEV"
+	mkfs.xfs -q "$DATA_DEV"
+	;;
+xfs) log "$DATA_DEV already holds xfs" ;;
+*) die "$DATA_DEV holds $fstype, not xfs; refusing to format it (wipe it by hand if it is unused)" ;;
+esac
+
+mkdir -p "$MOUNT"
+if findmnt -rn -S "$DATA_DEV" -M "$MOUNT" >/dev/null; then
+	log "$DATA_DEV already mounted at $MOUNT"
+else
+	mount -t xfs -o noatime "$DATA_DEV" "$MOUNT"
+	log "mounted $DATA_DEV at $MOUNT"
+fi
+# The sandbox mounts what this lists when a stopped host starts, as EC2 mounts /etc/fstab.
+if ! grep -qs " $MOUNT " /etc/instagram/fstab; then
+	printf '%s %s xfs noatime 0 0\n' "$DATA_DEV" "$MOUNT" >>/etc/instagram/fstab
+	log "added $MOUNT to /etc/instagram/fstab"
+fi
+
+# ---- postgres 15: replica of 127.0.77.1:5432 ----
+readonly PGBIN=/usr/lib/postgresql/15/bin PGDATA=/var/lib/postgresql/15/main
+REPLICATION_PASSWORD=''
+as_postgres() { runuser -u postgres -- "$@"; }
+pg_ready() { as_postgres "$PGBIN/pg_isready" -q -h /run/postgresql -p "$PORT"; }
+chown postgres:postgres "$MOUNT"
+install -d -o postgres -g postgres -m 0755 /var/lib/postgresql
+install -d -o postgres -g postgres -m 0700 "$(dirname "$PGDATA")"
+install -d -o postgres -g postgres -m 2775 /run/postgresql
+
+if [ -s "$PGDATA/PG_VERSION" ]; then
+	log "cluster $PGDATA exists"
+elif [ -d "$PGDATA" ] && [ -n "$(ls -A "$PGDATA")" ]; then
+	die "$PGDATA is not empty but holds no cluster; move it aside and re-run"
+else
+	# Copy the primary; retry until it answers and has created the replicator role.
+	partial="$PGDATA.partial"
+	deadline=$((SECONDS + 900))
+	attempt=1
+	until
+		rm -rf "$partial"
+		PGPASSWORD=$REPLICATION_PASSWORD as_postgres "$PGBIN/pg_basebackup" --no-password \
+			-d "host=127.0.77.1 port=5432 user=replicator application_name=pg-1" \
+			-D "$partial" -R -X stream -c fast
+	do
+		if ((SECONDS >= deadline)); then
+			die "pg_basebackup from 127.0.77.1:5432 failed for 900s"
+		fi
+		log "primary 127.0.77.1:5432 not ready (attempt $attempt); retrying in 3s"
+		attempt=$((attempt + 1))
+		sleep 3
+	done
+	if [ -d "$PGDATA" ]; then rmdir "$PGDATA"; fi
+	mv "$partial" "$PGDATA"
+	log "base backup from 127.0.77.1:5432 done"
+fi
+
+# The base backup copied the primary's configuration; these files make it this host's.
+write_file "$PGDATA/postgresql.conf" 0600 postgres:postgres <<'INSTACTL_EOF'
+# postgresql.conf for pg-1 (replica of 127.0.77.1:5432), rendered by instactl.
+# Settings not listed keep PostgreSQL's defaults. Primary and replicas share this file: a standby
+# needs the same max_* settings as its primary. A replica's primary_conninfo lives in
+# postgresql.auto.conf, written by pg_basebackup -R.
+cluster_name = 'pg-1'
+listen_addresses = '127.0.77.2'
+port = 5432
+unix_socket_directories = '/run/postgresql'
+max_connections = 200
+password_encryption = scram-sha-256
+
+shared_buffers = 128MB
+dynamic_shared_memory_type = posix
+
+# Streaming replicas, and logical replication for online shard moves.
+wal_level = logical
+max_wal_senders = 16
+max_replication_slots = 16
+max_worker_processes = 16
+max_logical_replication_workers = 8
+# Start a new subscription's apply worker within a second, not the default 5 s: shard moves
+# create subscriptions and wait for them.
+wal_retrieve_retry_interval = 1s
+max_sync_workers_per_subscription = 2
+wal_keep_size = 64MB
+hot_standby = on
+hot_standby_feedback = on
+# pg_rewind needs hint-bit changes in the WAL (initdb --data-checksums gives that too; both are
+# on) to bring a failed old primary back as a standby.
+wal_log_hints = on
+
+# Logs go to stderr: the journal on AWS, /var/log/instagram/postgres.log on the sandbox.
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+log_timezone = 'UTC'
+timezone = 'UTC'
+datestyle = 'iso, mdy'
+lc_messages = 'C'
+default_text_search_config = 'pg_catalog.english'
+INSTACTL_EOF
+write_file "$PGDATA/pg_hba.conf" 0600 postgres:postgres <<'INSTACTL_EOF'
+# pg_hba.conf for pg-1, rendered by instactl. First match wins.
+# TYPE  DATABASE     USER        ADDRESS         METHOD
+local   all          all                         peer
+# Sandbox only: everything on loopback is trusted.
+host    all          all         127.0.0.0/8     trust
+host    replication  all         127.0.0.0/8     trust
+host    replication  replicator  samenet         scram-sha-256
+host    all          all         samenet         scram-sha-256
+INSTACTL_EOF
+
+# The boot guard: a cluster that would start as primary first asks the other members.
+write_file /etc/instagram/pg-peers 0644 root:root <<'INSTACTL_EOF'
+INSTACTL_EOF
+write_file /opt/instagram/bin/instactl-pg-guard 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+# instactl-pg-guard: starts PostgreSQL only when that cannot make a second primary.
+# Usage: instactl-pg-guard COMMAND... (the postgres command line; PGDATA is /var/lib/postgresql/15/main)
+#
+# A cluster with standby.signal starts: a standby never accepts writes. A cluster that would
+# start as a primary first asks every other member of its replication group, listed in
+# /etc/instagram/pg-peers ("host port" per line): when one of them is a primary that accepts writes, a
+# failover promoted it while this host was down, so this one must not start as a primary
+# again. It exits 1 with the command that brings it back as a standby (instactl rejoin).
+# When no member answers, the whole group is starting (a cold start) and this host starts.
+# Rendered by instactl.
+set -euo pipefail
+
+readonly PGDATA=/var/lib/postgresql/15/main PEERS=/etc/instagram/pg-peers PSQL=/usr/lib/postgresql/15/bin/psql
+log() { echo "instactl-pg-guard: $*" >&2; }
+if [ -r /etc/instagram/pgpass ]; then export PGPASSFILE=/etc/instagram/pgpass; fi
+
+# A lock file left by a power cut names a pid that, once pids wrap, may be another process:
+# PostgreSQL would take it for a live postmaster and refuse to start.
+if [ -f "$PGDATA/postmaster.pid" ]; then
+	lp=$(head -n 1 "$PGDATA/postmaster.pid")
+	case $(tr '\0' ' ' <"/proc/$lp/cmdline" 2>/dev/null) in
+	*postgres*) ;;
+	*) log "removing the stale lock file of pid $lp" && rm -f "$PGDATA/postmaster.pid" ;;
+	esac
+fi
+if [ -e "$PGDATA/standby.signal" ] || [ ! -s "$PEERS" ]; then
+	exec "$@"
+fi
+while read -r host port; do
+	[ -n "$host" ] || continue
+	if "$PSQL" -X -At -c 'SELECT 1' \
+		"host=$host port=$port dbname=postgres user=replicator connect_timeout=2 target_session_attrs=read-write" \
+		>/dev/null 2>&1; then
+		log "fenced: $host:$port is the primary of this group now, so pg-1 must not start as one"
+		log "make pg-1 its standby: instactl rejoin pg-1"
+		exit 1
+	fi
+done <"$PEERS"
+exec "$@"
+INSTACTL_EOF
+
+write_file /etc/instagram/services/postgres.env 0644 root:root <<'INSTACTL_EOF'
+# instactl-svc definition of postgres on pg-1: PostgreSQL 15 /var/lib/postgresql/15/main.
+# Sourced by /opt/instagram/bin/instactl-svc; rendered by instactl.
+SVC_COMMAND=(/opt/instagram/bin/instactl-pg-guard /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main)
+SVC_USER=postgres
+SVC_DIR=/var/lib/postgresql
+SVC_ENV_FILE=''
+SVC_RUNTIME_DIR=/run/postgresql
+SVC_PIDFILE=/run/instagram/postgres.pid
+SVC_LOG=/var/log/instagram/postgres.log
+SVC_STOP_SIGNAL=INT
+SVC_STOP_TIMEOUT=120
+INSTACTL_EOF
+"$SVC" start postgres
+
+wait_for "postgres on $ADDRESS:$PORT" 300 pg_ready
+in_recovery=$(as_postgres "$PGBIN/psql" -X -At -h /run/postgresql -p "$PORT" -d postgres -c 'SELECT pg_is_in_recovery()')
+log "replica in recovery: $in_recovery"
+
+# ---- exporters (the stack has a monitor role): node_exporter, postgres_exporter on $ADDRESS ----
+# Tools drop NAME.prom files here (through a rename); node_exporter serves them with the host.
+install -d -m 0755 /var/lib/instagram/textfile
+# node_exporter reads the mount table of pid 1, which here is the machine's: its /proc is a copy
+# of links to the machine's with 1 -> /proc/self, so it sees this host's volumes.
+install -d -m 0755 /var/lib/instagram/node-exporter/procfs
+for entry in /proc/*; do
+	name=${entry#/proc/}
+	case $name in
+	*[!0-9]*) ln -sfn "$entry" /var/lib/instagram/node-exporter/procfs/"$name" ;;
+	esac
+done
+ln -sfn /proc/self /var/lib/instagram/node-exporter/procfs/1
+
+write_file /etc/instagram/services/node-exporter.env 0644 root:root <<'INSTACTL_EOF'
+# instactl-svc definition of node-exporter on pg-1: node_exporter.
+# Sourced by /opt/instagram/bin/instactl-svc; rendered by instactl.
+SVC_COMMAND=(/usr/bin/prometheus-node-exporter --web.listen-address=127.0.77.2:9100 --collector.textfile.directory=/var/lib/instagram/textfile --path.procfs=/var/lib/instagram/node-exporter/procfs --no-collector.systemd '--collector.filesystem.fs-types-exclude=^([^x].*|x([^f].*)?|xf([^s].*)?|xfs.+)$')
+SVC_USER=root
+SVC_DIR=/
+SVC_ENV_FILE=''
+SVC_RUNTIME_DIR=''
+SVC_PIDFILE=/run/instagram/node-exporter.pid
+SVC_LOG=/var/log/instagram/node-exporter.log
+SVC_STOP_SIGNAL=TERM
+SVC_STOP_TIMEOUT=10
+INSTACTL_EOF
+"$SVC" start node-exporter
+
+write_file /etc/instagram/postgres-exporter-queries.yaml 0644 root:root <<'INSTACTL_EOF'
+# postgres_exporter custom queries, generated by instactl (postgres_exporter --extend.query-path=postgres-exporter-queries.yaml).
+# Replication is judged on the primary (byte lag and streaming state per standby, from
+# pg_stat_replication; logical walsenders of shard moves, which are connected to a database,
+# are left out) and by the age of the heartbeat row the primary rewrites every 10 s, read on
+# every member: an idle primary keeps its standbys' heartbeat fresh, a broken link does not.
+# The exporter's own pg_replication_lag is not used: it grows on an idle primary's standbys
+# (postgres_exporter issue 385) and its fixes read 0 on a broken link.
+instactl_pg:
+  query: "SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS in_recovery"
+  master: true
+  metrics:
+    - in_recovery:
+        usage: "GAUGE"
+        description: "1 on a standby (in recovery), 0 on a primary"
+instactl_pg_replication:
+  query: |
+    SELECT r.application_name, r.state,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::float8 AS lag_bytes,
+           COALESCE(EXTRACT(EPOCH FROM r.replay_lag), 0)::float8 AS replay_lag_seconds,
+           CASE WHEN r.state = 'streaming' THEN 1 ELSE 0 END AS streaming
+    FROM pg_stat_replication r JOIN pg_stat_activity a ON a.pid = r.pid
+    WHERE a.datname IS NULL AND NOT pg_is_in_recovery()
+  master: true
+  metrics:
+    - application_name:
+        usage: "LABEL"
+        description: "The standby's application_name: its host name"
+    - state:
+        usage: "LABEL"
+        description: "The walsender's state"
+    - lag_bytes:
+        usage: "GAUGE"
+        description: "Bytes of WAL the standby has not replayed yet, measured on the primary"
+    - replay_lag_seconds:
+        usage: "GAUGE"
+        description: "pg_stat_replication.replay_lag in seconds (0 when idle)"
+    - streaming:
+        usage: "GAUGE"
+        description: "1 while the standby streams"
+instactl_pg_heartbeat:
+  query: "SELECT EXTRACT(EPOCH FROM (now() - max(ts)))::float8 AS age_seconds FROM instactl_heartbeat"
+  master: true
+  metrics:
+    - age_seconds:
+        usage: "GAUGE"
+        description: "Age of the heartbeat row the primary rewrites every 10 s, as replayed here"
+INSTACTL_EOF
+write_file /etc/instagram/postgres-exporter.env 0644 root:root <<'INSTACTL_EOF'
+# postgres_exporter connects as postgres over the local socket (peer authentication).
+DATA_SOURCE_NAME='host=/run/postgresql port=5432 user=postgres dbname=postgres sslmode=disable'
+INSTACTL_EOF
+
+write_file /etc/instagram/services/postgres-exporter.env 0644 root:root <<'INSTACTL_EOF'
+# instactl-svc definition of postgres-exporter on pg-1: postgres_exporter.
+# Sourced by /opt/instagram/bin/instactl-svc; rendered by instactl.
+SVC_COMMAND=(/usr/bin/prometheus-postgres-exporter --web.listen-address=127.0.77.2:9187 --extend.query-path=/etc/instagram/postgres-exporter-queries.yaml)
+SVC_USER=postgres
+SVC_DIR=/
+SVC_ENV_FILE=/etc/instagram/postgres-exporter.env
+SVC_RUNTIME_DIR=''
+SVC_PIDFILE=/run/instagram/postgres-exporter.pid
+SVC_LOG=/var/log/instagram/postgres-exporter.log
+SVC_STOP_SIGNAL=TERM
+SVC_STOP_TIMEOUT=10
+INSTACTL_EOF
+"$SVC" start postgres-exporter
+
+# The heartbeat: the primary rewrites one row every 10 s; each member's exporter reports its age.
+write_file /etc/instagram/pg-heartbeat.sql 0644 root:root <<'INSTACTL_EOF'
+DO $$ BEGIN IF NOT pg_is_in_recovery() THEN CREATE TABLE IF NOT EXISTS instactl_heartbeat (id int PRIMARY KEY, ts timestamptz NOT NULL); INSERT INTO instactl_heartbeat VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = now(); END IF; END $$;
+INSTACTL_EOF
+
+write_file /etc/instagram/services/pg-heartbeat.env 0644 root:root <<'INSTACTL_EOF'
+# instactl-svc definition of pg-heartbeat on pg-1: replication heartbeat writer.
+# Sourced by /opt/instagram/bin/instactl-svc; rendered by instactl.
+SVC_COMMAND=(/bin/sh -c 'while :; do /usr/lib/postgresql/15/bin/psql -X -q -h /run/postgresql -p 5432 -d postgres -f /etc/instagram/pg-heartbeat.sql >/dev/null; sleep 10; done')
+SVC_USER=postgres
+SVC_DIR=/
+SVC_ENV_FILE=''
+SVC_RUNTIME_DIR=''
+SVC_PIDFILE=/run/instagram/pg-heartbeat.pid
+SVC_LOG=/var/log/instagram/pg-heartbeat.log
+SVC_STOP_SIGNAL=TERM
+SVC_STOP_TIMEOUT=10
+INSTACTL_EOF
+"$SVC" start pg-heartbeat
+
+exporter_ping() { (exec 3<>"/dev/tcp/$ADDRESS/$1") 2>/dev/null; }
+wait_for "node_exporter on $ADDRESS:9100" 60 exporter_ping 9100
+
+# What a boot of this host starts, in order: the sandbox runs it when a stopped host starts, as
+# systemd starts the enabled units on EC2. A service that refuses to start (the boot guard of
+# a fenced old primary) is logged and the others still start.
+write_file /var/lib/instagram/rc.local 0755 root:root <<'INSTACTL_EOF'
+#!/bin/bash
+rc=0
+/opt/instagram/bin/instactl-svc start postgres || { echo "rc.local: postgres did not start" >&2; rc=1; }
+/opt/instagram/bin/instactl-svc start node-exporter || { echo "rc.local: node-exporter did not start" >&2; rc=1; }
+/opt/instagram/bin/instactl-svc start postgres-exporter || { echo "rc.local: postgres-exporter did not start" >&2; rc=1; }
+/opt/instagram/bin/instactl-svc start pg-heartbeat || { echo "rc.local: pg-heartbeat did not start" >&2; rc=1; }
+echo "rc.local: done (exit $rc)" >&2
+exit 0
+INSTACTL_EOF
+
+date -u +%Y-%m-%dT%H:%M:%SZ >"$DONE"
+log "bootstrap of pg-1 done"

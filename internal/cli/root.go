@@ -96,6 +96,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addLoadgenCommands(cmd, f, out)
 	addHostCommands(cmd, f, out)
 	addFailoverCommands(cmd, f, out)
+	addWALCommands(cmd, f)
 	return cmd
 }
 

@@ -48,14 +48,26 @@ func walArchiveFromStack(st *stack.Stack, host string) (*WALArchive, error) {
 	if !ok {
 		return nil, fmt.Errorf("templates: wal archive of %s: it is in no replication group", host)
 	}
-	w := &WALArchive{Bucket: WALBucket(st), Group: g.Name, TimeoutSeconds: int(st.Backup.ArchiveTimeout.Seconds()),
+	return WALArchiveFor(st, g.Name), nil
+}
+
+// WALArchiveFor is the archive of replication group group as the stack configures it (whether
+// or not backup.wal_archive is on): what a restore's restore_command reads.
+func WALArchiveFor(st *stack.Stack, group string) *WALArchive {
+	w := &WALArchive{Bucket: WALBucket(st), Group: group, TimeoutSeconds: int(st.Backup.ArchiveTimeout.Seconds()),
 		Env: map[string]string{walarchive.EnvRegion: st.Region}}
 	if st.Provider == "sandbox" {
 		w.Env[walarchive.EnvEndpoint] = "http://127.0.0.1:" + strconv.Itoa(st.Sandbox.MotoPort)
 		w.Env[walarchive.EnvAccessKey] = "sandbox"
 		w.Env[walarchive.EnvSecretKey] = "sandbox"
 	}
-	return w, nil
+	return w
+}
+
+// Config is the archive as package walarchive opens it.
+func (w *WALArchive) Config() walarchive.Config {
+	return walarchive.Config{Bucket: w.Bucket, Group: w.Group, Endpoint: w.Env[walarchive.EnvEndpoint],
+		Region: w.Env[walarchive.EnvRegion], AccessKey: w.Env[walarchive.EnvAccessKey], SecretKey: w.Env[walarchive.EnvSecretKey]}
 }
 
 var walValueRe = regexp.MustCompile(`^[A-Za-z0-9._:/@-]*$`)

@@ -47,3 +47,22 @@ func TestLSN(t *testing.T) {
 		}
 	}
 }
+
+func TestHistoryDescends(t *testing.T) {
+	h, err := ParseHistory("1\t0/3000000\tno recovery target specified\n\n2\t0/5000A28\tbefore 2026-12-07 10:00:00+00\n")
+	if err != nil || len(h) != 2 || h[1] != (Switch{Parent: 2, End: 0x5000A28}) {
+		t.Fatalf("parse: %+v %v", h, err)
+	}
+	for _, tc := range []struct {
+		from uint32
+		at   LSN
+		want bool
+	}{{1, 0x2000000, true}, {1, 0x3000000, true}, {1, 0x3000001, false}, {2, 0x5000000, true}, {4, 0x1, false}} {
+		if got := Descends(h, tc.from, tc.at); got != tc.want {
+			t.Errorf("descends from %d at %s: %v, want %v", tc.from, tc.at, got, tc.want)
+		}
+	}
+	if _, err := ParseHistory("x 0/1 y"); err == nil {
+		t.Error("bad history accepted")
+	}
+}

@@ -1,0 +1,329 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/instactl/instactl/cloud"
+	"github.com/instactl/instactl/cloud/sandbox"
+	"github.com/instactl/instactl/internal/testenv"
+	"github.com/instactl/instactl/remote"
+	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/templates"
+)
+
+// The point-in-time tests' sandbox: 127.0.157.x, load balancer 18157, moto 15157.
+const (
+	pitrBase     = "127.0.157.0"
+	pitrLBPort   = 18157
+	pitrMotoPort = 15157
+)
+
+var pitrHosts = []struct {
+	role  string
+	index int
+	addr  string
+}{{"pg", 0, "127.0.157.1"}, {"pg", 1, "127.0.157.2"}, {"scratch", 0, "127.0.157.3"}}
+
+func pitrStack() *stack.Stack {
+	return &stack.Stack{
+		Name: "pitr", Provider: "sandbox", Region: "us-east-1", Zone: sandbox.DefaultZone,
+		SSH:     stack.SSH{User: "root", Port: sandbox.DefaultSSHPort},
+		Network: stack.Network{AddressBase: netip.MustParseAddr("127.0.157.1")},
+		Shards:  stack.Shards{Role: "pg", Database: "instagram", ControlDatabase: "instagram_control"},
+		Sandbox: stack.Sandbox{LBPort: pitrLBPort, MotoPort: pitrMotoPort},
+		Roles: []stack.Role{
+			{Name: "pg", Count: 2, Replicas: 1, Port: 5432, Volumes: stack.VolumeSet{Count: 1, SizeGiB: 1, Filesystem: "xfs", Mount: "/var/lib/postgresql"}},
+			{Name: "scratch", Count: 1},
+		},
+		Backup: stack.Backup{Targets: []string{"pg"}, MaxLagBytes: 64 << 20, MaxLagTime: 60 * time.Second,
+			FreezeBudget: 10 * time.Second, Retention: stack.Retention{Hourly: 24, MinVerified: 1},
+			WALArchive: true, ArchiveTimeout: 10 * time.Second},
+	}
+}
+
+// buildInstactl builds the instactl binary the hosts run as archive_command and restore_command.
+func buildInstactl(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "instactl")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/instactl/instactl/cmd/instactl")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build instactl: %v\n%s", err, b)
+	}
+	return out
+}
+
+// startPITRMoto runs moto_server on the sandbox's moto port with the archive's bucket.
+func startPITRMoto(t *testing.T, st *stack.Stack) {
+	t.Helper()
+	bin := testenv.Require(t, "moto_server", "python3-moto (or: pip install 'moto[server]')")
+	p := testenv.Start(t, syscall.SIGTERM, bin, "-H", "127.0.0.1", "-p", strconv.Itoa(pitrMotoPort))
+	if err := testenv.WaitTCP("127.0.0.1:"+strconv.Itoa(pitrMotoPort), 30*time.Second); err != nil {
+		t.Fatalf("moto_server: %v\n%s", err, p.Log.String())
+	}
+	ctx := context.Background()
+	cl, err := templates.WALArchiveFor(st, "pg-0").Config().S3Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(templates.WALBucket(st))}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newPITREnv(t *testing.T, dir string) *sandboxEnv {
+	t.Helper()
+	p, err := sandbox.New(sandbox.Config{Dir: dir, AddressBase: netip.MustParseAddr(pitrBase), LBPort: pitrLBPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.NewDialer(remote.Config{User: "root", IdentityFiles: []string{p.KeyPath()}, KnownHostsFile: p.KnownHostsPath(),
+		Port: sandbox.DefaultSSHPort, KeepAliveInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &sandboxEnv{p: p, d: d, hosts: map[string]cloud.Instance{},
+		env: Env{Stack: pitrStack(), Provider: p, Dialer: d, StateDir: dir + "-state", Version: "test"}}
+}
+
+// bringUpPITR creates pg-0 (primary), pg-1 (standby) and scratch-0, with the archive on and the
+// archiver installed on the pg hosts.
+func (s *sandboxEnv) bringUpPITR(t *testing.T, archiver string) {
+	t.Helper()
+	ctx := context.Background()
+	st := s.env.Stack
+	for _, h := range pitrHosts {
+		role := st.Role(h.role)
+		spec := cloud.InstanceSpec{Role: h.role, Index: h.index, Address: h.addr, Name: stack.HostName(h.role, h.index),
+			ClientToken: "pitr/" + h.role + "/" + strconv.Itoa(h.index), Tags: map[string]string{cloud.TagStack: st.Name}}
+		if h.role == "pg" {
+			d, err := templates.FromStack(st, h.role, h.index, h.addr, pitrHosts[0].addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spec.UserData, err = templates.UserData(h.role, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		in, err := s.p.CreateInstance(ctx, spec)
+		if err != nil {
+			t.Fatalf("create %s: %v", spec.Name, err)
+		}
+		s.hosts[in.Name] = in
+		if role.Volumes.Count > 0 {
+			v, err := s.p.CreateVolume(ctx, cloud.VolumeSpec{SizeGiB: 1, Tags: map[string]string{cloud.TagStack: st.Name, cloud.TagDevice: "/dev/sdf"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.p.AttachVolume(ctx, v.ID, in.ID, "/dev/sdf"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	for _, h := range pitrHosts[:2] {
+		in := s.hosts[stack.HostName(h.role, h.index)]
+		if err := s.p.WaitBootstrap(wctx, in.ID); err != nil {
+			log, _ := s.p.HostPath(ctx, in.ID, templates.LogFile)
+			b, _ := os.ReadFile(log)
+			t.Fatalf("bootstrap %s: %v\n%s", in.Name, err, tail(string(b), 3000))
+		}
+		s.install(t, in.Name, archiver)
+	}
+}
+
+// install uploads the archiver to host (instactl's deploy does it on a real stack).
+func (s *sandboxEnv) install(t *testing.T, host, archiver string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := s.d.Dial(ctx, s.env.target(s.hosts[host]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, err := os.Open(archiver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := c.Upload(ctx, f, templates.ArchiverPath, 0o755); err != nil {
+		t.Fatalf("install archiver on %s: %v", host, err)
+	}
+}
+
+// timedWriter inserts rows 1, 2, ... into instagram.acked, recording when each insert was sent
+// and when it was acknowledged.
+type timedWriter struct {
+	mu         sync.Mutex
+	sent, ackd []time.Time
+	stop       atomic.Bool
+	done       chan error
+}
+
+func startTimedWriter(t *testing.T, addr string) *timedWriter {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, "postgres://postgres@"+addr+":5432/instagram?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())"); err != nil {
+		t.Fatal(err)
+	}
+	w := &timedWriter{done: make(chan error, 1)}
+	go func() {
+		defer conn.Close(ctx)
+		for id := int64(1); !w.stop.Load(); id++ {
+			sent := time.Now()
+			if _, err := conn.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id); err != nil {
+				w.done <- fmt.Errorf("insert %d: %w", id, err)
+				return
+			}
+			w.mu.Lock()
+			w.sent, w.ackd = append(w.sent, sent), append(w.ackd, time.Now())
+			w.mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+		w.done <- nil
+	}()
+	return w
+}
+
+func (w *timedWriter) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.sent)
+}
+
+func (w *timedWriter) finish(t *testing.T) {
+	t.Helper()
+	w.stop.Store(true)
+	if err := <-w.done; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+}
+
+// check fails t unless every write acknowledged before target is in present and none sent
+// after it is; it returns how many writes fall on either side.
+func (w *timedWriter) check(t *testing.T, target time.Time, present map[int64]bool) (before, after int) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var missing, extra int
+	for i := range w.sent {
+		id := int64(i + 1)
+		switch {
+		case w.ackd[i].Before(target):
+			before++
+			if !present[id] {
+				if missing++; missing <= 5 {
+					t.Errorf("write %d acknowledged at %s, before the target %s, is missing", id, w.ackd[i].Format(time.RFC3339Nano), target.Format(time.RFC3339Nano))
+				}
+			}
+		case w.sent[i].After(target):
+			after++
+			if present[id] {
+				if extra++; extra <= 5 {
+					t.Errorf("write %d sent at %s, after the target %s, is in the copy", id, w.sent[i].Format(time.RFC3339Nano), target.Format(time.RFC3339Nano))
+				}
+			}
+		}
+	}
+	if missing+extra > 0 {
+		t.Errorf("%d writes acknowledged before the target missing, %d sent after it present", missing, extra)
+	}
+	return before, after
+}
+
+func TestSandboxPITR(t *testing.T) {
+	requireSandbox(t)
+	testenv.Require(t, "go", "golang-go")
+	dir := t.TempDir()
+	s := newPITREnv(t, dir+"/sandbox")
+	startPITRMoto(t, s.env.Stack)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := s.p.Down(ctx); err != nil {
+			t.Errorf("sandbox down: %v", err)
+		}
+	})
+	archiver := buildInstactl(t)
+	s.bringUpPITR(t, archiver)
+	ctx := context.Background()
+	s.env.Progress = func(e Event) { t.Logf("%s %s %s: %s", e.Set, e.Host, e.Step, e.Message) }
+
+	w := startTimedWriter(t, pitrHosts[0].addr)
+	defer func() {
+		if !w.stop.Load() {
+			w.stop.Store(true)
+			<-w.done
+		}
+	}()
+	s.waitFor(t, "writes under way", 30*time.Second, func() bool { return w.count() > 20 })
+
+	res, err := Create(ctx, Options{Env: s.env, Target: TargetPostgres})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	m := res.Sets[0]
+	pg := m.Postgres
+	if pg == nil || pg.BackupLabel == "" || pg.StartLSN == "" || pg.StopLSN == "" || pg.CheckpointLSN == "" ||
+		pg.StartTimeline != 1 || pg.StartWALFile == "" || pg.BackupStopAt.IsZero() {
+		t.Fatalf("the set records no base backup: %+v", pg)
+	}
+	li, err := ParseBackupLabel(pg.BackupLabel)
+	if err != nil || li.From != "standby" {
+		t.Fatalf("backup label %q: %+v %v; want one taken on the standby", pg.BackupLabel, li, err)
+	}
+	start, _ := parseLSN(pg.StartLSN)
+	stop, _ := parseLSN(pg.StopLSN)
+	if start > stop {
+		t.Fatalf("start LSN %s after stop LSN %s", pg.StartLSN, pg.StopLSN)
+	}
+	t.Logf("set %s: base backup %s..%s (checkpoint %s), ended %s", m.SetID, pg.StartLSN, pg.StopLSN, pg.CheckpointLSN, pg.BackupStopAt.Format(time.RFC3339Nano))
+
+	// The target: a moment while the writer runs, after the set; the writer goes on past it.
+	s.waitFor(t, "writes after the set", 30*time.Second, func() bool { return w.count() > 200 })
+	time.Sleep(time.Second)
+	target := time.Now()
+	n := w.count()
+	s.waitFor(t, "writes after the target", 30*time.Second, func() bool { return w.count() > n+200 })
+
+	pr, err := RestoreToTime(ctx, PITROptions{Env: s.env, Node: "pg-0", To: "scratch-0", Time: target, Archiver: archiver})
+	w.finish(t)
+	if err != nil {
+		t.Fatalf("restore to %s: %v", target.Format(time.RFC3339Nano), err)
+	}
+	t.Logf("restored %s to %s: reached %s, last commit %s, replay %s, timeline %d, forced switch %s",
+		pr.Set, pr.Target, pr.ReachedLSN, pr.ReachedCommit.Format(time.RFC3339Nano), pr.Replay, pr.Timeline, pr.ForcedSwitch)
+	if pr.Set != m.SetID || pr.Timeline != 1 || pr.ReachedLSN == "" || pr.ReachedCommit.IsZero() || pr.ReachedCommit.After(target) {
+		t.Fatalf("restore result %+v", pr)
+	}
+	psql := "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v ON_ERROR_STOP=1 -h /run/postgresql -p " + strconv.Itoa(pr.Port) + " -d instagram -c "
+	out := s.sh(t, "scratch-0", psql+remote.Quote("SELECT id FROM acked"))
+	before, after := w.check(t, target, idSet(out, ""))
+	t.Logf("writes: %d acknowledged before the target (all restored), %d sent after it (none restored)", before, after)
+	if before < 200 || after < 200 {
+		t.Fatalf("the writer did not straddle the target: %d before, %d after", before, after)
+	}
+	if mode := s.sh(t, "scratch-0", psql+remote.Quote("SHOW archive_mode")); mode != "off" {
+		t.Fatalf("the restored copy runs with archive_mode=%s, want off", mode)
+	}
+	s.sh(t, "scratch-0", "cd / && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_amcheck -h /run/postgresql -p "+strconv.Itoa(pr.Port)+" -U postgres --all --install-missing --heapallindexed")
+}

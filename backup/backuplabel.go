@@ -93,6 +93,7 @@ func (r *run) startBackup(ctx context.Context) (*labelSession, error) {
 		select {
 		case l := <-s.lines:
 			if lsn, ok := strings.CutPrefix(l, "started|"); ok {
+				r.walStart = lsn
 				r.emit("backup-start", "pg_backup_start at %s", lsn)
 				return s, nil
 			}
@@ -117,6 +118,53 @@ func sessionErr(end sessionEnd) error {
 
 // abort ends the session without pg_backup_stop: Postgres aborts the backup.
 func (s *labelSession) abort() { s.in.Close() }
+
+// TagWALStart is on every snapshot of a Postgres set taken inside a base backup: where the WAL
+// that restores the set to a later point begins, as WALStart.String.
+const TagWALStart = "instactl:backup-wal-start"
+
+// WALStart is a set's WAL horizon: the group and cluster whose archive holds its WAL, and the
+// timeline and LSN the base backup started at.
+type WALStart struct {
+	Group    string `json:"group"`
+	SystemID string `json:"system_id"`
+	Timeline uint32 `json:"timeline"`
+	LSN      string `json:"lsn"`
+}
+
+// String is the tag value: "pg-0 7312345678901234567 1 0/2000028".
+func (w WALStart) String() string {
+	return w.Group + " " + w.SystemID + " " + strconv.FormatUint(uint64(w.Timeline), 10) + " " + w.LSN
+}
+
+// ParseWALStart reads a TagWALStart value.
+func ParseWALStart(s string) (WALStart, error) {
+	f := strings.Fields(s)
+	if len(f) != 4 {
+		return WALStart{}, fmt.Errorf("wal start %q: want GROUP SYSTEM-ID TIMELINE LSN", s)
+	}
+	tli, err := strconv.ParseUint(f[2], 10, 32)
+	if err != nil {
+		return WALStart{}, fmt.Errorf("wal start %q: timeline: %w", s, err)
+	}
+	return WALStart{Group: f[0], SystemID: f[1], Timeline: uint32(tli), LSN: f[3]}, nil
+}
+
+// WALStartOf is a set's WAL horizon, from its manifest or, on a machine without it, its tags;
+// false for a set taken without a base backup.
+func WALStartOf(s Set) (WALStart, bool) {
+	if m := s.Manifest; m != nil && m.Postgres != nil && m.Postgres.StartLSN != "" && m.Topology != nil {
+		return WALStart{Group: m.Topology.Group, SystemID: m.Postgres.SystemID, Timeline: uint32(m.Postgres.StartTimeline), LSN: m.Postgres.StartLSN}, true
+	}
+	for _, sn := range s.Snapshots {
+		if v := sn.Tags[TagWALStart]; v != "" {
+			if w, err := ParseWALStart(v); err == nil {
+				return w, true
+			}
+		}
+	}
+	return WALStart{}, false
+}
 
 // stop runs pg_backup_stop, closes the session and records the label in the manifest.
 func (r *run) stopBackup(ctx context.Context, s *labelSession) error {

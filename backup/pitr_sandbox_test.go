@@ -296,6 +296,16 @@ func TestSandboxPITR(t *testing.T) {
 	if start > stop {
 		t.Fatalf("start LSN %s after stop LSN %s", pg.StartLSN, pg.StopLSN)
 	}
+	// Another machine, without the manifest, finds the set's WAL horizon in its tags.
+	other := s.env
+	other.StateDir = t.TempDir()
+	sets, err := List(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws, ok := WALStartOf(sets[0]); !ok || ws != (WALStart{Group: "pg-0", SystemID: pg.SystemID, Timeline: 1, LSN: pg.StartLSN}) {
+		t.Fatalf("WAL start from the tags of %s: %+v %v; want pg-0 %s 1 %s", sets[0].ID, ws, ok, pg.SystemID, pg.StartLSN)
+	}
 	t.Logf("set %s: base backup %s..%s (checkpoint %s), ended %s", m.SetID, pg.StartLSN, pg.StopLSN, pg.CheckpointLSN, pg.BackupStopAt.Format(time.RFC3339Nano))
 
 	// The target: a moment while the writer runs, after the set; the writer goes on past it.

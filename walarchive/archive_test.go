@@ -132,3 +132,44 @@ func TestFetchPrefetchesIntoSpool(t *testing.T) {
 		t.Fatalf("after delete: %+v", files)
 	}
 }
+
+func TestContinuityAcrossTimelines(t *testing.T) {
+	a, _ := motoArchive(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	// Timeline 1: segments 2-5; timeline 2 branches in segment 5 and goes on to 7.
+	for seg := uint64(2); seg <= 5; seg++ {
+		if _, err := a.Push(ctx, writeFile(t, dir, SegmentName(1, seg), segBody(int(seg)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Push(ctx, writeFile(t, dir, "00000002.history", []byte("1\t0/5000100\tno recovery target specified\n"))); err != nil {
+		t.Fatal(err)
+	}
+	for seg := uint64(5); seg <= 7; seg++ {
+		if _, err := a.Push(ctx, writeFile(t, dir, SegmentName(2, seg), segBody(int(seg)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := a.CheckContinuity(ctx, 1, 0x2000028, 0)
+	if err != nil || c.Segments != 6 || len(c.Path) != 2 || c.To != SegmentName(2, 7) {
+		t.Fatalf("unbroken archive: %+v %v", c, err)
+	}
+	// A base taken after the branch point on timeline 1 has no descendant: only timeline 1.
+	c, err = a.CheckContinuity(ctx, 1, 0x5000200, 0)
+	if err != nil || len(c.Path) != 1 || c.Segments != 1 {
+		t.Fatalf("base after the branch: %+v %v", c, err)
+	}
+	if err := a.Delete(ctx, []string{SegmentName(1, 3), SegmentName(2, 6)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.CheckContinuity(ctx, 1, 0x2000028, 0)
+	var gap *GapError
+	if !errors.As(err, &gap) || len(gap.Missing) != 2 || gap.Missing[0] != SegmentName(1, 3) || gap.Missing[1] != SegmentName(2, 6) {
+		t.Fatalf("archive with two segments deleted: %v, want a gap naming both", err)
+	}
+	// Up to the primary's segment: one past the archive is missing too.
+	if _, err := a.CheckContinuity(ctx, 2, 0x7000000, 8); !errors.As(err, &gap) || gap.Missing[0] != SegmentName(2, 8) {
+		t.Fatalf("check up to a segment not yet archived: %v", err)
+	}
+}

@@ -280,6 +280,16 @@ func (o *PITROptions) waitArchive(ctx context.Context, group string, arch *walar
 
 // switchWAL runs pg_switch_wal on the group's primary now and returns the segment it completed.
 func (o *PITROptions) switchWAL(ctx context.Context, group string) (string, error) {
+	return o.onPrimary(ctx, group, "SELECT pg_walfile_name(pg_switch_wal())")
+}
+
+// primaryLSN is the group's primary's pg_current_wal_lsn.
+func (o *PITROptions) primaryLSN(ctx context.Context, group string) (string, error) {
+	return o.onPrimary(ctx, group, "SELECT pg_current_wal_lsn()")
+}
+
+// onPrimary runs one query on the group's primary (as the topology names it now).
+func (o *PITROptions) onPrimary(ctx context.Context, group, sql string) (string, error) {
 	topo, err := o.topology(ctx)
 	if err != nil {
 		return "", err
@@ -301,10 +311,9 @@ func (o *PITROptions) switchWAL(ctx context.Context, group string) (string, erro
 		return "", err
 	}
 	defer c.Close()
-	res, err := runCmd(ctx, c, o.cmds().psql(o.pgBin(), o.Stack.Role(TargetPostgres).Port, "postgres",
-		"SELECT pg_walfile_name(pg_switch_wal())"))
+	res, err := runCmd(ctx, c, o.cmds().psql(o.pgBin(), o.Stack.Role(TargetPostgres).Port, "postgres", sql))
 	if err != nil {
-		return "", fmt.Errorf("pg_switch_wal on %s: %w", g.Primary, err)
+		return "", fmt.Errorf("%s on %s: %w", sql, g.Primary, err)
 	}
 	return trimOut(res), nil
 }

@@ -2,12 +2,14 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +26,7 @@ import (
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
+	"github.com/instactl/instactl/walarchive"
 )
 
 // The point-in-time tests' sandbox: 127.0.157.x, load balancer 18157, moto 15157.
@@ -336,4 +339,25 @@ func TestSandboxPITR(t *testing.T) {
 		t.Fatalf("the restored copy runs with archive_mode=%s, want off", mode)
 	}
 	s.sh(t, "scratch-0", "cd / && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_amcheck -h /run/postgresql -p "+strconv.Itoa(pr.Port)+" -U postgres --all --install-missing --heapallindexed")
+
+	// The archive is unbroken from the set to the primary's current segment; a segment
+	// deleted from it makes the check fail naming it.
+	checks, err := VerifyArchive(ctx, VerifyArchiveOptions{Env: s.env})
+	if err != nil || len(checks) != 1 || !checks[0].OK || checks[0].CurrentLSN == "" || checks[0].Continuity.Segments < 2 {
+		t.Fatalf("verify archive: %v %+v", err, checks)
+	}
+	arch, err := templates.WALArchiveFor(s.env.Stack, "pg-0").Config().Open(ctx, pg.SystemID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := walarchive.SegmentName(1, walarchive.LSN(start).SegNo()+1)
+	if err := arch.Delete(ctx, []string{gone}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = VerifyArchive(ctx, VerifyArchiveOptions{Env: s.env})
+	var gap *walarchive.GapError
+	if !errors.As(err, &gap) || len(gap.Missing) != 1 || gap.Missing[0] != gone || !strings.Contains(err.Error(), gone) {
+		t.Fatalf("verify archive with %s deleted: %v, want a gap naming it", gone, err)
+	}
+	t.Logf("with %s deleted: %v", gone, err)
 }

@@ -45,3 +45,18 @@ func TestBackupPITRUsageErrors(t *testing.T) {
 		t.Error("a usage error read or wrote the stack file")
 	}
 }
+
+func TestBackupVerifyArchiveFlags(t *testing.T) {
+	var got *BackupVerifyOptions
+	f := NewFactory(&IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}, new(string))
+	cmd := NewCmdBackupVerify(f, func() Output { return OutputText }, func(o *BackupVerifyOptions) error { got = o; return nil })
+	cmd.SetArgs([]string{"--archive", "--node", "pg-0"})
+	if err := cmd.Execute(); err != nil || got == nil || !got.Archive || got.Node != "pg-0" {
+		t.Fatalf("options %+v %v", got, err)
+	}
+	path := filepath.Join(t.TempDir(), "stack.yaml")
+	_, stderr, code := run(t, "--stack", path, "backup", "verify", "--archive", "--target", "pg")
+	if code != ExitUsage || !strings.Contains(stderr, "--archive checks the WAL archive") {
+		t.Errorf("verify --archive --target: exit %d, %q", code, stderr)
+	}
+}

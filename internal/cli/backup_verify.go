@@ -20,6 +20,9 @@ type BackupVerifyOptions struct {
 	Scratch string
 	// KeepScratch leaves a scratch host created for the drill running (debugging).
 	KeepScratch bool
+	// Archive checks WAL archive continuity instead of drilling a set (backup_verify_archive.go).
+	Archive bool
+	Node    string
 }
 
 // NewCmdBackupVerify builds `instactl backup verify`. runF replaces the run in tests.
@@ -51,7 +54,12 @@ The scratch host:
 On AWS, --scratch is required: a scratch host needs the database binaries, which only the
 stack's own bootstrapped hosts have.
 
-Exits 1 when the drill fails; the failure is recorded on the set too.`,
+Exits 1 when the drill fails; the failure is recorded on the set too.
+
+--archive checks the continuous WAL archive instead: for every Postgres node (or --node), every
+segment from the start LSN of its oldest complete set to the segment before the primary's
+current one must be archived, along the timelines the archive's history files lead to. A
+missing segment is named, and exits 1: a point-in-time restore could not pass it.`,
 		Example: `  instactl backup verify
   instactl backup verify --target redis
   instactl backup verify 20240501T100000Z-instagram-pg-1-3f2a --scratch memcached-0`,
@@ -70,6 +78,15 @@ Exits 1 when the drill fails; the failure is recorded on the set too.`,
 					return err
 				}
 			}
+			if o.Archive {
+				if err := o.checkArchive(); err != nil {
+					return err
+				}
+				if runF != nil {
+					return runF(o)
+				}
+				return backupVerifyArchiveRun(cmd.Context(), f, out(), o)
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -80,6 +97,8 @@ Exits 1 when the drill fails; the failure is recorded on the set too.`,
 	fl.StringVar(&o.Target, "target", "", "with no SET: drill the newest complete set of pg or redis")
 	fl.StringVar(&o.Scratch, "scratch", "", "existing host to restore onto (default on the sandbox: a temporary scratch instance)")
 	fl.BoolVar(&o.KeepScratch, "keep-scratch", false, "leave a created scratch host running after the drill (debugging)")
+	fl.BoolVar(&o.Archive, "archive", false, "check the WAL archive's continuity from each node's oldest set instead of drilling a set")
+	fl.StringVar(&o.Node, "node", "", "with --archive: check only this Postgres node (pg-0)")
 	return cmd
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
+	"github.com/instactl/instactl/topology"
 	"github.com/instactl/instactl/walarchive"
 )
 
@@ -172,13 +173,14 @@ func (s *sandboxEnv) install(t *testing.T, host, archiver string) {
 // timedWriter inserts rows 1, 2, ... into instagram.acked, recording when each insert was sent
 // and when it was acknowledged.
 type timedWriter struct {
+	first      int64
 	mu         sync.Mutex
 	sent, ackd []time.Time
 	stop       atomic.Bool
 	done       chan error
 }
 
-func startTimedWriter(t *testing.T, addr string) *timedWriter {
+func startTimedWriter(t *testing.T, addr string, first int64) *timedWriter {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, "postgres://postgres@"+addr+":5432/instagram?sslmode=disable")
@@ -188,10 +190,10 @@ func startTimedWriter(t *testing.T, addr string) *timedWriter {
 	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())"); err != nil {
 		t.Fatal(err)
 	}
-	w := &timedWriter{done: make(chan error, 1)}
+	w := &timedWriter{first: first, done: make(chan error, 1)}
 	go func() {
 		defer conn.Close(ctx)
-		for id := int64(1); !w.stop.Load(); id++ {
+		for id := first; !w.stop.Load(); id++ {
 			sent := time.Now()
 			if _, err := conn.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id); err != nil {
 				w.done <- fmt.Errorf("insert %d: %w", id, err)
@@ -229,7 +231,7 @@ func (w *timedWriter) check(t *testing.T, target time.Time, present map[int64]bo
 	defer w.mu.Unlock()
 	var missing, extra int
 	for i := range w.sent {
-		id := int64(i + 1)
+		id := w.first + int64(i)
 		switch {
 		case w.ackd[i].Before(target):
 			before++
@@ -271,7 +273,7 @@ func TestSandboxPITR(t *testing.T) {
 	ctx := context.Background()
 	s.env.Progress = func(e Event) { t.Logf("%s %s %s: %s", e.Set, e.Host, e.Step, e.Message) }
 
-	w := startTimedWriter(t, pitrHosts[0].addr)
+	w := startTimedWriter(t, pitrHosts[0].addr, 1)
 	defer func() {
 		if !w.stop.Load() {
 			w.stop.Store(true)
@@ -340,10 +342,81 @@ func TestSandboxPITR(t *testing.T) {
 	}
 	s.sh(t, "scratch-0", "cd / && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_amcheck -h /run/postgresql -p "+strconv.Itoa(pr.Port)+" -U postgres --all --install-missing --heapallindexed")
 
+	// A failover: pg-0 stops, pg-1 is promoted (timeline 2) and recorded as the primary; a
+	// writer goes on there. A restore to a time after the failover follows timeline 2, one to
+	// the first target (before it) stays on timeline 1's history.
+	if err := Teardown(ctx, s.env, &pr.Restored); err != nil {
+		t.Fatalf("teardown: %v", err)
+	}
+	s.sh(t, "pg-0", "/opt/instagram/bin/instactl-svc stop postgres")
+	s.sh(t, "pg-1", psqlOn("postgres", "SELECT pg_promote(true, 60)"))
+	s.sh(t, "pg-1", psqlOn("postgres", "CREATE DATABASE instagram_control"))
+	topo, err := topology.Resolve(ctx, s.env.Stack, "postgres")
+	if err != nil {
+		t.Fatalf("topology after the failover: %v", err)
+	}
+	conn, err := pgx.Connect(ctx, "postgres://postgres@"+pitrHosts[1].addr+":5432/instagram_control?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topology.RecordPrimary(ctx, conn, "pg-0", "pg-1", topo.Groups[0].Epoch); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	w2 := startTimedWriter(t, pitrHosts[1].addr, 1_000_000)
+	defer func() {
+		if !w2.stop.Load() {
+			w2.stop.Store(true)
+			<-w2.done
+		}
+	}()
+	s.waitFor(t, "writes on the new primary", 30*time.Second, func() bool { return w2.count() > 200 })
+	target2 := time.Now()
+	n2 := w2.count()
+	s.waitFor(t, "writes after the second target", 30*time.Second, func() bool { return w2.count() > n2+200 })
+	pr2, err := RestoreToTime(ctx, PITROptions{Env: s.env, Node: "pg-0", To: "scratch-0", Time: target2, Archiver: archiver})
+	w2.finish(t)
+	if err != nil {
+		t.Fatalf("restore to %s, after the failover: %v", target2.Format(time.RFC3339Nano), err)
+	}
+	t.Logf("after the failover: reached %s, last commit %s on timeline %d", pr2.ReachedLSN, pr2.ReachedCommit.Format(time.RFC3339Nano), pr2.Timeline)
+	if pr2.Timeline != 2 || pr2.Set != m.SetID {
+		t.Fatalf("restore after the failover: timeline %d from set %s, want 2 from %s", pr2.Timeline, pr2.Set, m.SetID)
+	}
+	out = s.sh(t, "scratch-0", psql+remote.Quote("SELECT id FROM acked"))
+	got := idSet(out, "")
+	before2, after2 := w2.check(t, target2, got)
+	old := 0
+	for id := range got {
+		if id < 1_000_000 {
+			old++
+		}
+	}
+	t.Logf("timeline 2 writes: %d before the target restored, %d after not; %d of the %d timeline 1 writes there", before2, after2, old, w.count())
+	if before2 < 200 || after2 < 200 || old < before {
+		t.Fatalf("restore after the failover: %d/%d timeline 2 writes around the target, %d timeline 1 writes (want at least %d)", before2, after2, old, before)
+	}
+	if err := Teardown(ctx, s.env, &pr2.Restored); err != nil {
+		t.Fatalf("teardown: %v", err)
+	}
+	pr3, err := RestoreToTime(ctx, PITROptions{Env: s.env, Node: "pg-0", To: "scratch-0", Time: target, Archiver: archiver})
+	if err != nil {
+		t.Fatalf("restore to %s, before the failover: %v", target.Format(time.RFC3339Nano), err)
+	}
+	out = s.sh(t, "scratch-0", psql+remote.Quote("SELECT id FROM acked"))
+	got = idSet(out, "")
+	w.check(t, target, got)
+	for id := range got {
+		if id >= 1_000_000 {
+			t.Fatalf("a restore to before the failover holds write %d of timeline 2", id)
+		}
+	}
+	t.Logf("before the failover again: reached %s, last commit %s", pr3.ReachedLSN, pr3.ReachedCommit.Format(time.RFC3339Nano))
+
 	// The archive is unbroken from the set to the primary's current segment; a segment
 	// deleted from it makes the check fail naming it.
 	checks, err := VerifyArchive(ctx, VerifyArchiveOptions{Env: s.env})
-	if err != nil || len(checks) != 1 || !checks[0].OK || checks[0].CurrentLSN == "" || checks[0].Continuity.Segments < 2 {
+	if err != nil || len(checks) != 1 || !checks[0].OK || checks[0].CurrentLSN == "" || len(checks[0].Continuity.Path) != 2 {
 		t.Fatalf("verify archive: %v %+v", err, checks)
 	}
 	arch, err := templates.WALArchiveFor(s.env.Stack, "pg-0").Config().Open(ctx, pg.SystemID)

@@ -64,6 +64,10 @@ type PITRResult struct {
 	// Replay is from start to promotion: WAL fetch and replay.
 	Replay   time.Duration `json:"replay_ns"`
 	Duration time.Duration `json:"duration_ns"`
+	// Volumes is the time to create, attach and mount the set's volumes; ReplayedBytes the WAL
+	// from the set's checkpoint to the point reached.
+	Volumes       time.Duration `json:"volumes_ns"`
+	ReplayedBytes int64         `json:"replayed_bytes"`
 }
 
 // RestoreWALEnv is where a restore keeps the archive's configuration on the receiving host.
@@ -147,6 +151,7 @@ func RestoreToTime(ctx context.Context, o PITROptions) (*PITRResult, error) {
 		r.Port = role.Port
 	}
 	ro := &RestoreOptions{Env: o.Env, Set: set.ID, To: to.ID}
+	tv := time.Now()
 	if err := restoreVolumes(ctx, ro, set, to, vols, r); err != nil {
 		return res, err
 	}
@@ -158,6 +163,7 @@ func RestoreToTime(ctx context.Context, o PITROptions) (*PITRResult, error) {
 	if err := mountRestored(ctx, ro, c, r); err != nil {
 		return res, err
 	}
+	res.Volumes = time.Since(tv)
 	r.DataDir = pgDataDir(r.Mount)
 	if err := o.prepare(ctx, c, set, group, r, res); err != nil {
 		return res, err
@@ -169,6 +175,11 @@ func RestoreToTime(ctx context.Context, o PITROptions) (*PITRResult, error) {
 	res.Replay = time.Since(t0)
 	if err := o.reached(ctx, c, r, res); err != nil {
 		return res, err
+	}
+	ckpt, err1 := walarchive.ParseLSN(pg.CheckpointLSN)
+	reached, err2 := walarchive.ParseLSN(res.ReachedLSN)
+	if err1 == nil && err2 == nil && reached > ckpt {
+		res.ReplayedBytes = int64(reached - ckpt)
 	}
 	res.Duration = time.Since(began)
 	o.emit(set.ID, to.Name, "pitr", "reached %s, last commit %s; promoted on %s:%d after %s of replay",
@@ -279,7 +290,16 @@ func (o *PITROptions) waitArchive(ctx context.Context, group string, arch *walar
 }
 
 // switchWAL runs pg_switch_wal on the group's primary now and returns the segment it completed.
+//
+// First it commits an empty transaction (an xid, nothing else): recovery to a time stops only
+// at a commit after that time, and on a node that went quiet before the target there would be
+// none: recovery would end with "recovery ended before configured recovery target was
+// reached". The marker's commit comes after the target (the caller waited for it to pass), so
+// recovery stops just before it.
 func (o *PITROptions) switchWAL(ctx context.Context, group string) (string, error) {
+	if _, err := o.onPrimary(ctx, group, "SELECT pg_current_xact_id()"); err != nil {
+		return "", err
+	}
 	return o.onPrimary(ctx, group, "SELECT pg_walfile_name(pg_switch_wal())")
 }
 
@@ -423,7 +443,8 @@ func (o *PITROptions) startRecovery(ctx context.Context, c *remote.Client, r *Re
 	if _, err := runCmd(ctx, c, o.cmds().root(remote.Command{"sh", "-c", s, "instactl-pitr-start", o.pgBin(), r.DataDir, r.Address, strconv.Itoa(r.Port), log})); err != nil {
 		return fmt.Errorf("point-in-time restore %s: start postgres on %s: %w", r.Set, r.Host, err)
 	}
-	deadline := time.Now().Add(30 * time.Minute)
+	started := time.Now()
+	deadline := started.Add(30 * time.Minute)
 	for {
 		res, err := c.Run(ctx, o.cmds().psql(o.pgBin(), r.Port, "postgres", "SELECT pg_is_in_recovery()"), nil)
 		if err != nil {
@@ -432,8 +453,15 @@ func (o *PITROptions) startRecovery(ctx context.Context, c *remote.Client, r *Re
 		if res.ExitCode == 0 && trimOut(res) == "f" {
 			return nil
 		}
+		// pg_ctl -W returns before the postmaster writes its pid file: a missing one means it
+		// stopped only once the log says so (or after a minute).
 		alive, _ := c.Run(ctx, remote.Command{"test", "-s", path.Join(r.DataDir, "postmaster.pid")}, nil)
-		if alive.ExitCode != 0 || time.Now().After(deadline) {
+		dead := false
+		if alive.ExitCode != 0 {
+			said, _ := c.Run(ctx, remote.Command{"grep", "-qE", "FATAL|PANIC|database system is shut down", log}, nil)
+			dead = said.ExitCode == 0 || time.Since(started) > time.Minute
+		}
+		if dead || time.Now().After(deadline) {
 			tailRes, _ := c.Run(ctx, remote.Command{"tail", "-n", "15", log}, nil)
 			why := "stopped"
 			if alive.ExitCode == 0 {

@@ -413,6 +413,28 @@ func TestSandboxPITR(t *testing.T) {
 	}
 	t.Logf("before the failover again: reached %s, last commit %s", pr3.ReachedLSN, pr3.ReachedCommit.Format(time.RFC3339Nano))
 
+	// A drill: a temporary scratch host, a restore to a moment ago, pg_amcheck, the RTO measured,
+	// everything torn down.
+	if err := Teardown(ctx, s.env, &pr3.Restored); err != nil {
+		t.Fatalf("teardown: %v", err)
+	}
+	dr, err := DrillPITR(ctx, PITRDrillOptions{Env: s.env, Node: "pg-0", Ago: time.Second, Archiver: archiver})
+	if err != nil {
+		t.Fatalf("point-in-time drill: %v", err)
+	}
+	t.Logf("drill on %s: RTO %s (volumes %s, replay %s, %d bytes at %.1f MB/s), last commit %s before the target", dr.Scratch, dr.RTO, dr.Volumes, dr.Replay,
+		dr.ReplayedBytes, dr.ReplayMBps, dr.Gap)
+	if !dr.ScratchCreated || !dr.Amcheck || dr.RTO <= 0 || dr.ReplayedBytes <= 0 || dr.Timeline != 2 {
+		t.Fatalf("drill result %+v", dr)
+	}
+	if d, err := s.p.Describe(ctx, "pitr"); err == nil {
+		for _, in := range d.Instances {
+			if in.Name == dr.Scratch && in.State != "terminated" {
+				t.Errorf("the drill's scratch host %s is %s after the drill", in.Name, in.State)
+			}
+		}
+	}
+
 	// The archive is unbroken from the set to the primary's current segment; a segment
 	// deleted from it makes the check fail naming it.
 	checks, err := VerifyArchive(ctx, VerifyArchiveOptions{Env: s.env})

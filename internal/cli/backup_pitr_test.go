@@ -60,3 +60,18 @@ func TestBackupVerifyArchiveFlags(t *testing.T) {
 		t.Errorf("verify --archive --target: exit %d, %q", code, stderr)
 	}
 }
+
+func TestBackupVerifyPITRDrillFlags(t *testing.T) {
+	var got *BackupVerifyOptions
+	f := NewFactory(&IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}, new(string))
+	cmd := NewCmdBackupVerify(f, func() Output { return OutputText }, func(o *BackupVerifyOptions) error { got = o; return nil })
+	cmd.SetArgs([]string{"--pitr-ago", "10m", "--node", "pg-0"})
+	if err := cmd.Execute(); err != nil || got == nil || got.PITRAgo != 10*time.Minute || got.Node != "pg-0" {
+		t.Fatalf("options %+v %v", got, err)
+	}
+	path := filepath.Join(t.TempDir(), "stack.yaml")
+	_, stderr, code := run(t, "--stack", path, "backup", "verify", "--pitr-ago", "10m")
+	if code != ExitUsage || !strings.Contains(stderr, "--pitr-ago needs --node") {
+		t.Errorf("verify --pitr-ago without --node: exit %d, %q", code, stderr)
+	}
+}

@@ -23,6 +23,8 @@ type BackupVerifyOptions struct {
 	// Archive checks WAL archive continuity instead of drilling a set (backup_verify_archive.go).
 	Archive bool
 	Node    string
+	// PITRAgo drills a point-in-time restore of Node to now minus it (backup_verify_archive.go).
+	PITRAgo time.Duration
 }
 
 // NewCmdBackupVerify builds `instactl backup verify`. runF replaces the run in tests.
@@ -59,7 +61,11 @@ Exits 1 when the drill fails; the failure is recorded on the set too.
 --archive checks the continuous WAL archive instead: for every Postgres node (or --node), every
 segment from the start LSN of its oldest complete set to the segment before the primary's
 current one must be archived, along the timelines the archive's history files lead to. A
-missing segment is named, and exits 1: a point-in-time restore could not pass it.`,
+missing segment is named, and exits 1: a point-in-time restore could not pass it.
+
+--pitr-ago D --node NODE drills a point-in-time restore instead: NODE restored to now minus D
+on the scratch host (as above), pg_amcheck, torn down; it reports the measured RTO (volumes,
+replay and its MB/s) and how far before the target the last replayed commit was.`,
 		Example: `  instactl backup verify
   instactl backup verify --target redis
   instactl backup verify 20240501T100000Z-instagram-pg-1-3f2a --scratch memcached-0`,
@@ -77,6 +83,15 @@ missing segment is named, and exits 1: a point-in-time restore could not pass it
 				if err := backupCheckTarget("--target", o.Target, false); err != nil {
 					return err
 				}
+			}
+			if o.PITRAgo != 0 {
+				if err := o.checkPITRDrill(); err != nil {
+					return err
+				}
+				if runF != nil {
+					return runF(o)
+				}
+				return backupPITRDrillRun(cmd.Context(), f, out(), o)
 			}
 			if o.Archive {
 				if err := o.checkArchive(); err != nil {
@@ -98,7 +113,8 @@ missing segment is named, and exits 1: a point-in-time restore could not pass it
 	fl.StringVar(&o.Scratch, "scratch", "", "existing host to restore onto (default on the sandbox: a temporary scratch instance)")
 	fl.BoolVar(&o.KeepScratch, "keep-scratch", false, "leave a created scratch host running after the drill (debugging)")
 	fl.BoolVar(&o.Archive, "archive", false, "check the WAL archive's continuity from each node's oldest set instead of drilling a set")
-	fl.StringVar(&o.Node, "node", "", "with --archive: check only this Postgres node (pg-0)")
+	fl.StringVar(&o.Node, "node", "", "with --archive: check only this Postgres node (pg-0); with --pitr-ago: the node to drill")
+	fl.DurationVar(&o.PITRAgo, "pitr-ago", 0, "drill a point-in-time restore of --node to now minus this (e.g. 10m) and report RTO and the gap reached")
 	return cmd
 }
 

@@ -61,7 +61,7 @@ func pitrStack() *stack.Stack {
 }
 
 // buildInstactl builds the instactl binary the hosts run as archive_command and restore_command.
-func buildInstactl(t *testing.T) string {
+func buildInstactl(t testing.TB) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "instactl")
 	cmd := exec.Command("go", "build", "-o", out, "github.com/instactl/instactl/cmd/instactl")
@@ -72,7 +72,7 @@ func buildInstactl(t *testing.T) string {
 }
 
 // startPITRMoto runs moto_server on the sandbox's moto port with the archive's bucket.
-func startPITRMoto(t *testing.T, st *stack.Stack) {
+func startPITRMoto(t testing.TB, st *stack.Stack) {
 	t.Helper()
 	bin := testenv.Require(t, "moto_server", "python3-moto (or: pip install 'moto[server]')")
 	p := testenv.Start(t, syscall.SIGTERM, bin, "-H", "127.0.0.1", "-p", strconv.Itoa(pitrMotoPort))
@@ -89,9 +89,11 @@ func startPITRMoto(t *testing.T, st *stack.Stack) {
 	}
 }
 
-func newPITREnv(t *testing.T, dir string) *sandboxEnv {
+// newPITREnv is the sandbox of the point-in-time tests; volMiB sizes its volume images (0: the
+// sandbox's default).
+func newPITREnv(t testing.TB, dir string, volMiB int) *sandboxEnv {
 	t.Helper()
-	p, err := sandbox.New(sandbox.Config{Dir: dir, AddressBase: netip.MustParseAddr(pitrBase), LBPort: pitrLBPort})
+	p, err := sandbox.New(sandbox.Config{Dir: dir, AddressBase: netip.MustParseAddr(pitrBase), LBPort: pitrLBPort, VolumeSizeMiB: volMiB})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +108,7 @@ func newPITREnv(t *testing.T, dir string) *sandboxEnv {
 
 // bringUpPITR creates pg-0 (primary), pg-1 (standby) and scratch-0, with the archive on and the
 // archiver installed on the pg hosts.
-func (s *sandboxEnv) bringUpPITR(t *testing.T, archiver string) {
+func (s *sandboxEnv) bringUpPITR(t testing.TB, archiver string) {
 	t.Helper()
 	ctx := context.Background()
 	st := s.env.Stack
@@ -129,7 +131,7 @@ func (s *sandboxEnv) bringUpPITR(t *testing.T, archiver string) {
 		}
 		s.hosts[in.Name] = in
 		if role.Volumes.Count > 0 {
-			v, err := s.p.CreateVolume(ctx, cloud.VolumeSpec{SizeGiB: 1, Tags: map[string]string{cloud.TagStack: st.Name, cloud.TagDevice: "/dev/sdf"}})
+			v, err := s.p.CreateVolume(ctx, cloud.VolumeSpec{SizeGiB: role.Volumes.SizeGiB, Tags: map[string]string{cloud.TagStack: st.Name, cloud.TagDevice: "/dev/sdf"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -152,7 +154,7 @@ func (s *sandboxEnv) bringUpPITR(t *testing.T, archiver string) {
 }
 
 // install uploads the archiver to host (instactl's deploy does it on a real stack).
-func (s *sandboxEnv) install(t *testing.T, host, archiver string) {
+func (s *sandboxEnv) install(t testing.TB, host, archiver string) {
 	t.Helper()
 	ctx := context.Background()
 	c, err := s.d.Dial(ctx, s.env.target(s.hosts[host]))
@@ -259,7 +261,7 @@ func TestSandboxPITR(t *testing.T) {
 	requireSandbox(t)
 	testenv.Require(t, "go", "golang-go")
 	dir := t.TempDir()
-	s := newPITREnv(t, dir+"/sandbox")
+	s := newPITREnv(t, dir+"/sandbox", 0)
 	startPITRMoto(t, s.env.Stack)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

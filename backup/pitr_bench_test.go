@@ -19,11 +19,12 @@ import (
 //     restore_command prefetching 8 segments, and the same restore fetching one segment per
 //     call (--prefetch 1): replay GB/min is the WAL between the set's checkpoint and the point
 //     reached over the time from start to promotion.
+//
 //   - rpo: a writer on the primary with archive_timeout 60 s (the default); both members are
 //     killed at once; the acknowledged writes whose LSN lies past the end of the newest
 //     archived segment are the loss, and the time from the first of them to the kill the RPO.
 //
-//	go test -run '^$' -bench BenchmarkSandboxPITR -benchtime 1x -timeout 30m ./backup/
+//     go test -run '^$' -bench BenchmarkSandboxPITR -benchtime 1x -timeout 30m ./backup/
 func BenchmarkSandboxPITR(b *testing.B) {
 	requireSandbox(b)
 	mb := 1024

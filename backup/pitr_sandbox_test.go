@@ -457,4 +457,18 @@ func TestSandboxPITR(t *testing.T) {
 		t.Fatalf("verify archive with %s deleted: %v, want a gap naming it", gone, err)
 	}
 	t.Logf("with %s deleted: %v", gone, err)
+
+	// An archiver that cannot run (its binary gone: Postgres restarts the archiver and counts
+	// no failure) is reported by the segments waiting, before pg_wal fills.
+	s.sh(t, "pg-1", "mv "+templates.ArchiverPath+" "+templates.ArchiverPath+".off")
+	s.sh(t, "pg-1", psqlOn("instagram", "INSERT INTO acked (id) VALUES (-1)")+" && "+psqlOn("postgres", "SELECT pg_switch_wal()"))
+	var ae *ArchiverError
+	s.waitFor(t, "verify to see the archiver stuck", time.Minute, func() bool {
+		_, err := VerifyArchive(ctx, VerifyArchiveOptions{Env: s.env, MaxWait: 2 * time.Second})
+		return errors.As(err, &ae)
+	})
+	if ae.Ready < 1 || ae.OldestWait < 2*time.Second {
+		t.Fatalf("archiver error %+v", ae)
+	}
+	t.Logf("stuck archiver: %v", ae)
 }

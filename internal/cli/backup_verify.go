@@ -61,7 +61,10 @@ Exits 1 when the drill fails; the failure is recorded on the set too.
 --archive checks the continuous WAL archive instead: for every Postgres node (or --node), every
 segment from the start LSN of its oldest complete set to the segment before the primary's
 current one must be archived, along the timelines the archive's history files lead to. A
-missing segment is named, and exits 1: a point-in-time restore could not pass it.
+missing segment is named, and exits 1: a point-in-time restore could not pass it. So does an
+archiver failing or behind on the primary (archive_command failing since its last success,
+more than 16 segments waiting, or one waiting longer than archive_timeout plus a minute),
+before pg_wal fills the volume.
 
 --pitr-ago D --node NODE drills a point-in-time restore instead: NODE restored to now minus D
 on the scratch host (as above), pg_amcheck, torn down; it reports the measured RTO (volumes,

@@ -37,8 +37,10 @@ func backupVerifyArchiveRun(ctx context.Context, f *Factory, out Output, o *Back
 			}
 			switch {
 			case ac.OK:
-				fmt.Fprintf(w, "%s: archive unbroken: %d segments %s..%s (timelines %v), from set %s (start %s) to %s\n",
-					ac.Group, c.Segments, c.From, c.To, c.Path, ac.Set, ac.Start, upTo)
+				fmt.Fprintf(w, "%s: archive unbroken: %d segments %s..%s (timelines %v), from set %s (start %s) to %s; %d segment(s) waiting on the primary\n",
+					ac.Group, c.Segments, c.From, c.To, c.Path, ac.Set, ac.Start, upTo, ac.Ready)
+			case c != nil && len(c.Missing) == 0:
+				fmt.Fprintf(w, "%s: archive unbroken (%d segments %s..%s) but: %s\n", ac.Group, c.Segments, c.From, c.To, ac.Error)
 			case c != nil:
 				fmt.Fprintf(w, "%s: archive BROKEN: %d of %d segments missing between %s and %s: %s\n",
 					ac.Group, len(c.Missing), c.Segments, c.From, c.To, strings.Join(c.Missing, ", "))

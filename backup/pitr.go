@@ -85,7 +85,10 @@ func RestoreToTime(ctx context.Context, o PITROptions) (*PITRResult, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
-	if o.Time.IsZero() == (o.LSN == "") {
+	if o.Time.IsZero() && o.LSN == "" {
+		return nil, errors.New("point-in-time restore: no target: give a time (--to-time) or an LSN (--to-lsn)")
+	}
+	if !o.Time.IsZero() && o.LSN != "" {
 		return nil, errors.New("point-in-time restore: give a target time or a target LSN, not both")
 	}
 	var lsn walarchive.LSN

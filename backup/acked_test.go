@@ -23,6 +23,7 @@ type ackedWriter struct {
 	mu   sync.Mutex
 	ids  []int64
 	pos  []uint64
+	at   []time.Time // when each write was acknowledged
 	stop atomic.Bool
 	done chan error
 }
@@ -31,6 +32,7 @@ func (w *ackedWriter) record(id int64, pos uint64) {
 	w.mu.Lock()
 	w.ids = append(w.ids, id)
 	w.pos = append(w.pos, pos)
+	w.at = append(w.at, time.Now())
 	w.mu.Unlock()
 }
 
@@ -78,7 +80,7 @@ func (w *ackedWriter) check(t *testing.T, upTo uint64, present map[int64]bool) (
 }
 
 // startPGWriter inserts rows 1, 2, ... into instagram.acked on the primary at addr.
-func startPGWriter(t *testing.T, addr string) *ackedWriter {
+func startPGWriter(t testing.TB, addr string) *ackedWriter {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, "postgres://postgres@"+addr+":5432/instagram?sslmode=disable")

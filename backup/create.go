@@ -225,6 +225,9 @@ type run struct {
 	kind   string
 	m      *Manifest
 	mounts []string
+	// walStart is pg_backup_start's LSN while the base backup is open: the snapshots are
+	// tagged with it (TagWALStart), so retention finds every set's WAL horizon from tags alone.
+	walStart string
 }
 
 func (r *run) emit(step, format string, args ...any) {
@@ -478,6 +481,10 @@ func (r *run) snapshot(ctx context.Context, consistency string, within time.Dura
 		ids[i] = v.ID
 	}
 	tags := SetTags(r.o.Stack.Name, r.m.SetID, r.kind, r.h.name(), consistency, len(ids))
+	if r.walStart != "" && r.m.Postgres != nil && r.m.Topology != nil {
+		tags[TagWALStart] = WALStart{Group: r.m.Topology.Group, SystemID: r.m.Postgres.SystemID,
+			Timeline: uint32(r.m.Postgres.Timeline), LSN: r.walStart}.String()
+	}
 	r.m.SnapshotAt = r.o.now().UTC()
 	if within <= 0 {
 		return nil, errors.New("no freeze budget left for the snapshot call")

@@ -88,6 +88,19 @@ type PostgresRecord struct {
 	PrimaryLSN string  `json:"primary_lsn"`
 	DataDir    string  `json:"data_dir"`
 	Port       int     `json:"port"`
+	// The base backup the snapshot was taken inside (pg_backup_start/pg_backup_stop on the
+	// standby): its label, which a point-in-time restore writes as backup_label; the start LSN
+	// (the set's WAL horizon), the checkpoint recovery starts from, the stop LSN recovery must
+	// pass before the copy is consistent, and the timeline. Empty on sets taken before.
+	BackupLabel   string `json:"backup_label,omitempty"`
+	StartLSN      string `json:"start_lsn,omitempty"`
+	StartWALFile  string `json:"start_wal_file,omitempty"`
+	CheckpointLSN string `json:"checkpoint_lsn,omitempty"`
+	StopLSN       string `json:"stop_lsn,omitempty"`
+	StartTimeline int    `json:"start_timeline,omitempty"`
+	// BackupStopAt is when pg_backup_stop returned: a restore to a time after it reaches
+	// consistency before its target.
+	BackupStopAt time.Time `json:"backup_stop_at,omitzero"`
 }
 
 // RedisRecord is the replica's state at the BGSAVE the set holds.

@@ -147,7 +147,8 @@ func motoHost(t *testing.T, p cloud.Provider, stackName, role string, n int) (cl
 func TestMotoRetentionYear(t *testing.T) {
 	t.Parallel() // moto works while the sandbox test waits on its hosts
 	ctx := context.Background()
-	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion("us-east-1"), config.WithBaseEndpoint(startMoto(t)),
+	endpoint := startMoto(t)
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion("us-east-1"), config.WithBaseEndpoint(endpoint),
 		config.WithEC2IMDSClientEnableState(imds.ClientDisabled),
 		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("testing", "testing", "")))
 	if err != nil {
@@ -191,19 +192,31 @@ func TestMotoRetentionYear(t *testing.T) {
 	}
 	sort.Slice(events, func(i, j int) bool { return events[i].at.Before(events[j].at) })
 
+	wal := newSimWAL(t, endpoint)
+	// The WAL archive is pruned with the sets: by the start LSN of the oldest retained verified
+	// set, and checked against what was pushed.
 	truth := map[string]*simSet{}
 	snapshots, prunes, deleted := 0, 0, 0
 	nextPrune := start.Add(40 * 24 * time.Hour)
 	t0 := time.Now()
 	for i, ev := range events {
 		if !ev.at.Before(nextPrune) {
-			deleted += pruneAndCheck(t, ctx, env, p, truth)
+			deleted += pruneAndCheck(t, ctx, env, p, truth, wal.open)
+			wal.check(t, ctx, env)
 			prunes++
 			nextPrune = nextPrune.Add(40 * 24 * time.Hour)
 		}
 		id := fmt.Sprintf("%s-%s-%04d", ev.at.Format("20060102T150405Z"), ev.hostnm, i)
 		tags := SetTags("yr", id, ev.target, ev.hostnm, StateComplete, len(ev.vols))
 		tags[tagSimStart] = ev.at.Format(time.RFC3339)
+		if ev.target == TargetPostgres {
+			// Halfway through the year a failover: timeline 2 begins.
+			if wal.tli == 1 && ev.at.After(start.AddDate(0, 6, 0)) {
+				wal.failover(t)
+			}
+			tags[TagWALStart] = wal.setStart()
+			wal.push(t, 1+rng.IntN(2))
+		}
 		s := &simSet{id: id, series: ev.target + "/" + ev.hostnm, at: ev.at, usable: true}
 		vols := ev.vols
 		r := rng.IntN(100)
@@ -235,8 +248,13 @@ func TestMotoRetentionYear(t *testing.T) {
 		}
 		truth[id] = s
 	}
-	deleted += pruneAndCheck(t, ctx, env, p, truth)
+	deleted += pruneAndCheck(t, ctx, env, p, truth, wal.open)
+	wal.check(t, ctx, env)
 	prunes++
+	if wal.deletedTotal == 0 || wal.tli != 2 {
+		t.Fatalf("the year pruned %d WAL files and ended on timeline %d; want some pruned, and timeline 2", wal.deletedTotal, wal.tli)
+	}
+	t.Logf("WAL: %d files pushed, %d pruned by LSN", len(wal.pushed), wal.deletedTotal)
 	if snapshots < 1000 {
 		t.Fatalf("the simulation created %d snapshots, want at least 1,000", snapshots)
 	}
@@ -250,10 +268,10 @@ func TestMotoRetentionYear(t *testing.T) {
 
 // pruneAndCheck prunes for real and checks the safety rules on what is left; it returns the
 // number of sets deleted.
-func pruneAndCheck(t *testing.T, ctx context.Context, env Env, p *simTimes, truth map[string]*simSet) int {
+func pruneAndCheck(t *testing.T, ctx context.Context, env Env, p *simTimes, truth map[string]*simSet, open ArchiveOpener) int {
 	t.Helper()
 	defer p.dropTags(t, ctx)
-	plan, err := Prune(ctx, PruneOptions{Env: env, Apply: true})
+	plan, err := Prune(ctx, PruneOptions{Env: env, Apply: true, Archive: open})
 	if err != nil {
 		t.Fatalf("prune: %v", err)
 	}

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/instactl/instactl/stack"
 	"strconv"
@@ -196,12 +197,27 @@ func (r *run) postgres(ctx context.Context) error {
 		}
 		return nil
 	}
-	err := r.freezeAndSnapshot(ctx, r.h.role.Port, pause, resume)
+	label, err := r.startBackup(ctx)
+	if err != nil {
+		return err
+	}
+	err = r.freezeAndSnapshot(ctx, r.h.role.Port, pause, resume)
 	if err != nil && r.m.SnapshotAt.IsZero() {
 		// Failed before the snapshot: make sure replay runs again (the guardian would too).
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = resume(cctx)
+		label.abort()
+		return err
+	}
+	if r.m.Postgres == nil {
+		label.abort()
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if serr := r.stopBackup(sctx, label); serr != nil {
+		return errors.Join(err, fmt.Errorf("%w: the set restores as a snapshot but not to a point in time", serr))
 	}
 	return err
 }

@@ -253,14 +253,16 @@ func mountRestored(ctx context.Context, o *RestoreOptions, c *remote.Client, r *
 	return nil
 }
 
-// pgStartCommand starts a restored cluster as a standalone copy on addr:port.
+// pgStartCommand starts a restored cluster as a standalone copy on addr:port, with
+// archive_mode=off: a copy never writes into the group's WAL archive (its new timeline would
+// stray into the real one's history).
 func pgStartCommand(pgBin, dataDir, addr string, port int, logFile string) remote.Command {
 	s := `bin=$1 data=$2 addr=$3 port=$4 log=$5; set -e; ` +
 		`test -s "$data/PG_VERSION" || { echo "$data holds no Postgres cluster" >&2; exit 1; }; ` +
 		`rm -f "$data/standby.signal" "$data/recovery.signal" "$data/postmaster.pid"; ` +
 		`install -d -o postgres -g postgres -m 2775 ` + pgSocketDir + `; mkdir -p "$(dirname "$log")"; touch "$log"; chown postgres "$log"; ` +
 		`runuser -u postgres -- "$bin/pg_ctl" -D "$data" -w -t 300 -l "$log" ` +
-		`-o "-c listen_addresses=$addr -c port=$port -c unix_socket_directories=` + pgSocketDir + ` -c cluster_name=restore -c primary_conninfo=''" start`
+		`-o "-c listen_addresses=$addr -c port=$port -c unix_socket_directories=` + pgSocketDir + ` -c cluster_name=restore -c primary_conninfo='' -c archive_mode=off" start`
 	return remote.Command{"sh", "-c", s, "instactl-restore-pg", pgBin, dataDir, addr, strconv.Itoa(port), logFile}
 }
 

@@ -26,7 +26,9 @@ type Decision struct {
 type PrunePlan struct {
 	Retention stack.Retention `json:"retention"`
 	Decisions []Decision      `json:"decisions"`
-	Applied   bool            `json:"applied"`
+	// WAL is the retention of each group's WAL archive (stacks with backup.wal_archive).
+	WAL     []WALPrune `json:"wal,omitempty"`
+	Applied bool       `json:"applied"`
 }
 
 // Deletes returns the decisions that delete a set.
@@ -147,6 +149,9 @@ type PruneOptions struct {
 	Retention *stack.Retention
 	// Apply deletes; without it Prune only plans.
 	Apply bool
+	// Archive opens a group's WAL archive (default: the stack's when backup.wal_archive is on;
+	// setting it prunes WAL whatever the stack says).
+	Archive ArchiveOpener
 }
 
 // Prune plans retention over the stack's sets and, with Apply, deletes the sets outside it, one
@@ -162,6 +167,15 @@ func Prune(ctx context.Context, opts PruneOptions) (*PrunePlan, error) {
 		ret = *opts.Retention
 	}
 	plan := &PrunePlan{Retention: ret, Decisions: PlanRetention(sets, ret)}
+	open := opts.Archive
+	if open == nil && opts.Stack.Backup.WALArchive {
+		open = stackArchive(opts.Stack)
+	}
+	if open != nil {
+		if plan.WAL, err = planWAL(ctx, open, plan.Decisions); err != nil {
+			return plan, err
+		}
+	}
 	if !opts.Apply {
 		return plan, nil
 	}
@@ -198,6 +212,16 @@ func Prune(ctx context.Context, opts PruneOptions) (*PrunePlan, error) {
 		d.Deleted = true
 		if err := opts.removeManifest(d.Set.ID); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if open != nil {
+		if err := applyWAL(ctx, open, plan.WAL); err != nil {
+			errs = append(errs, err)
+		}
+		for _, wp := range plan.WAL {
+			if wp.Deleted {
+				opts.emit("", wp.Group, "prune", "deleted %d WAL files (%d bytes) below %s, the start of set %s", len(wp.Delete), wp.Bytes, wp.Horizon, wp.HorizonSet)
+			}
 		}
 	}
 	return plan, errors.Join(errs...)

@@ -232,6 +232,7 @@ func applyDefaults(s *Stack) {
 	}
 	defDur(&b.MaxLagTime, 60*time.Second)
 	defDur(&b.FreezeBudget, 30*time.Second)
+	defDur(&b.ArchiveTimeout, 60*time.Second)
 	defInt(&b.Retention.Hourly, 24)
 	defInt(&b.Retention.Daily, 7)
 	defInt(&b.Retention.Weekly, 4)

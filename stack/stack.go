@@ -128,6 +128,14 @@ type Backup struct {
 	MaxLagTime   time.Duration `json:"max_lag_time"`
 	FreezeBudget time.Duration `json:"freeze_budget"`
 	Retention    Retention     `json:"retention"`
+	// WALArchive turns on the continuous WAL archive of every Postgres group (docs/pitr.md):
+	// archive_mode = always and archive_command = instactl wal push, into bucket <stack>-wal.
+	// Off by default until the archiver is installed on the pg hosts (instactl wal install):
+	// a failing archive_command keeps every segment in pg_wal.
+	WALArchive bool `json:"wal_archive"`
+	// ArchiveTimeout is archive_timeout: the longest a committed write waits to be archived when
+	// the primary is quiet, so the archive's RPO (default 60s).
+	ArchiveTimeout time.Duration `json:"archive_timeout"`
 }
 
 // Retention is grandfather-father-son retention.

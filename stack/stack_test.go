@@ -52,6 +52,9 @@ func TestMinimalGetsDefaults(t *testing.T) {
 	if st.Role("app").Port != 8080 || st.LoadBalancer.TargetPort != 8080 || st.SSH.Port != 2222 {
 		t.Fatalf("defaults not applied: %+v", st)
 	}
+	if st.Backup.ArchiveTimeout != time.Minute || st.Backup.WALArchive {
+		t.Fatalf("archive defaults: timeout %s, on %v; want 1m0s, off", st.Backup.ArchiveTimeout, st.Backup.WALArchive)
+	}
 	if len(st.Backup.Targets) != 0 {
 		t.Fatalf("backup targets defaulted without pg/redis: %v", st.Backup.Targets)
 	}
@@ -86,6 +89,12 @@ func TestErrors(t *testing.T) {
 		{"aws needs image", "name: x\nprovider: aws\nroles:\n  app: {count: 1}\n", []string{"s.yaml:1:1: image: provider aws needs an AMI id"}},
 		{"data role without volumes", "name: x\nroles:\n  app: {count: 1}\n  redis: {count: 1}\n",
 			[]string{"s.yaml:4:10: roles.redis.volumes: role redis keeps its data on volumes"}},
+		{"archive timeout not whole seconds", "name: x\nroles:\n  app: {count: 1}\nbackup:\n  archive_timeout: 1500ms\n",
+			[]string{"s.yaml:5:20: backup.archive_timeout: must be whole seconds from 1s to 1h"}},
+		{"archive timeout too long", "name: x\nroles:\n  app: {count: 1}\nbackup:\n  archive_timeout: 2h\n",
+			[]string{"backup.archive_timeout: must be whole seconds from 1s to 1h, such as 60s"}},
+		{"wal archive without pg", "name: x\nroles:\n  app: {count: 1}\nbackup:\n  wal_archive: true\n",
+			[]string{"backup.wal_archive: needs a pg role"}},
 		{"sandbox raid", "name: x\nroles:\n  app: {count: 1}\n  pg: {count: 1, volumes: {count: 2, size_gib: 1, mount: /data}}\n",
 			[]string{"roles.pg.volumes.count: the sandbox has no md RAID"}},
 	}

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -290,6 +291,12 @@ func (v *validator) backup() {
 	}
 	if b.FreezeBudget <= 0 {
 		v.errorf("backup.freeze_budget", "must be positive such as 30s")
+	}
+	if t := b.ArchiveTimeout; t < time.Second || t > time.Hour || t%time.Second != 0 {
+		v.errorf("backup.archive_timeout", "must be whole seconds from 1s to 1h, such as 60s: it bounds how long a committed write waits to be archived (got %s)", t)
+	}
+	if b.WALArchive && v.st.Role("pg") == nil {
+		v.errorf("backup.wal_archive", "needs a pg role to archive; declared roles: %s", v.roleNames())
 	}
 }
 

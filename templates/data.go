@@ -142,6 +142,10 @@ type Data struct {
 	// starts as one (see files/instactl-pg-guard.tmpl).
 	Peers []string `json:"peers,omitempty"`
 
+	// WALArchive, on a pg host, turns on the continuous WAL archive (docs/pitr.md); nil leaves
+	// archive_mode off.
+	WALArchive *WALArchive `json:"wal_archive,omitempty"`
+
 	// RedisMinReplicas is min-replicas-to-write on a Redis master and replica (either may become
 	// master): with a replica in the group, a master that lost it stops taking writes, so a
 	// fenced old master cannot diverge. 0 leaves it off (a group without replica).
@@ -236,6 +240,11 @@ func (d Data) Validate() error {
 	for field, v := range map[string]string{"device_dir": d.DeviceDir, "pg_bin_dir": d.PGBinDir, "app_path": d.AppPath} {
 		if !pathRe.MatchString(v) || path.Clean(v) != v {
 			bad("%s must be a clean absolute path (got %q)", field, v)
+		}
+	}
+	if d.WALArchive != nil {
+		if err := d.WALArchive.validate(); err != nil {
+			bad("%v", err)
 		}
 	}
 	if len(d.Devices) > 0 {

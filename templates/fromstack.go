@@ -66,6 +66,9 @@ func FromStack(st *stack.Stack, role string, index int, address, primaryAddress 
 			return Data{}, err
 		}
 		d.Peers = peers
+		if d.WALArchive, err = walArchiveFromStack(st, d.HostName); err != nil {
+			return Data{}, err
+		}
 	}
 	d.Exporters = st.Role(RoleMonitor) != nil
 	if role == RoleRedis && r.Replicas > 0 {

@@ -56,6 +56,7 @@ func parse() (*template.Template, error) {
 		"env":            envLine,
 		"base":           path.Base,
 		"pgGuardPath":    func() string { return PGGuardPath },
+		"walEnvPath":     func() string { return WALEnvFile },
 		"pgPassFile":     func() string { return PGPassFile },
 		"sandboxFstab":   func() string { return SandboxFstabPath },
 		"sandboxRCLocal": func() string { return SandboxRCLocalPath },

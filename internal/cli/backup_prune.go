@@ -31,6 +31,11 @@ the min_verified newest verified sets, or the newest set of one of the kept hour
 ISO weeks or months. Partial sets are deleted. Only snapshots tagged with this stack are
 ever touched.
 
+With backup.wal_archive on, the WAL archive is pruned by LSN, never by age: per Postgres node,
+every file below the start LSN of the oldest retained verified set (on any timeline) is
+deleted, nothing at or above it, timeline .history files never; with no verified set retained
+nothing is. The plan lists every WAL file it would delete.
+
 Without --yes nothing is deleted. With --yes the plan is applied and every deleted set is
 confirmed gone by listing the snapshots again; a set that is still there is an error.`,
 		Example: `  instactl backup prune          # dry run: the plan
@@ -58,13 +63,13 @@ func backupPruneRun(ctx context.Context, f *Factory, out Output, o *BackupPruneO
 	if err != nil {
 		return err
 	}
-	if !o.Yes || len(plan.Deletes()) == 0 {
+	if !o.Yes || len(plan.Deletes())+backupWALDeletes(plan) == 0 {
 		return render(f.IO, out, plan, func(w io.Writer) error {
 			if err := backupRenderPlan(w, plan); err != nil {
 				return err
 			}
-			if n := len(plan.Deletes()); n > 0 {
-				_, err := fmt.Fprintf(w, "Nothing deleted. To delete %d set(s): instactl backup prune --yes\n", n)
+			if n, wn := len(plan.Deletes()), backupWALDeletes(plan); n+wn > 0 {
+				_, err := fmt.Fprintf(w, "Nothing deleted. To delete %d set(s) and %d WAL file(s): instactl backup prune --yes\n", n, wn)
 				return err
 			}
 			return nil
@@ -87,6 +92,11 @@ func backupPruneRun(ctx context.Context, f *Factory, out Output, o *BackupPruneO
 				fmt.Fprintf(w, "deleted %s (%s %s): confirmed gone\n", dec.Set.ID, dec.Set.Target, dec.Set.Host)
 			} else {
 				fmt.Fprintf(w, "NOT deleted %s: its snapshots are still listed\n", dec.Set.ID)
+			}
+		}
+		for _, wp := range applied.WAL {
+			if wp.Deleted {
+				fmt.Fprintf(w, "deleted %d WAL file(s) of %s below %s\n", len(wp.Delete), wp.Group, wp.Horizon)
 			}
 		}
 		_, err := fmt.Fprintf(w, "Pruned %d of %d set(s).\n", deleted, len(applied.Decisions))
@@ -118,11 +128,40 @@ func backupRenderPlan(w io.Writer, plan *backup.PrunePlan) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	backupRenderWALPlan(w, plan.WAL)
 	n := len(plan.Deletes())
+	if n == 0 && backupWALDeletes(plan) > 0 {
+		_, err := fmt.Fprintf(w, "Plan: keep all %d set(s); delete the WAL above.\n", len(plan.Decisions))
+		return err
+	}
 	if n == 0 {
 		_, err := fmt.Fprintf(w, "Plan: keep all %d set(s). No changes.\n", len(plan.Decisions))
 		return err
 	}
 	_, err := fmt.Fprintf(w, "Plan: keep %d, delete %d.\n", len(plan.Decisions)-n, n)
 	return err
+}
+
+// backupWALDeletes counts the WAL files the plan deletes.
+func backupWALDeletes(plan *backup.PrunePlan) int {
+	n := 0
+	for _, wp := range plan.WAL {
+		n += len(wp.Delete)
+	}
+	return n
+}
+
+// backupRenderWALPlan shows, per group, the WAL retention by LSN and every file it deletes.
+func backupRenderWALPlan(w io.Writer, wal []backup.WALPrune) {
+	for _, wp := range wal {
+		if wp.Horizon == "" {
+			fmt.Fprintf(w, "WAL %s: keep all %d file(s): %s\n", wp.Archive, wp.Kept, wp.Reason)
+			continue
+		}
+		fmt.Fprintf(w, "WAL %s: horizon %s, the start of %s (the oldest retained verified set): delete %d file(s), %d bytes, below it; keep %d\n",
+			wp.Archive, wp.Horizon, wp.HorizonSet, len(wp.Delete), wp.Bytes, wp.Kept)
+		for _, name := range wp.Delete {
+			fmt.Fprintf(w, "  delete %s\n", name)
+		}
+	}
 }

@@ -20,13 +20,15 @@ type BackupRestoreOptions struct {
 	Mount           string
 	Port            int
 	AllowIncomplete bool
+	// Point-in-time restore (backup_pitr.go): Set is then the node.
+	PITR BackupPITRFlags
 }
 
 // NewCmdBackupRestore builds `instactl backup restore`. runF replaces the run in tests.
 func NewCmdBackupRestore(f *Factory, out func() Output, runF func(*BackupRestoreOptions) error) *cobra.Command {
 	o := &BackupRestoreOptions{}
 	cmd := &cobra.Command{
-		Use:   "restore SET --to HOST",
+		Use:   "restore SET --to HOST | restore --to-time TIME|--to-lsn LSN NODE --to HOST",
 		Short: "Create volumes from a set on a host, mount them and start the database on them",
 		Long: `Create one volume per snapshot of SET, attach them to HOST, mount them at --mount (default:
 the target role's mount, e.g. /var/lib/postgresql) and start the database there:
@@ -42,7 +44,8 @@ role use another --mount and --port.
 
 HOST is a host name as the stack names it (pg-0), the instance name, or an instance id.
 What restore leaves behind: the running server, the mount, and volumes tagged
-instactl:restored-from=SET; ` + "`instactl backup verify`" + ` is the drill that cleans up after itself.`,
+instactl:restored-from=SET; ` + "`instactl backup verify`" + ` is the drill that cleans up after itself.
+` + backupPITRHelp,
 		Example: `  instactl backup restore 20240501T100000Z-instagram-pg-1-3f2a --to memcached-0
   instactl backup restore SET --to pg-0 --mount /srv/restore --port 5433
   psql -h 127.0.10.10 -U postgres -d instagram      # then query the copy`,
@@ -51,6 +54,15 @@ instactl:restored-from=SET; ` + "`instactl backup verify`" + ` is the drill that
 				return usageErrorf("backup restore takes exactly one SET argument (got %d); see `instactl backup list`", len(args))
 			}
 			o.Set = args[0]
+			if o.PITR.on() {
+				if err := o.PITR.check(o); err != nil {
+					return err
+				}
+				if runF != nil {
+					return runF(o)
+				}
+				return backupPITRRun(cmd.Context(), f, out(), o)
+			}
 			if err := backupCheckSetID(o.Set); err != nil {
 				return err
 			}
@@ -74,6 +86,7 @@ instactl:restored-from=SET; ` + "`instactl backup verify`" + ` is the drill that
 	fl.StringVar(&o.Mount, "mount", "", "where to mount the restored file system (default: the role's mount)")
 	fl.IntVar(&o.Port, "port", 0, "port the restored server listens on (default: the role's port)")
 	fl.BoolVar(&o.AllowIncomplete, "allow-incomplete", false, "restore a partial or pending set (forensics)")
+	o.PITR.register(cmd)
 	return cmd
 }
 

@@ -20,6 +20,11 @@ type BackupVerifyOptions struct {
 	Scratch string
 	// KeepScratch leaves a scratch host created for the drill running (debugging).
 	KeepScratch bool
+	// Archive checks WAL archive continuity instead of drilling a set (backup_verify_archive.go).
+	Archive bool
+	Node    string
+	// PITRAgo drills a point-in-time restore of Node to now minus it (backup_verify_archive.go).
+	PITRAgo time.Duration
 }
 
 // NewCmdBackupVerify builds `instactl backup verify`. runF replaces the run in tests.
@@ -51,7 +56,19 @@ The scratch host:
 On AWS, --scratch is required: a scratch host needs the database binaries, which only the
 stack's own bootstrapped hosts have.
 
-Exits 1 when the drill fails; the failure is recorded on the set too.`,
+Exits 1 when the drill fails; the failure is recorded on the set too.
+
+--archive checks the continuous WAL archive instead: for every Postgres node (or --node), every
+segment from the start LSN of its oldest complete set to the segment before the primary's
+current one must be archived, along the timelines the archive's history files lead to. A
+missing segment is named, and exits 1: a point-in-time restore could not pass it. So does an
+archiver failing or behind on the primary (archive_command failing since its last success,
+more than 16 segments waiting, or one waiting longer than archive_timeout plus a minute),
+before pg_wal fills the volume.
+
+--pitr-ago D --node NODE drills a point-in-time restore instead: NODE restored to now minus D
+on the scratch host (as above), pg_amcheck, torn down; it reports the measured RTO (volumes,
+replay and its MB/s) and how far before the target the last replayed commit was.`,
 		Example: `  instactl backup verify
   instactl backup verify --target redis
   instactl backup verify 20240501T100000Z-instagram-pg-1-3f2a --scratch memcached-0`,
@@ -70,6 +87,24 @@ Exits 1 when the drill fails; the failure is recorded on the set too.`,
 					return err
 				}
 			}
+			if o.PITRAgo != 0 {
+				if err := o.checkPITRDrill(); err != nil {
+					return err
+				}
+				if runF != nil {
+					return runF(o)
+				}
+				return backupPITRDrillRun(cmd.Context(), f, out(), o)
+			}
+			if o.Archive {
+				if err := o.checkArchive(); err != nil {
+					return err
+				}
+				if runF != nil {
+					return runF(o)
+				}
+				return backupVerifyArchiveRun(cmd.Context(), f, out(), o)
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -80,6 +115,9 @@ Exits 1 when the drill fails; the failure is recorded on the set too.`,
 	fl.StringVar(&o.Target, "target", "", "with no SET: drill the newest complete set of pg or redis")
 	fl.StringVar(&o.Scratch, "scratch", "", "existing host to restore onto (default on the sandbox: a temporary scratch instance)")
 	fl.BoolVar(&o.KeepScratch, "keep-scratch", false, "leave a created scratch host running after the drill (debugging)")
+	fl.BoolVar(&o.Archive, "archive", false, "check the WAL archive's continuity from each node's oldest set instead of drilling a set")
+	fl.StringVar(&o.Node, "node", "", "with --archive: check only this Postgres node (pg-0); with --pitr-ago: the node to drill")
+	fl.DurationVar(&o.PITRAgo, "pitr-ago", 0, "drill a point-in-time restore of --node to now minus this (e.g. 10m) and report RTO and the gap reached")
 	return cmd
 }
 

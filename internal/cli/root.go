@@ -98,6 +98,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addFailoverCommands(cmd, f, out)
 	addSwitchCommands(cmd, f, out)
 	addMonitorCommands(cmd, f, out)
+	addWALCommands(cmd, f)
 	return cmd
 }
 

@@ -45,6 +45,15 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # The packages must not start their own services: Prometheus, Alertmanager, the exporters,
+  # PostgreSQL and Redis would hold the ports the sandbox and the tests bind. A policy-rc.d that
+  # refuses every start does that under sysvinit and systemd alike; it is removed afterwards
+  # unless it was there before.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi

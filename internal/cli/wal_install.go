@@ -54,7 +54,7 @@ Running install again is harmless. See docs/pitr.md.`,
   # install a binary built for the hosts (when this machine is not linux/amd64 like them)
   GOOS=linux GOARCH=amd64 go build -o /tmp/instactl-linux ./cmd/instactl
   instactl wal install --binary /tmp/instactl-linux`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if runF != nil {
 				return runF(o)

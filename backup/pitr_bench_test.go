@@ -34,7 +34,7 @@ func BenchmarkSandboxPITR(b *testing.B) {
 	dir := b.TempDir()
 	s := newPITREnv(b, dir+"/sandbox", 6144)
 	s.env.Stack.Backup.ArchiveTimeout = time.Minute
-	startPITRMoto(b, s.env.Stack)
+	startPITRMoto(b)
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()

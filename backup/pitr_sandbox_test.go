@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/instactl/instactl/cloud"
@@ -71,26 +70,20 @@ func buildInstactl(t testing.TB) string {
 	return out
 }
 
-// startPITRMoto runs moto_server on the sandbox's moto port with the archive's bucket.
-func startPITRMoto(t testing.TB, st *stack.Stack) {
+// startPITRMoto runs moto_server on the sandbox's moto port; `instactl wal install` creates the
+// archive's bucket.
+func startPITRMoto(t testing.TB) {
 	t.Helper()
 	bin := testenv.Require(t, "moto_server", "python3-moto (or: pip install 'moto[server]')")
 	p := testenv.Start(t, syscall.SIGTERM, bin, "-H", "127.0.0.1", "-p", strconv.Itoa(pitrMotoPort))
 	if err := testenv.WaitTCP("127.0.0.1:"+strconv.Itoa(pitrMotoPort), 30*time.Second); err != nil {
 		t.Fatalf("moto_server: %v\n%s", err, p.Log.String())
 	}
-	ctx := context.Background()
-	cl, err := templates.WALArchiveFor(st, "pg-0").Config().S3Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cl.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(templates.WALBucket(st))}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // newPITREnv is the sandbox of the point-in-time tests; volMiB sizes its volume images (0: the
-// sandbox's default).
+// sandbox's default). Its state directory is the one the instactl binary uses (DIR/state), so
+// the library calls and the commands see the same manifests.
 func newPITREnv(t testing.TB, dir string, volMiB int) *sandboxEnv {
 	t.Helper()
 	p, err := sandbox.New(sandbox.Config{Dir: dir, AddressBase: netip.MustParseAddr(pitrBase), LBPort: pitrLBPort, VolumeSizeMiB: volMiB})
@@ -103,7 +96,7 @@ func newPITREnv(t testing.TB, dir string, volMiB int) *sandboxEnv {
 		t.Fatal(err)
 	}
 	return &sandboxEnv{p: p, d: d, hosts: map[string]cloud.Instance{},
-		env: Env{Stack: pitrStack(), Provider: p, Dialer: d, StateDir: dir + "-state", Version: "test"}}
+		env: Env{Stack: pitrStack(), Provider: p, Dialer: d, StateDir: filepath.Join(dir, "state"), Version: "test"}}
 }
 
 // bringUpPITR creates pg-0 (primary), pg-1 (standby) and scratch-0, with the archive on and the
@@ -149,27 +142,37 @@ func (s *sandboxEnv) bringUpPITR(t testing.TB, archiver string) {
 			b, _ := os.ReadFile(log)
 			t.Fatalf("bootstrap %s: %v\n%s", in.Name, err, tail(string(b), 3000))
 		}
-		s.install(t, in.Name, archiver)
+	}
+	// What an operator runs after apply: the bucket, and the archiver on every pg host.
+	out, _, code := s.instactl(t, archiver, "wal", "install")
+	if code != 0 || !strings.Contains(out, "Bucket "+templates.WALBucket(st)+" created") ||
+		!strings.Contains(out, "pg-0: "+templates.ArchiverPath+" installed") || !strings.Contains(out, "pg-1: "+templates.ArchiverPath+" installed") {
+		t.Fatalf("wal install: exit %d, output %q", code, out)
 	}
 }
 
-// install uploads the archiver to host (instactl's deploy does it on a real stack).
-func (s *sandboxEnv) install(t testing.TB, host, archiver string) {
+// instactl runs the instactl binary bin on the sandbox's stack file (pitrStackYAML) and returns
+// its stdout, stderr and exit status.
+func (s *sandboxEnv) instactl(t testing.TB, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	ctx := context.Background()
-	c, err := s.d.Dial(ctx, s.env.target(s.hosts[host]))
-	if err != nil {
+	sbDir := filepath.Dir(filepath.Dir(s.p.KeyPath()))
+	file := filepath.Join(filepath.Dir(sbDir), "pitr.yaml")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf(pitrStackYAML, sbDir)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	f, err := os.Open(archiver)
-	if err != nil {
-		t.Fatal(err)
+	cmd := exec.Command(bin, append([]string{"--stack", file}, args...)...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("instactl %s: %v", strings.Join(args, " "), err)
 	}
-	defer f.Close()
-	if _, err := c.Upload(ctx, f, templates.ArchiverPath, 0o755); err != nil {
-		t.Fatalf("install archiver on %s: %v", host, err)
-	}
+	t.Logf("instactl %s: exit %d\n%s%s", strings.Join(args, " "), code, o.String(), tail(e.String(), 3000))
+	return o.String(), e.String(), code
 }
 
 // timedWriter inserts rows 1, 2, ... into instagram.acked, recording when each insert was sent
@@ -262,7 +265,7 @@ func TestSandboxPITR(t *testing.T) {
 	testenv.Require(t, "go", "golang-go")
 	dir := t.TempDir()
 	s := newPITREnv(t, dir+"/sandbox", 0)
-	startPITRMoto(t, s.env.Stack)
+	startPITRMoto(t)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -273,6 +276,9 @@ func TestSandboxPITR(t *testing.T) {
 	archiver := buildInstactl(t)
 	s.bringUpPITR(t, archiver)
 	ctx := context.Background()
+	if out, _, code := s.instactl(t, archiver, "wal", "install"); code != 0 || !strings.Contains(out, "Bucket pitr-wal exists") {
+		t.Fatalf("wal install again: exit %d, output %q; want the bucket found and the archiver reinstalled", code, out)
+	}
 	s.env.Progress = func(e Event) { t.Logf("%s %s %s: %s", e.Set, e.Host, e.Step, e.Message) }
 
 	w := startTimedWriter(t, pitrHosts[0].addr, 1)
@@ -322,11 +328,18 @@ func TestSandboxPITR(t *testing.T) {
 	n := w.count()
 	s.waitFor(t, "writes after the target", 30*time.Second, func() bool { return w.count() > n+200 })
 
-	pr, err := RestoreToTime(ctx, PITROptions{Env: s.env, Node: "pg-0", To: "scratch-0", Time: target, Archiver: archiver})
+	// The first restore goes through the command an operator runs.
+	jsonOut, _, code := s.instactl(t, archiver, "backup", "restore", "--to-time", target.Format(time.RFC3339Nano), "pg-0", "--to", "scratch-0", "-o", "json")
 	w.finish(t)
-	if err != nil {
-		t.Fatalf("restore to %s: %v", target.Format(time.RFC3339Nano), err)
+	if code != 0 {
+		t.Fatalf("backup restore --to-time %s: exit %d", target.Format(time.RFC3339Nano), code)
 	}
+	pr := &PITRResult{}
+	if err := json.Unmarshal([]byte(jsonOut), pr); err != nil {
+		t.Fatalf("backup restore -o json: %v\n%s", err, jsonOut)
+	}
+	// PITRResult.Target (the recovery target) shadows Restored.Target in JSON.
+	pr.Restored.Target = TargetPostgres
 	t.Logf("restored %s to %s: reached %s, last commit %s, replay %s, timeline %d, forced switch %s",
 		pr.Set, pr.Target, pr.ReachedLSN, pr.ReachedCommit.Format(time.RFC3339Nano), pr.Replay, pr.Timeline, pr.ForcedSwitch)
 	if pr.Set != m.SetID || pr.Timeline != 1 || pr.ReachedLSN == "" || pr.ReachedCommit.IsZero() || pr.ReachedCommit.After(target) {
@@ -443,6 +456,9 @@ func TestSandboxPITR(t *testing.T) {
 	if err != nil || len(checks) != 1 || !checks[0].OK || checks[0].CurrentLSN == "" || len(checks[0].Continuity.Path) != 2 {
 		t.Fatalf("verify archive: %v %+v", err, checks)
 	}
+	if out, _, code := s.instactl(t, archiver, "backup", "verify", "--archive"); code != 0 || !strings.Contains(out, "pg-0: archive unbroken:") {
+		t.Fatalf("backup verify --archive: exit %d, output %q; want pg-0's archive unbroken", code, out)
+	}
 	arch, err := templates.WALArchiveFor(s.env.Stack, "pg-0").Config().Open(ctx, pg.SystemID)
 	if err != nil {
 		t.Fatal(err)
@@ -457,6 +473,9 @@ func TestSandboxPITR(t *testing.T) {
 		t.Fatalf("verify archive with %s deleted: %v, want a gap naming it", gone, err)
 	}
 	t.Logf("with %s deleted: %v", gone, err)
+	if out, _, code := s.instactl(t, archiver, "backup", "verify", "--archive"); code != 1 || !strings.Contains(out, "pg-0: archive BROKEN") || !strings.Contains(out, gone) {
+		t.Fatalf("backup verify --archive with %s deleted: exit %d, output %q; want exit 1 naming it", gone, code, out)
+	}
 
 	// An archiver that cannot run (its binary gone: Postgres restarts the archiver and counts
 	// no failure) is reported by the segments waiting, before pg_wal fills.
@@ -472,3 +491,27 @@ func TestSandboxPITR(t *testing.T) {
 	}
 	t.Logf("stuck archiver: %v", ae)
 }
+
+// pitrStackYAML is pitrStack as a stack file (%s: sandbox.dir), for the instactl binary.
+const pitrStackYAML = `name: pitr
+provider: sandbox
+network:
+  address_base: 127.0.157.1
+roles:
+  pg: {count: 2, replicas: 1, port: 5432, volumes: {count: 1, size_gib: 1, filesystem: xfs, mount: /var/lib/postgresql}}
+  scratch: {count: 1}
+load_balancer: {target_role: scratch, target_port: 8080}
+deploy: {role: scratch}
+backup:
+  targets: [pg]
+  max_lag_bytes: 67108864
+  max_lag_time: 60s
+  freeze_budget: 10s
+  wal_archive: true
+  archive_timeout: 10s
+  retention: {hourly: 24, min_verified: 1}
+sandbox:
+  dir: %s
+  lb_port: 18157
+  moto_port: 15157
+`

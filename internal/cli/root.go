@@ -99,6 +99,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addSwitchCommands(cmd, f, out)
 	addMonitorCommands(cmd, f, out)
 	addWALCommands(cmd, f)
+	addWALInstallCommand(cmd, f, out)
 	return cmd
 }
 

@@ -48,8 +48,9 @@ type PITROptions struct {
 type PITRResult struct {
 	Restored
 	Group string `json:"group"`
-	// Target is the recovery target as asked (RFC 3339 time or LSN).
-	Target string `json:"target"`
+	// RecoveryTarget is the recovery target as asked (RFC 3339 time or LSN); Restored.Target
+	// is the set's target (pg).
+	RecoveryTarget string `json:"recovery_target"`
 	// SetStopAt is when the chosen set's base backup ended.
 	SetStopAt time.Time `json:"set_stop_at"`
 	// Timeline is the recovery target timeline, checked against the archive's history files.
@@ -109,9 +110,9 @@ func RestoreToTime(ctx context.Context, o PITROptions) (*PITRResult, error) {
 	pg := set.Manifest.Postgres
 	res := &PITRResult{Group: group, SetStopAt: pg.BackupStopAt}
 	if o.LSN != "" {
-		res.Target = lsn.String()
+		res.RecoveryTarget = lsn.String()
 	} else {
-		res.Target = o.Time.UTC().Format(time.RFC3339Nano)
+		res.RecoveryTarget = o.Time.UTC().Format(time.RFC3339Nano)
 	}
 	open := o.Archive
 	if open == nil {
@@ -137,7 +138,7 @@ func RestoreToTime(ctx context.Context, o PITROptions) (*PITRResult, error) {
 	}
 	res.Timeline = tli
 	o.emit(set.ID, o.To, "pitr", "set %s (base backup ended %s, WAL from %s on timeline %d), target %s on timeline %d from %s",
-		set.ID, pg.BackupStopAt.Format(time.RFC3339), pg.StartLSN, pg.StartTimeline, res.Target, tli, arch.Location())
+		set.ID, pg.BackupStopAt.Format(time.RFC3339), pg.StartLSN, pg.StartTimeline, res.RecoveryTarget, tli, arch.Location())
 
 	to, vols, err := o.findTo(ctx)
 	if err != nil {
@@ -418,7 +419,7 @@ func (o *PITROptions) prepare(ctx context.Context, c *remote.Client, set Set, gr
 	if _, err := c.Upload(ctx, strings.NewReader(templates.WALArchiveFor(o.Stack, group).EnvFile()), envFile, 0o644); err != nil {
 		return fmt.Errorf("point-in-time restore: archive config on %s: %w", r.Host, err)
 	}
-	target := res.Target
+	target := res.RecoveryTarget
 	if o.LSN == "" {
 		target = pgTimestamp(o.Time)
 	}

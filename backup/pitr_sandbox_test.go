@@ -338,11 +338,9 @@ func TestSandboxPITR(t *testing.T) {
 	if err := json.Unmarshal([]byte(jsonOut), pr); err != nil {
 		t.Fatalf("backup restore -o json: %v\n%s", err, jsonOut)
 	}
-	// PITRResult.Target (the recovery target) shadows Restored.Target in JSON.
-	pr.Restored.Target = TargetPostgres
 	t.Logf("restored %s to %s: reached %s, last commit %s, replay %s, timeline %d, forced switch %s",
-		pr.Set, pr.Target, pr.ReachedLSN, pr.ReachedCommit.Format(time.RFC3339Nano), pr.Replay, pr.Timeline, pr.ForcedSwitch)
-	if pr.Set != m.SetID || pr.Timeline != 1 || pr.ReachedLSN == "" || pr.ReachedCommit.IsZero() || pr.ReachedCommit.After(target) {
+		pr.Set, pr.RecoveryTarget, pr.ReachedLSN, pr.ReachedCommit.Format(time.RFC3339Nano), pr.Replay, pr.Timeline, pr.ForcedSwitch)
+	if pr.Set != m.SetID || pr.Target != TargetPostgres || pr.RecoveryTarget == "" || pr.Timeline != 1 || pr.ReachedLSN == "" || pr.ReachedCommit.IsZero() || pr.ReachedCommit.After(target) {
 		t.Fatalf("restore result %+v", pr)
 	}
 	psql := "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -At -v ON_ERROR_STOP=1 -h /run/postgresql -p " + strconv.Itoa(pr.Port) + " -d instagram -c "

@@ -97,7 +97,7 @@ func DrillPITR(ctx context.Context, o PITRDrillOptions) (*PITRDrillResult, error
 	}
 	if err == nil {
 		o.emit(res.Set, scratch.Name, "drill", "recovered %s to %s in %s (volumes %s, replay %s at %.1f MB/s); last commit %s before the target",
-			res.Group, res.Target, rep.RTO.Round(time.Millisecond), res.Volumes.Round(time.Millisecond), res.Replay.Round(time.Millisecond), rep.ReplayMBps, rep.Gap.Round(time.Millisecond))
+			res.Group, res.RecoveryTarget, rep.RTO.Round(time.Millisecond), res.Volumes.Round(time.Millisecond), res.Replay.Round(time.Millisecond), rep.ReplayMBps, rep.Gap.Round(time.Millisecond))
 	}
 	return rep, err
 }

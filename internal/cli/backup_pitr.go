@@ -129,7 +129,7 @@ func backupPITRRun(ctx context.Context, f *Factory, out Output, o *BackupRestore
 		}
 		_, err := fmt.Fprintf(w, "Restored %s to %s onto %s from set %s and %s (timeline %d): reached %s, %s.\n"+
 			"Postgres listening on %s:%d, data in %s; replay took %s, the whole restore %s.\n",
-			r.Group, r.Target, r.Host, r.Set, r.Archive, r.Timeline, r.ReachedLSN, commit,
+			r.Group, r.RecoveryTarget, r.Host, r.Set, r.Archive, r.Timeline, r.ReachedLSN, commit,
 			r.Address, r.Port, r.DataDir, r.Replay.Round(time.Millisecond), r.Duration.Round(time.Millisecond))
 		return err
 	})

@@ -89,7 +89,7 @@ func backupPITRDrillRun(ctx context.Context, f *Factory, out Output, o *BackupVe
 		}
 		_, err := fmt.Fprintf(w, "Point-in-time drill of %s on %s PASSED: restored to %s from set %s (timeline %d), reached %s.\n"+
 			"  RTO %s: volumes %s, replay %s (%.1f MB of WAL at %.1f MB/s)\n  last commit replayed %s before the target; pg_amcheck passed: %v\n",
-			r.Group, r.Scratch, r.Target, r.Set, r.Timeline, r.ReachedLSN, r.RTO.Round(time.Millisecond), r.Volumes.Round(time.Millisecond),
+			r.Group, r.Scratch, r.RecoveryTarget, r.Set, r.Timeline, r.ReachedLSN, r.RTO.Round(time.Millisecond), r.Volumes.Round(time.Millisecond),
 			r.Replay.Round(time.Millisecond), float64(r.ReplayedBytes)/(1<<20), r.ReplayMBps, r.Gap.Round(time.Millisecond), r.Amcheck)
 		return err
 	}); rerr != nil {

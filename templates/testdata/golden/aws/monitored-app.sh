@@ -180,6 +180,8 @@ if ! id -u instagram >/dev/null 2>&1; then
 	useradd --system --user-group --home-dir /opt/instagram --no-create-home --shell /usr/sbin/nologin instagram
 fi
 install -d -m 0755 /opt/instagram /opt/instagram/releases
+# The app server keeps its last switch state here, in a directory its own user can write.
+install -d -m 0755 -o instagram -g instagram /var/lib/instagram/switches
 write_file /etc/instagram/app.env 0640 root:instagram <<'INSTACTL_EOF'
 # Environment of the app server on app-0, rendered by instactl; instagram-app reads it
 # (its default -config) and systemd loads it too.

@@ -284,6 +284,8 @@ wait_for "pgbouncer on $ADDRESS:6432" 60 pgbouncer_ping
 
 # ---- app server (the binary arrives with deploy into /opt/instagram/current/) ----
 install -d -m 0755 /opt/instagram /opt/instagram/releases
+# The app server keeps its last switch state here, in a directory its own user can write.
+install -d -m 0755 -o root -g root /var/lib/instagram/switches
 write_file /etc/instagram/app.env 0640 root:root <<'INSTACTL_EOF'
 # Environment of the app server on app-0, rendered by instactl; instagram-app reads it
 # (its default -config) and systemd loads it too.

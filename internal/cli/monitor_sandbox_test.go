@@ -129,16 +129,25 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 	}
 	path := monitorTestStack(t)
 	// The hosts run the instactl binary as archive_command (deploy does not install it yet):
-	// it builds while the sandbox comes up.
+	// it builds while the sandbox comes up. A test that stops early kills the build and waits
+	// for it.
 	archiver := make(chan string, 1)
+	buildCtx, stopBuild := context.WithCancel(context.Background())
+	out := filepath.Join(t.TempDir(), "instactl")
+	build := exec.CommandContext(buildCtx, "go", "build", "-o", out, "github.com/instactl/instactl/cmd/instactl")
+	var buildLog strings.Builder
+	build.Stdout, build.Stderr = &buildLog, &buildLog
+	if err := build.Start(); err != nil {
+		t.Fatalf("build instactl: %v", err)
+	}
+	t.Cleanup(func() { stopBuild(); <-archiver })
 	go func() {
-		out := filepath.Join(t.TempDir(), "instactl")
-		b, err := exec.Command("go", "build", "-o", out, "github.com/instactl/instactl/cmd/instactl").CombinedOutput()
-		if err != nil {
-			t.Errorf("build instactl: %v\n%s", err, b)
+		if err := build.Wait(); err != nil {
+			t.Logf("build instactl: %v\n%s", err, buildLog.String())
 			out = ""
 		}
 		archiver <- out
+		close(archiver)
 	}()
 	st := sandboxUp(t, path)
 	cli := func(args ...string) (string, string, int) {

@@ -94,8 +94,11 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("availability SLO must be between 0 and 1, such as 0.999 (got %g)", o.Availability)
 	case o.LatencyTarget <= 0 || o.LatencyTarget >= 1:
 		return o, fmt.Errorf("latency SLO target must be between 0 and 1, such as 0.99 (got %g)", o.LatencyTarget)
-	case o.BackupInterval < time.Minute || o.ArchiveMaxAge < time.Minute:
-		return o, fmt.Errorf("backup interval and archive max age must be at least 1m (got %s and %s)", o.BackupInterval, o.ArchiveMaxAge)
+	case o.BackupInterval < time.Minute:
+		return o, fmt.Errorf("backup interval must be at least 1m (got %s)", o.BackupInterval)
+	// A drill (the sandbox's archive_timeout of a few seconds) runs a short archive max age.
+	case o.ArchiveMaxAge < 10*time.Second:
+		return o, fmt.Errorf("archive max age must be at least 10s (got %s)", o.ArchiveMaxAge)
 	case o.MaxFor < 0 || o.MinRequestRate < 0 || o.PgBouncerMaxClientConn < 0:
 		return o, fmt.Errorf("max for, minimum request rate and max_client_conn must not be negative")
 	}

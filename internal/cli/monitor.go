@@ -20,8 +20,11 @@ import (
 
 // MonitorUpOptions are the flags of `instactl monitor up`.
 type MonitorUpOptions struct {
-	ScrapeInterval    time.Duration
-	AlertFor          time.Duration
+	ScrapeInterval time.Duration
+	AlertFor       time.Duration
+	// ArchiveMaxAge overrides how old a primary's newest archived WAL segment may get (0: the
+	// default of package monitor).
+	ArchiveMaxAge     time.Duration
 	AcceptNewHostKeys bool
 }
 
@@ -42,7 +45,9 @@ Works the same on the sandbox and on AWS: everything goes through SSH to the mon
 		Example: `  instactl monitor up
   instactl monitor up --scrape-interval 30s
   # a drill: no alert waits longer than 10 s once its condition holds
-  instactl monitor up --scrape-interval 2s --alert-for 10s`,
+  instactl monitor up --scrape-interval 2s --alert-for 10s
+  # a drill of the WAL archive (its archive_timeout of seconds): a stopped archive fires after 30 s
+  instactl monitor up --scrape-interval 2s --alert-for 10s --archive-max-age 30s`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.ScrapeInterval < time.Second || o.ScrapeInterval > 10*time.Minute {
@@ -50,6 +55,9 @@ Works the same on the sandbox and on AWS: everything goes through SSH to the mon
 			}
 			if o.AlertFor < 0 || o.AlertFor%time.Second != 0 {
 				return usageErrorf("--alert-for must be whole seconds such as 30s (got %s)", o.AlertFor)
+			}
+			if o.ArchiveMaxAge != 0 && (o.ArchiveMaxAge < 10*time.Second || o.ArchiveMaxAge%time.Second != 0) {
+				return usageErrorf("--archive-max-age must be whole seconds from 10s, such as 15m (got %s)", o.ArchiveMaxAge)
 			}
 			if runF != nil {
 				return runF(o)
@@ -60,6 +68,7 @@ Works the same on the sandbox and on AWS: everything goes through SSH to the mon
 	fl := cmd.Flags()
 	fl.DurationVar(&o.ScrapeInterval, "scrape-interval", monitor.DefaultOptions().ScrapeInterval, "how often every target is scraped and the rules evaluated")
 	fl.DurationVar(&o.AlertFor, "alert-for", 0, "cap every alert's for: duration (drills and tests; default: each rule's own)")
+	fl.DurationVar(&o.ArchiveMaxAge, "archive-max-age", 0, "how old a primary's newest archived WAL segment may get (drills; default: "+monitor.DefaultOptions().ArchiveMaxAge.String()+")")
 	fl.BoolVar(&o.AcceptNewHostKeys, "accept-new-host-keys", false, "record the monitor host's key if it is not known yet (never a changed one)")
 	return cmd
 }
@@ -79,6 +88,9 @@ func monitorUpRun(ctx context.Context, f *Factory, out Output, opts *MonitorUpOp
 	}
 	o := monitor.DefaultOptions()
 	o.ScrapeInterval, o.MaxFor = opts.ScrapeInterval, opts.AlertFor
+	if opts.ArchiveMaxAge != 0 {
+		o.ArchiveMaxAge = opts.ArchiveMaxAge
+	}
 	files, err := monitorConfig(st, topo, o)
 	if err != nil {
 		return err

@@ -7,11 +7,16 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/instactl/instactl/backup"
 	"github.com/instactl/instactl/internal/testenv"
@@ -19,6 +24,7 @@ import (
 	"github.com/instactl/instactl/monitorhost"
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
+	"github.com/instactl/instactl/templates"
 )
 
 // The monitoring test's own loopback range and ports, and its shortened clock: every target is
@@ -38,19 +44,26 @@ const (
 	// monitorTestFreezeBudget is the stack's backup.freeze_budget (short, so the frozen-volume
 	// alert fires soon).
 	monitorTestFreezeBudget = 15 * time.Second
+	// monitorTestArchiveTimeout is the stack's backup.archive_timeout: with the primary's
+	// heartbeat (monitor.HeartbeatInterval) writing WAL, a segment is archived every 10 s or so.
+	monitorTestArchiveTimeout = 5 * time.Second
+	// monitorTestArchiveMaxAge is monitor up's --archive-max-age: above the healthy archive's
+	// rhythm with a margin, short enough that a stopped archive fires soon.
+	monitorTestArchiveMaxAge = 30 * time.Second
 )
 
 func TestMonitorUpOptionsCaptured(t *testing.T) {
 	var got *MonitorUpOptions
 	cmd := NewCmdMonitorUp(&Factory{IO: &IOStreams{}}, func() Output { return OutputText }, func(o *MonitorUpOptions) error { got = o; return nil })
-	cmd.SetArgs([]string{"--scrape-interval", "30s", "--alert-for", "10s"})
+	cmd.SetArgs([]string{"--scrape-interval", "30s", "--alert-for", "10s", "--archive-max-age", "20s"})
 	if err := cmd.Execute(); err != nil {
 		t.Fatal(err)
 	}
-	if got.ScrapeInterval != 30*time.Second || got.AlertFor != 10*time.Second {
+	if got.ScrapeInterval != 30*time.Second || got.AlertFor != 10*time.Second || got.ArchiveMaxAge != 20*time.Second {
 		t.Fatalf("options = %+v", got)
 	}
-	for _, args := range [][]string{{"--scrape-interval", "100ms"}, {"--alert-for", "1500ms"}, {"--scrape-interval", "1h"}} {
+	for _, args := range [][]string{{"--scrape-interval", "100ms"}, {"--alert-for", "1500ms"}, {"--scrape-interval", "1h"},
+		{"--archive-max-age", "5s"}, {"--archive-max-age", "10500ms"}} {
 		_, stderr, code := run(t, append([]string{"monitor", "up"}, args...)...)
 		if code != ExitUsage || !strings.Contains(stderr, args[0]) {
 			t.Errorf("monitor up %v: exit %d, %s", args, code, stderr)
@@ -60,7 +73,10 @@ func TestMonitorUpOptionsCaptured(t *testing.T) {
 
 // monitorTestStack writes the smallest stack the monitoring drill needs: one app server (its
 // PgBouncer and /metrics), a Postgres pair, a Redis pair and memcached (the app needs both) and
-// the monitor; pg and redis are the backup targets.
+// the monitor; pg and redis are the backup targets. The WAL archive is on: archive_timeout
+// switches a 16 MiB segment about every heartbeat, kept in pg_wal until a checkpoint (5 min),
+// so the volumes are 1 GiB: on 300 MiB, pg_wal alone filled 40% within a minute and
+// DiskWillFillIn24h (less than 40% free and shrinking) was pending on a healthy stack.
 func monitorTestStack(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -81,12 +97,14 @@ deploy:
   health_timeout: 60s
 backup:
   freeze_budget: %s
+  wal_archive: true
+  archive_timeout: %s
 sandbox:
   dir: %s
-  volume_size_mib: 300
+  volume_size_mib: 1024
   lb_port: %d
   moto_port: %d
-`, monitorTestBase, monitorTestFreezeBudget, filepath.Join(dir, "sandbox"), monitorTestLBPort, monitorTestMotoPort)
+`, monitorTestBase, monitorTestFreezeBudget, monitorTestArchiveTimeout, filepath.Join(dir, "sandbox"), monitorTestLBPort, monitorTestMotoPort)
 	path := filepath.Join(dir, "stack.yaml")
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
@@ -99,7 +117,8 @@ sandbox:
 // monitor host's node exporter serves, then not one alert for monitorTestQuiet; then each fault
 // makes its alert fire (Prometheus' /api/v1/alerts, and Alertmanager receives it) and clear
 // after the fix: a standby's replication stopped, an exporter killed, a data volume filled, a
-// volume frozen past the freeze budget, a backup run failing (the Redis replica's link cut).
+// volume frozen past the freeze budget, a backup run failing (the Redis replica's link cut),
+// the primary's WAL archiver gone (the stack archives WAL as backup.wal_archive asks).
 func TestMonitorSandboxAlerts(t *testing.T) {
 	requireSandbox(t)
 	for bin, pkg := range map[string]string{"prometheus": "prometheus", "promtool": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager",
@@ -109,32 +128,56 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 		testenv.Require(t, bin, pkg)
 	}
 	path := monitorTestStack(t)
+	// The hosts run the instactl binary as archive_command (deploy does not install it yet):
+	// it builds while the sandbox comes up. A test that stops early kills the build and waits
+	// for it.
+	archiver := make(chan string, 1)
+	buildCtx, stopBuild := context.WithCancel(context.Background())
+	out := filepath.Join(t.TempDir(), "instactl")
+	build := exec.CommandContext(buildCtx, "go", "build", "-o", out, "github.com/instactl/instactl/cmd/instactl")
+	var buildLog strings.Builder
+	build.Stdout, build.Stderr = &buildLog, &buildLog
+	if err := build.Start(); err != nil {
+		t.Fatalf("build instactl: %v", err)
+	}
+	t.Cleanup(func() { stopBuild(); <-archiver })
+	go func() {
+		if err := build.Wait(); err != nil {
+			t.Logf("build instactl: %v\n%s", err, buildLog.String())
+			out = ""
+		}
+		archiver <- out
+		close(archiver)
+	}()
 	st := sandboxUp(t, path)
 	cli := func(args ...string) (string, string, int) {
 		return run(t, append([]string{"--stack", path}, args...)...)
 	}
-	if stdout, stderr, code := cli("shard", "init"); code != 0 {
-		t.Fatalf("shard init: exit %d\n%s%s", code, stdout, stderr)
-	}
-	if stdout, stderr, code := cli("deploy", "--version", "v1"); code != 0 {
-		t.Fatalf("deploy: exit %d\n%s%s", code, stdout, stderr)
-	}
-	stdout, stderr, code := cli("monitor", "up", "--scrape-interval", monitorTestScrape.String(), "--alert-for", monitorTestFor.String())
-	if code != 0 || !strings.Contains(stdout, "reloaded prometheus, alertmanager") {
-		t.Fatalf("monitor up: exit %d\n%s%s", code, stdout, stderr)
-	}
-
 	f := NewFactory(&IOStreams{}, &path)
 	pool, err := f.SSH(false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
+	ctx := context.Background()
+	installArchiver(t, st, pool, <-archiver)
+
+	if stdout, stderr, code := cli("shard", "init"); code != 0 {
+		t.Fatalf("shard init: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if stdout, stderr, code := cli("deploy", "--version", "v1"); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s%s", code, stdout, stderr)
+	}
+	stdout, stderr, code := cli("monitor", "up", "--scrape-interval", monitorTestScrape.String(), "--alert-for", monitorTestFor.String(),
+		"--archive-max-age", monitorTestArchiveMaxAge.String())
+	if code != 0 || !strings.Contains(stdout, "reloaded prometheus, alertmanager") {
+		t.Fatalf("monitor up: exit %d\n%s%s", code, stdout, stderr)
+	}
+
 	mon, err := monitorhost.HostOf(st)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	c, err := pool.Get(ctx, mon.Target)
 	if err != nil {
 		t.Fatal(err)
@@ -200,9 +243,25 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 	})
 	t.Logf("no alerts %.1fs after every target was up (seen while settling: %s)", time.Since(settle).Seconds(), dash(describeAlerts(seen)))
 
+	// The archive works (or the quiet window would not tell anything about its alerts): the
+	// primary archived segments and none failed since the last success.
+	pg0 := stack.HostRef{Role: "pg", Index: 0}
+	psql0 := fmt.Sprintf("psql -X -At -h %s -U postgres -d postgres -v ON_ERROR_STOP=1", func() string {
+		a, err := st.Address(pg0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.String()
+	}())
+	waitFor(t, 60*time.Second, "pg-0 archiving WAL", func() bool {
+		return sandboxRun(t, pool, st, pg0, psql0+` -c "SELECT archived_count > 0 AND last_archived_time > now() - interval '30 seconds' FROM pg_stat_archiver"`) == "t"
+	})
+
 	// Healthy: not one alert, pending or firing, for monitorTestQuiet.
 	for end := time.Now().Add(monitorTestQuiet); time.Now().Before(end); time.Sleep(time.Second) {
 		if as := monitorAlerts(t, api); len(as) > 0 {
+			// A growing pg_wal is what raised an alert here once (see monitorTestStack).
+			t.Logf("pg-0's volume and WAL: %s", sandboxRun(t, pool, st, pg0, "df -m /var/lib/postgresql | tail -1; du -sm /var/lib/postgresql/*/*/pg_wal /var/lib/postgresql/*/*/pg_wal/archive_status 2>&1; ls /var/lib/postgresql/*/*/pg_wal/archive_status | head"))
 			t.Fatalf("alerts on a healthy stack: %s", describeAlerts(as))
 		}
 	}
@@ -281,6 +340,25 @@ xfs_freeze -f /var/lib/postgresql`, monitor.MetricVolumeFrozenSince, file, file,
 			t.Fatalf("backup create after the fix: exit %d", code)
 		}
 		waitAlert(t, api, monitor.AlertBackupRunFailed, "monitor-0", false, time.Now())
+	})
+
+	t.Run("archive stopped", func(t *testing.T) {
+		// The primary's archiver binary gone: Postgres restarts its archiver, counts no failure,
+		// and WAL segments wait; the newest archived segment ages past the archive max age.
+		bin := templates.ArchiverPath
+		sandboxRun(t, pool, st, pg0, "mv "+bin+" "+bin+".off")
+		t.Cleanup(func() { sandboxRun(t, pool, st, pg0, "test -e "+bin+" || mv "+bin+".off "+bin) })
+		last := sandboxRun(t, pool, st, pg0, psql0+` -c "SELECT extract(epoch FROM last_archived_time)::float8 FROM pg_stat_archiver"`)
+		sec, err := strconv.ParseFloat(last, 64)
+		if err != nil {
+			t.Fatalf("last_archived_time of pg-0: %q: %v", last, err)
+		}
+		// The condition holds once the newest archived segment is older than the max age.
+		holds := time.Unix(0, int64(sec*float64(time.Second))).Add(monitorTestArchiveMaxAge)
+		waitAlert(t, api, monitor.AlertPostgresArchiveBehind, "pg-0", true, holds)
+		waitAlertmanager(t, mon, monitor.AlertPostgresArchiveBehind, "pg-0")
+		sandboxRun(t, pool, st, pg0, "mv "+bin+".off "+bin)
+		waitAlert(t, api, monitor.AlertPostgresArchiveBehind, "pg-0", false, time.Now())
 	})
 
 	// Whatever the faults left behind, the stack ends healthy again.
@@ -367,6 +445,44 @@ func waitAlertmanager(t *testing.T, mon monitorhost.Host, name, host string) {
 		}
 		return false
 	})
+}
+
+// installArchiver uploads the instactl binary at archiver to every pg host as
+// its archive_command (templates.ArchiverPath), as TestSandboxPITR does, and creates the WAL
+// archive's bucket in the sandbox's moto.
+func installArchiver(t *testing.T, st *stack.Stack, pool *remote.Pool, archiver string) {
+	t.Helper()
+	if archiver == "" {
+		t.Fatal("no instactl binary to install as the archiver")
+	}
+	ctx := context.Background()
+	cl, err := templates.WALArchiveFor(st, "pg-0").Config().S3Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(templates.WALBucket(st))}); err != nil {
+		t.Fatalf("create the WAL bucket: %v", err)
+	}
+	for i := 0; i < st.Role("pg").Count; i++ {
+		h := stack.HostRef{Role: "pg", Index: i}
+		a, err := st.Address(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := pool.Get(ctx, remote.Target{Name: h.Name(), Address: a.String(), Port: st.SSH.Port, User: st.SSH.User})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(archiver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Upload(ctx, f, templates.ArchiverPath, 0o755)
+		f.Close()
+		if err != nil {
+			t.Fatalf("install the archiver on %s: %v", h.Name(), err)
+		}
+	}
 }
 
 // pgLiteral quotes s as an SQL string literal.

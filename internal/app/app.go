@@ -86,7 +86,8 @@ func New(ctx context.Context, cfg Config, build Build, log *slog.Logger) (*App, 
 	}
 	a.queue = NewQueue(a.rdb, "fanout", cfg.QueueHeartbeat)
 	a.metrics = newMetrics(a, build, cfg.Release)
-	a.handler = a.metrics.instrument(withFaults(faults, a.gate(a.routes())))
+	// Faults inside the gate: a switch that refuses a request refuses it before any fault.
+	a.handler = a.metrics.instrument(a.gate(withFaults(faults, a.routes())))
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.bgCancel = cancel

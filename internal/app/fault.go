@@ -70,14 +70,23 @@ func withFaults(f Faults, mux http.Handler) http.Handler {
 	return &faultHandler{f: f, next: mux}
 }
 
+// patternFinder is what *http.ServeMux offers to find the pattern a request matches, so that
+// wrappers of the mux (faults, switches) can tell one endpoint from another.
+type patternFinder interface {
+	Handler(*http.Request) (http.Handler, string)
+}
+
+// Handler implements patternFinder by asking the wrapped mux; "" when it is not one.
+func (h *faultHandler) Handler(r *http.Request) (http.Handler, string) {
+	if m, ok := h.next.(patternFinder); ok {
+		return m.Handler(r)
+	}
+	return h, ""
+}
+
 // ServeHTTP implements http.Handler.
 func (h *faultHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	pattern := ""
-	if m, ok := h.next.(interface {
-		Handler(*http.Request) (http.Handler, string)
-	}); ok {
-		_, pattern = m.Handler(r)
-	}
+	_, pattern := h.Handler(r)
 	if pattern == "" || pattern == "GET /healthz" || pattern == "GET /metrics" {
 		h.next.ServeHTTP(w, r)
 		return

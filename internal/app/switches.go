@@ -78,7 +78,8 @@ func (a *App) undefer(ctx context.Context) {
 // gate refuses what the switches switch off, before the handler runs. It sets r.Pattern so the
 // metrics count the refusal under its route.
 func (a *App) gate(next http.Handler) http.Handler {
-	mux, _ := next.(*http.ServeMux)
+	// next is the mux, or a fault-injection build's wrapper of it: either finds the pattern.
+	mux, _ := next.(patternFinder)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/internal/") || r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
 			next.ServeHTTP(w, r)

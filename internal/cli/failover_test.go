@@ -248,6 +248,12 @@ func TestFailoverSandbox(t *testing.T) {
 	if inRecovery("pg-0") != "true" {
 		t.Fatal("pg-0 after rejoin must be a standby")
 	}
+	// rejoin returns once pg-0 follows; on a loaded machine it may still be catching up, and a
+	// switchover to a standby that is not streaming yet is refused (exit 3), as it should be.
+	waitFor(t, 60*time.Second, "pg-0 streams from pg-1 and has replayed nearly all pg-1 sent", func() bool {
+		s, err := pgQuery("pg-1", "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'pg-0' AND state = 'streaming' AND pg_wal_lsn_diff(sent_lsn, replay_lsn) < 1048576")
+		return err == nil && s == "1"
+	})
 	if v := op("switchover", "pg-0", "--to", "pg-0"); v.NewPrimary != "pg-0" {
 		t.Fatalf("switchover back after the rejoin: %+v", v)
 	}

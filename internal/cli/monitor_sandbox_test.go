@@ -38,9 +38,9 @@ const (
 	monitorTestScrape   = 2 * time.Second
 	monitorTestFor      = 6 * time.Second
 	// monitorTestQuiet is how long a healthy stack must raise no alert at all, not even a
-	// pending one: 10 evaluations and more than three for: windows (the 2 minutes at
-	// production intervals; shortened for CI).
-	monitorTestQuiet = 20 * time.Second
+	// pending one: the 2 minutes, 60 evaluations and 20 for: windows at the test's
+	// shortened clock.
+	monitorTestQuiet = 2 * time.Minute
 	// monitorTestFreezeBudget is the stack's backup.freeze_budget (short, so the frozen-volume
 	// alert fires soon).
 	monitorTestFreezeBudget = 15 * time.Second

@@ -72,9 +72,13 @@ func WriteMetrics(env Env, path string, run CreateRun) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("metrics state: %w", err)
 	}
-	if st.Series == nil {
-		st.Series = map[string]*MetricsSeries{}
+	// Series of older runs may name hosts by instance name: re-key them by the stack's name.
+	series := map[string]*MetricsSeries{}
+	for _, s := range st.Series {
+		s.Host = hostInStack(env.Stack.Name, s.Host)
+		series[s.Target+"/"+s.Host] = s
 	}
+	st.Series = series
 	now := time.Now()
 	var sets []*Manifest
 	ended := run.Ended
@@ -92,7 +96,7 @@ func WriteMetrics(env Env, path string, run CreateRun) error {
 		if !ok {
 			end = now
 		}
-		s := &MetricsSeries{Target: m.Target, Host: m.Host, LastSuccess: end.UTC(),
+		s := &MetricsSeries{Target: m.Target, Host: hostInStack(env.Stack.Name, m.Host), LastSuccess: end.UTC(),
 			DurationSeconds: end.Sub(m.StartedAt).Seconds(), FreezeSeconds: m.FreezeDuration.Seconds()}
 		for _, v := range m.Volumes {
 			s.SizeBytes += int64(v.SizeGiB) << 30
@@ -100,7 +104,7 @@ func WriteMetrics(env Env, path string, run CreateRun) error {
 		if m.Postgres != nil {
 			s.LagBytes = m.Postgres.LagBytes
 		}
-		st.Series[m.Target+"/"+m.Host] = s
+		st.Series[s.Target+"/"+s.Host] = s
 	}
 	st.LastRun, st.LastRunSeconds, st.LastRunExitCode = run.Start.UTC(), now.Sub(run.Start).Seconds(), run.ExitCode
 	b, err := json.MarshalIndent(st, "", "  ")
@@ -114,6 +118,13 @@ func WriteMetrics(env Env, path string, run CreateRun) error {
 		return fmt.Errorf("metrics file: %w", err)
 	}
 	return nil
+}
+
+// hostInStack is the host's name within the stack (pg-1) for its instance name (stack-pg-1):
+// the monitoring names hosts so in every label (instance, host), and `instactl status` joins
+// the backup metrics to the replication groups by it.
+func hostInStack(stackName, instanceName string) string {
+	return strings.TrimPrefix(instanceName, stackName+"-")
 }
 
 // RenderMetrics renders st in the Prometheus text exposition format.

@@ -56,17 +56,17 @@ func TestWriteMetricsKeepsHistory(t *testing.T) {
 	}
 	got := string(b)
 	for _, want := range []string{
-		`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="bk-pg-1"} 1.700000003e+09`,
-		`instactl_backup_duration_seconds{stack="bk",target="pg",host="bk-pg-1"} 3`,
-		`instactl_backup_set_size_bytes{stack="bk",target="pg",host="bk-pg-1"} 2.147483648e+09`,
-		`instactl_backup_replica_lag_bytes{stack="bk",target="pg",host="bk-pg-1"} 64`,
+		`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="pg-1"} 1.700000003e+09`,
+		`instactl_backup_duration_seconds{stack="bk",target="pg",host="pg-1"} 3`,
+		`instactl_backup_set_size_bytes{stack="bk",target="pg",host="pg-1"} 2.147483648e+09`,
+		`instactl_backup_replica_lag_bytes{stack="bk",target="pg",host="pg-1"} 64`,
 		`instactl_backup_last_run_exit_code{stack="bk"} 4`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("metrics lack %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "bk-redis-1") {
+	if strings.Contains(got, "redis-1") {
 		t.Errorf("a partial set counted as a success:\n%s", got)
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, ".*tmp*")); len(left) != 0 {
@@ -89,9 +89,43 @@ func TestWriteMetricsUsesCreateEnds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `instactl_backup_duration_seconds{stack="bk",target="pg",host="bk-pg-1"} 5` + "\n"
+	want := `instactl_backup_duration_seconds{stack="bk",target="pg",host="pg-1"} 5` + "\n"
 	if !strings.Contains(string(b), want) {
 		t.Errorf("metrics lack %q:\n%s", want, b)
+	}
+}
+
+// TestWriteMetricsRenamesOldHosts: a state written when series named hosts by instance name
+// (bk-pg-1) is re-keyed by the stack's name (pg-1), so one host never has two series.
+func TestWriteMetricsRenamesOldHosts(t *testing.T) {
+	dir := t.TempDir()
+	env := Env{Stack: &stack.Stack{Name: "bk"}, StateDir: dir}
+	old := `{"series":{"pg/bk-pg-1":{"target":"pg","host":"bk-pg-1","last_success":"2023-11-14T22:13:20Z"},` +
+		`"redis/bk-redis-1":{"target":"redis","host":"bk-redis-1","last_success":"2023-11-14T22:13:20Z"}}}`
+	if err := os.WriteFile(filepath.Join(dir, metricsStateFile), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Unix(1700000600, 0)
+	m := &Manifest{SetID: "s1", Target: "pg", Host: "bk-pg-1", State: StateComplete, StartedAt: start}
+	res := &CreateResult{Sets: []*Manifest{m}, Ended: map[string]time.Time{"s1": start.Add(5 * time.Second)}}
+	if err := WriteMetrics(env, "", CreateRun{Result: res, Start: start}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(b)
+	for _, want := range []string{
+		`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="pg-1"} 1.700000605e+09`,
+		`instactl_backup_last_success_timestamp_seconds{stack="bk",target="redis",host="redis-1"} 1.7e+09`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("metrics lack %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "bk-") {
+		t.Errorf("metrics still name a host by instance name:\n%s", got)
 	}
 }
 
@@ -125,7 +159,7 @@ func TestWriteMetricsConcurrentRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range runs {
-		if want := fmt.Sprintf(`host="bk-pg-%d"`, i); !strings.Contains(string(b), want) {
+		if want := fmt.Sprintf(`host="pg-%d"`, i); !strings.Contains(string(b), want) {
 			t.Errorf("the update of run %d was lost: no %s in\n%s", i, want, b)
 		}
 	}

@@ -168,8 +168,8 @@ func TestBackupSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="bk-pg-1"}`,
-		`instactl_backup_freeze_seconds{stack="bk",target="redis",host="bk-redis-1"}`, `instactl_backup_last_run_exit_code{stack="bk"} 0`} {
+	for _, want := range []string{`instactl_backup_last_success_timestamp_seconds{stack="bk",target="pg",host="pg-1"}`,
+		`instactl_backup_freeze_seconds{stack="bk",target="redis",host="redis-1"}`, `instactl_backup_last_run_exit_code{stack="bk"} 0`} {
 		if !strings.Contains(string(prom), want) {
 			t.Errorf("backup.prom lacks %s:\n%s", want, prom)
 		}

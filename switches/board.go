@@ -3,7 +3,6 @@ package switches
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
@@ -12,6 +11,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/instactl/instactl/controldb"
 )
 
 // Where the state an app server holds came from.
@@ -130,78 +132,34 @@ func (b *Board) Refresh(ctx context.Context, db DB) error {
 // Watch follows the control database at dsn until ctx ends: one connection LISTENs on
 // NotifyChannel, loads the state on every notification newer than the state held, and loads
 // it again whenever interval passes without one (the backstop for a lost notification). When
-// the connection fails it reconnects with a bounded backoff; meanwhile the state held (from
-// the database or the disk) keeps applying.
+// the connection fails it reconnects with a bounded backoff (controldb.Listener); meanwhile
+// the state held (from the database or the disk) keeps applying.
 func (b *Board) Watch(ctx context.Context, dsn string, interval time.Duration) {
-	backoff := minBackoff
-	for ctx.Err() == nil {
-		connected, err := b.listen(ctx, dsn, interval)
-		if ctx.Err() != nil {
-			return
-		}
-		if connected {
-			backoff = minBackoff
-		}
-		b.log.Warn("switch listener lost; reconnecting", "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
-}
-
-// Bounds of the listener's reconnect backoff.
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-)
-
-// connectTimeout bounds a connect when the DSN sets none: an unreachable control host must not
-// hold the listener for minutes.
-const connectTimeout = 5 * time.Second
-
-func (b *Board) listen(ctx context.Context, dsn string, interval time.Duration) (bool, error) {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return false, fmt.Errorf("parse control dsn: %w", err)
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = connectTimeout
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return false, fmt.Errorf("connect to control database: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
-		return false, fmt.Errorf("listen %s: %w", NotifyChannel, err)
-	}
-	b.connects.Add(1)
-	// A change made while nobody listened sent us nothing: load once listening.
-	b.load(ctx, conn)
-	for {
-		wctx, cancel := context.WithTimeout(ctx, interval)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return true, ctx.Err()
-		case err != nil && wctx.Err() != nil && !conn.IsClosed():
-			b.load(ctx, conn) // the backstop; it also proves the connection alive
-			if conn.IsClosed() {
-				return true, errors.New("control connection closed during the periodic re-read")
-			}
-		case err != nil:
-			return true, fmt.Errorf("wait for notification: %w", err)
-		default:
-			if v, perr := strconv.ParseInt(n.Payload, 10, 64); perr == nil && v <= b.cur.Load().Version && b.cur.Load().Source == FromDatabase {
-				continue // held already
+	controldb.Listener{
+		DSN:      dsn,
+		Channels: []string{NotifyChannel},
+		Idle:     interval,
+		OnListen: func(ctx context.Context, conn *pgx.Conn) {
+			b.connects.Add(1)
+			b.load(ctx, conn)
+		},
+		OnNotify: func(ctx context.Context, conn *pgx.Conn, n *pgconn.Notification) {
+			if v, err := strconv.ParseInt(n.Payload, 10, 64); err == nil && v <= b.cur.Load().Version && b.cur.Load().Source == FromDatabase {
+				return // held already
 			}
 			b.load(ctx, conn)
-		}
-	}
+		},
+		OnIdle: func(ctx context.Context, conn *pgx.Conn) error {
+			b.load(ctx, conn) // the backstop; it also proves the connection alive
+			if conn.IsClosed() {
+				return errors.New("control connection closed during the periodic re-read")
+			}
+			return nil
+		},
+		OnLost: func(err error, _ int, retryIn time.Duration) {
+			b.log.Warn("switch listener lost; reconnecting", "err", err, "retry_in", retryIn)
+		},
+	}.Run(ctx)
 }
 
 // refreshTimeout bounds one load, so a control host that vanished cannot hang the listener.

@@ -223,7 +223,8 @@ func TestBoardFollowsAndRestartsFromDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the board applies version 2", func() bool { return b.Current().Version == ev.Version })
+	// The change callback runs just after the new state is visible: wait for both.
+	waitUntil(t, "the board applies version 2", func() bool { return b.Current().Version == ev.Version && changes.Load() >= 2 })
 	if !b.On(switches.ReadOnly) || changes.Load() != 2 {
 		t.Fatalf("board after two changes: %+v, %d change callbacks", b.Current(), changes.Load())
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/instactl/instactl/controldb"
 	"github.com/instactl/instactl/shardmap"
 	"github.com/instactl/instactl/topology"
 )
@@ -310,7 +311,7 @@ func shardMoved(err error) bool {
 // Watch keeps the map and the topology fresh until ctx ends: LISTEN on a dedicated control
 // connection plus a timer refresh every interval. When the listening connection is lost (the
 // control primary shut down or moved) it reconnects with a bounded backoff to whichever host
-// of the DSN is read-write now, and reloads both once listening again.
+// of the DSN is read-write now (controldb.Listener), and reloads both once listening again.
 func (r *Router) Watch(ctx context.Context, controlDSN string, interval time.Duration) {
 	go func() {
 		t := time.NewTicker(interval)
@@ -324,80 +325,35 @@ func (r *Router) Watch(ctx context.Context, controlDSN string, interval time.Dur
 			}
 		}
 	}()
-	backoff := minBackoff
-	for attempt := 1; ctx.Err() == nil; attempt++ {
-		connected, err := r.listen(ctx, controlDSN)
-		if ctx.Err() != nil {
-			return
-		}
-		if connected {
-			backoff, attempt = minBackoff, 1
-		}
-		r.log.Warn("control database listener lost; reconnecting", "err", err, "attempt", attempt, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
-}
-
-// Bounds of the listener's reconnect backoff.
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-)
-
-// listenIdle is how long the listener waits for a notification before it pings the server: a
-// control host that vanished without closing the connection must not leave the app deaf.
-const listenIdle = 10 * time.Second
-
-// listen connects, LISTENs on the shard map and topology channels, reloads both, and handles
-// notifications until the connection fails. connected says whether it got as far as listening.
-func (r *Router) listen(ctx context.Context, controlDSN string) (connected bool, err error) {
-	cfg, err := pgx.ParseConfig(controlDSN)
-	if err != nil {
-		return false, fmt.Errorf("parse control dsn: %w", err)
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = connectTimeout
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return false, fmt.Errorf("connect to control database: %w", err)
-	}
-	defer conn.Close(context.Background())
-	for _, ch := range []string{shardmap.NotifyChannel, topology.NotifyChannel} {
-		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
-			return false, fmt.Errorf("listen %s: %w", ch, err)
-		}
-	}
-	r.log.Info("listening for shard map and topology changes", "server", conn.PgConn().Conn().RemoteAddr().String())
-	// Reload once listening: a change made while we were not listening sent us nothing.
-	r.reload(ctx, "listen")
-	r.listenerConnects.Add(1)
-	for {
-		wctx, cancel := context.WithTimeout(ctx, listenIdle)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return true, ctx.Err()
-		case err != nil && wctx.Err() != nil && !conn.IsClosed():
+	controldb.Listener{
+		DSN:      controlDSN,
+		Channels: []string{shardmap.NotifyChannel, topology.NotifyChannel},
+		Idle:     listenIdle,
+		OnListen: func(ctx context.Context, conn *pgx.Conn) {
+			r.log.Info("listening for shard map and topology changes", "server", conn.PgConn().Conn().RemoteAddr().String())
+			// Reload once listening: a change made while we were not listening sent us nothing.
+			r.reload(ctx, "listen")
+			r.listenerConnects.Add(1)
+		},
+		OnNotify: func(ctx context.Context, _ *pgx.Conn, n *pgconn.Notification) { r.notified(ctx, n) },
+		// A control host that vanished without closing the connection must not leave the app
+		// deaf: a silent connection is pinged.
+		OnIdle: func(ctx context.Context, conn *pgx.Conn) error {
 			pctx, cancel := context.WithTimeout(ctx, connectTimeout)
-			err = conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return true, fmt.Errorf("control connection silent for %s and ping failed: %w", listenIdle, err)
+			defer cancel()
+			if err := conn.Ping(pctx); err != nil {
+				return fmt.Errorf("control connection silent for %s and ping failed: %w", listenIdle, err)
 			}
-		case err != nil:
-			return true, fmt.Errorf("wait for notification: %w", err)
-		default:
-			r.notified(ctx, n)
-		}
-	}
+			return nil
+		},
+		OnLost: func(err error, attempt int, retryIn time.Duration) {
+			r.log.Warn("control database listener lost; reconnecting", "err", err, "attempt", attempt, "retry_in", retryIn)
+		},
+	}.Run(ctx)
 }
+
+// listenIdle is how long the listener waits for a notification before it pings the server.
+const listenIdle = 10 * time.Second
 
 // notified handles one notification from the control database.
 func (r *Router) notified(ctx context.Context, n *pgconn.Notification) {

@@ -654,8 +654,10 @@ func (r *recoverer) swapOnce(ctx context.Context) (SwapReport, error) {
 		// The whole schema was dropped: nothing to lock or keep aside but an empty schema.
 		lock.WriteString("CREATE SCHEMA " + r.schema + ";\n")
 	}
+	// Each lock wait is bounded (LockTimeout, at most WindowBound): a long writer makes the
+	// swap give up and retry instead of queueing every writer of the shard behind it.
 	sql := fmt.Sprintf("SET LOCAL lock_timeout = %d;\n%sALTER SCHEMA %s RENAME TO %s;\nALTER SCHEMA %s RENAME TO %s;\n%s%s%s",
-		r.opt.LockTimeout.Milliseconds(), lock.String(), r.schema, r.aside, r.tmp, r.schema,
+		min(r.opt.LockTimeout, r.opt.WindowBound).Milliseconds(), lock.String(), r.schema, r.aside, r.tmp, r.schema,
 		shardmap.ShardSchemaSQL(r.st.Shard), shardmap.FenceSQL(r.st.Shard, false), fenceAside.String())
 	seqSQL := fmt.Sprintf(`SELECT setval('%s.global_id_seq', (SELECT coalesce(max(last_value), 0) FROM pg_sequences
 		WHERE schemaname IN ($1, $2) AND sequencename = 'global_id_seq') + $3)`, r.schema)

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -185,24 +184,32 @@ func TestSandboxShardPITR(t *testing.T) {
 	}
 	s := &sandboxEnv{p: p, d: d, hosts: map[string]cloud.Instance{},
 		env: Env{Stack: spStack(), Provider: p, Dialer: d, StateDir: filepath.Join(sbDir, "state"), Version: "test"}}
-	bin := testenv.Require(t, "moto_server", "python3-moto (or: pip install 'moto[server]')")
-	mp := testenv.Start(t, syscall.SIGTERM, bin, "-H", "127.0.0.1", "-p", strconv.Itoa(spMotoPort))
-	if err := testenv.WaitTCP("127.0.0.1:"+strconv.Itoa(spMotoPort), 30*time.Second); err != nil {
-		t.Fatalf("moto_server: %v\n%s", err, mp.Log.String())
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := s.p.Down(ctx); err != nil {
-			t.Errorf("sandbox down: %v", err)
-		}
-	})
+	testenv.Require(t, "moto_server", "python3-moto (or: pip install 'moto[server]')")
+	testenv.Require(t, "nginx", "nginx")
 	instactl := buildInstactl(t)
-	s.bringUpSP(t)
 	ctx := context.Background()
 	run := func(args ...string) (string, string, int) { return spRun(t, sbDir, instactl, args...) }
-	if out, _, code := run("wal", "install"); code != 0 || !strings.Contains(out, "pg-0: "+templates.ArchiverPath+" installed") {
-		t.Fatalf("wal install: exit %d", code)
+	t.Cleanup(func() {
+		if _, _, code := run("sandbox", "down"); code != 0 {
+			t.Errorf("sandbox down: exit %d", code)
+		}
+	})
+	// sandbox up installs the WAL archiver itself on a stack with backup.wal_archive.
+	_, stderr, code := run("sandbox", "up")
+	if code != 0 || !strings.Contains(stderr, "WAL archive: bucket shardpitr-wal created, archiver "+templates.ArchiverPath+" installed on 2 Postgres hosts") {
+		t.Fatalf("sandbox up: exit %d; want the WAL archiver installed", code)
+	}
+	desc, err := s.p.Describe(ctx, "shardpitr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range desc.Instances {
+		if in.State == "running" {
+			s.hosts[stack.HostName(in.Role, in.Index)] = in
+		}
+	}
+	if s.hosts["pg-0"].ID == "" || s.hosts["scratch-0"].ID == "" {
+		t.Fatalf("the sandbox's hosts: %+v", desc.Instances)
 	}
 	if _, _, code := run("shard", "init"); code != 0 {
 		t.Fatalf("shard init: exit %d", code)
@@ -379,50 +386,5 @@ func TestSandboxShardPITR(t *testing.T) {
 	// The drill through the CLI: a temporary scratch host, a restore to a moment ago, pg_amcheck.
 	if out, _, code := run("backup", "verify", "--pitr-ago", "1s", "--node", "pg-0"); code != 0 || !strings.Contains(out, "Point-in-time drill of pg-0") || !strings.Contains(out, "PASSED") {
 		t.Fatalf("backup verify --pitr-ago 1s --node pg-0: exit %d", code)
-	}
-}
-
-// bringUpSP creates pg-0 (primary), pg-1 (standby) and scratch-0 and waits for the pg hosts.
-func (s *sandboxEnv) bringUpSP(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	st := s.env.Stack
-	for _, h := range spHosts {
-		role := st.Role(h.role)
-		spec := cloud.InstanceSpec{Role: h.role, Index: h.index, Address: h.addr, Name: stack.HostName(h.role, h.index),
-			ClientToken: "shardpitr/" + h.role + "/" + strconv.Itoa(h.index), Tags: map[string]string{cloud.TagStack: st.Name}}
-		if h.role == "pg" {
-			d, err := templates.FromStack(st, h.role, h.index, h.addr, spHosts[0].addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if spec.UserData, err = templates.UserData(h.role, d); err != nil {
-				t.Fatal(err)
-			}
-		}
-		in, err := s.p.CreateInstance(ctx, spec)
-		if err != nil {
-			t.Fatalf("create %s: %v", spec.Name, err)
-		}
-		s.hosts[in.Name] = in
-		if role.Volumes.Count > 0 {
-			v, err := s.p.CreateVolume(ctx, cloud.VolumeSpec{SizeGiB: role.Volumes.SizeGiB, Tags: map[string]string{cloud.TagStack: st.Name, cloud.TagDevice: "/dev/sdf"}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.p.AttachVolume(ctx, v.ID, in.ID, "/dev/sdf"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	for _, h := range spHosts[:2] {
-		in := s.hosts[stack.HostName(h.role, h.index)]
-		if err := s.p.WaitBootstrap(wctx, in.ID); err != nil {
-			log, _ := s.p.HostPath(ctx, in.ID, templates.LogFile)
-			b, _ := os.ReadFile(log)
-			t.Fatalf("bootstrap %s: %v\n%s", in.Name, err, tail(string(b), 3000))
-		}
 	}
 }

@@ -677,6 +677,9 @@ func (r *recoverer) swapOnce(ctx context.Context) (SwapReport, error) {
 		return rep, fmt.Errorf("commit the swap on %s: %w", r.plan.Node, err)
 	}
 	rep.WindowMS = ms(time.Since(t0))
+	if r.opt.Hook != nil {
+		r.opt.Hook(StepRecoverSwap + ".committed")
+	}
 	return rep, nil
 }
 

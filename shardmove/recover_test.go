@@ -215,10 +215,57 @@ func TestRecoverShard(t *testing.T) {
 		queryInt(t, live, "SELECT count(*) FROM shard_0002.users") != before {
 		t.Fatal("abort left the temporary schema or changed shard 2")
 	}
+	// A crash right after the swap committed, before the journal recorded it: resume finds the
+	// swap done and finishes without the restored copy.
+	mustExec(t, copyConn, shardmap.ShardSchemaSQL(3), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, copyConn, "INSERT INTO shard_0003.users (username) VALUES ('s3-at-target')")
+	id := recoverCrashAt(t, e, RecoverPlan{Shard: 3, Node: "a", Source: "b", SourceDSN: e.nodes[1].DSN}, StepRecoverSwap+".committed")
+	mustExec(t, connect(t, e.ctlDSN), "UPDATE shard_moves SET plan = jsonb_set(plan, '{recover,source_dsn}', '\"postgres://nobody@127.0.0.1:1/gone\"') WHERE id = $1", id)
+	st, err = e.mover.Resume(ctx, id, testOptions())
+	if err != nil || st.State != StateCompleted {
+		t.Fatalf("resume after a crash past the swap: %+v %v", st, err)
+	}
+	if got := usernames(t, live, "shard_0003"); len(got) != 1 || !got["s3-at-target"] {
+		t.Fatalf("shard 3 after the recovery: %v", got)
+	}
+	rr, err = e.mover.recoverResult(ctx, connect(t, e.ctlDSN), id, RecoverResult{})
+	if err != nil || !rr.Swap.Resumed {
+		t.Fatalf("recovery %d after the crash: %+v %v, want the swap found done", id, rr.Swap, err)
+	}
+
 	// A shard the node does not own is refused before anything is recorded.
 	if _, err := e.mover.Recover(ctx, RecoverPlan{Shard: 2, Node: "b", Source: "b", SourceDSN: e.nodes[1].DSN}, testOptions()); !errors.Is(err, ErrRefused) {
 		t.Fatalf("recover onto a node that does not own the shard: %v, want refused", err)
 	}
+}
+
+// recoverCrashAt runs a recovery that dies (panics out of Recover, as a killed process stops) at
+// hook point, and returns its id.
+func recoverCrashAt(t *testing.T, e *pgEnv, plan RecoverPlan, point string) (id int64) {
+	t.Helper()
+	type crash struct{}
+	opt := testOptions()
+	opt.Hook = func(p string) {
+		if p == point {
+			panic(crash{})
+		}
+	}
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if _, ok := v.(crash); !ok {
+					panic(v)
+				}
+			}
+		}()
+		_, err := e.mover.Recover(context.Background(), plan, opt)
+		t.Fatalf("recovery did not stop at %s: %v", point, err)
+	}()
+	if err := connect(t, e.ctlDSN).QueryRow(context.Background(), "SELECT max(id) FROM shard_moves WHERE kind = 'recover' AND shard = $1",
+		plan.Shard).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {

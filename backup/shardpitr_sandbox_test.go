@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -354,6 +355,34 @@ func TestSandboxShardPITR(t *testing.T) {
 		t.Fatalf("teardown: %v", err)
 	}
 
+	// A second recovery, of shard 1 to the same target, killed (SIGKILL) once its copy started
+	// and finished by `instactl shard resume`. Its restored copy goes beside the first one's
+	// place on scratch-0 (another mount and port).
+	id := spKilledRecovery(t, sbDir, instactl, target, "recover_copy: started")
+	if _, _, code := run("shard", "resume", id); code != 0 {
+		t.Fatalf("shard resume %s after the kill: exit %d", id, code)
+	}
+	got1 := names("shard_0001")
+	var before1, after1 int
+	for _, wr := range w.writes[1] {
+		switch {
+		case wr.ackd.Before(target):
+			before1++
+			if !got1[wr.name] {
+				t.Fatalf("shard 1 after the resumed recovery: write %s acknowledged before the target is missing", wr.name)
+			}
+		case wr.sent.After(target):
+			after1++
+			if got1[wr.name] {
+				t.Fatalf("shard 1 after the resumed recovery: write %s sent after the target is there", wr.name)
+			}
+		}
+	}
+	t.Logf("shard 1 recovered by recovery %s, killed and resumed: %d writes before the target there, %d after it not", id, before1, after1)
+	if out, _, code := run("shard", "status"); code != 0 || !strings.Contains(out, "recover") {
+		t.Fatalf("shard status: exit %d, want the recoveries listed", code)
+	}
+
 	// `backup restore --to-lsn` through the CLI: every row committed before the LSN was read is there.
 	var lsn string
 	if _, err := live.Exec(ctx, "INSERT INTO shard_0001.users (username) VALUES ('before-lsn')"); err != nil {
@@ -387,4 +416,43 @@ func TestSandboxShardPITR(t *testing.T) {
 	if out, _, code := run("backup", "verify", "--pitr-ago", "1s", "--node", "pg-0"); code != 0 || !strings.Contains(out, "Point-in-time drill of pg-0") || !strings.Contains(out, "PASSED") {
 		t.Fatalf("backup verify --pitr-ago 1s --node pg-0: exit %d", code)
 	}
+}
+
+// spKilledRecovery starts `backup restore --to-time target pg-0 --shard 1` and kills it with
+// SIGKILL as soon as its progress shows at; it returns the recovery's id.
+func spKilledRecovery(t *testing.T, sbDir, bin string, target time.Time, at string) string {
+	t.Helper()
+	file := filepath.Join(filepath.Dir(sbDir), filepath.Base(sbDir)+".yaml")
+	cmd := exec.Command(bin, "--stack", file, "backup", "restore", "--to-time", target.Format(time.RFC3339Nano), "pg-0", "--shard", "1",
+		"--to", "scratch-0", "--mount", "/srv/pitr-killed", "--port", "5433")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	id := ""
+	var lines []string
+	for sc.Scan() {
+		line := sc.Text()
+		lines = append(lines, line)
+		if strings.Contains(line, at) {
+			if _, err := fmt.Sscanf(strings.TrimSpace(line), "move %s", &id); err != nil {
+				t.Fatalf("no recovery id in %q: %v", line, err)
+			}
+			id = strings.TrimSuffix(id, ":")
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	_ = cmd.Wait()
+	t.Logf("killed at %q:\n%s", at, tail(strings.Join(lines, "\n"), 2000))
+	if id == "" {
+		t.Fatalf("the recovery never reached %q", at)
+	}
+	return id
 }

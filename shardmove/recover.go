@@ -610,6 +610,11 @@ func (r *recoverer) swap(ctx context.Context) (any, error) {
 		rep, err := r.swapOnce(bg)
 		if err == nil {
 			rep.Attempts = attempt
+			// shard status shows it in the WINDOW column, as a move's cutover.
+			if _, err := r.ctl.Exec(bg, "UPDATE shard_moves SET window_ms = $2, cutover_attempts = $3 WHERE id = $1",
+				r.st.ID, rep.WindowMS, attempt); err != nil {
+				return nil, fmt.Errorf("record the swap's window (the swap committed; resume finishes the recovery): %w", err)
+			}
 			r.progress(StepRecoverSwap, "swapped in; writes to the shard blocked %.1f ms; old schema kept as %s", rep.WindowMS, r.aside)
 			return rep, nil
 		}

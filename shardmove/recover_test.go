@@ -133,7 +133,7 @@ func TestRecoverShard(t *testing.T) {
 	}
 	// Resume goes through the move journal's command and finds the recovery by its kind.
 	st, err := e.mover.Resume(ctx, stuck.MoveID, testOptions())
-	if err != nil || st.State != StateCompleted || st.Kind != KindRecover {
+	if err != nil || st.State != StateCompleted || st.Kind != KindRecover || st.Window <= 0 {
 		t.Fatalf("resume recovery %d: %+v %v", stuck.MoveID, st, err)
 	}
 	n1 := writers[1].count()

@@ -132,7 +132,14 @@ func TestRecoverShard(t *testing.T) {
 		t.Fatalf("a second recovery of shard 1 while one is open: %v, want refused", err)
 	}
 	// Resume goes through the move journal's command and finds the recovery by its kind.
+	during := map[int]int{}
+	for s, w := range writers {
+		during[s] = w.count()
+	}
 	st, err := e.mover.Resume(ctx, stuck.MoveID, testOptions())
+	for s, w := range writers {
+		during[s] = w.count() - during[s]
+	}
 	if err != nil || st.State != StateCompleted || st.Kind != KindRecover || st.Window <= 0 {
 		t.Fatalf("resume recovery %d: %+v %v", stuck.MoveID, st, err)
 	}
@@ -164,6 +171,7 @@ func TestRecoverShard(t *testing.T) {
 	if after < 50 || int64(len(got)) != wantRows+int64(after) {
 		t.Fatalf("shard 1 has %d users: want the copy's %d plus the %d written after the swap", len(got), wantRows, after)
 	}
+	t.Logf("writes acknowledged while the recovery ran its verify and swap: %v", during)
 	t.Logf("shard 1: %d writes went to the old schema before the swap (kept in %s), %d to the recovered one", beforeSwap, aside, after)
 	for _, s := range []int{0, 2, 3} {
 		have := usernames(t, live, shardmap.SchemaName(s))
@@ -172,8 +180,8 @@ func TestRecoverShard(t *testing.T) {
 				t.Fatalf("shard %d lost acknowledged write %s", s, n)
 			}
 		}
-		if len(acked[s]) < 100 {
-			t.Fatalf("shard %d took only %d writes during the recovery", s, len(acked[s]))
+		if during[s] == 0 {
+			t.Fatalf("shard %d took no write while the recovery was resumed and swapped shard 1", s)
 		}
 	}
 	// The recovered shard hands out ids past both schemas' and keeps its fence off; the old one is fenced.

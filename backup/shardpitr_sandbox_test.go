@@ -241,6 +241,11 @@ func TestSandboxShardPITR(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A shard the map does not have is refused before anything is restored.
+	if _, stderr, code := run("backup", "restore", "--to-time", target.Format(time.RFC3339Nano), "pg-0", "--shard", "9", "--to", "scratch-0"); code != 2 ||
+		!strings.Contains(stderr, "--shard 9: the map has shards 0-3") {
+		t.Fatalf("backup restore --shard 9: exit %d, want 2 naming the map's shards", code)
+	}
 	began := time.Now()
 	counts := map[int]int{}
 	for sh := range spShards {

@@ -184,7 +184,7 @@ func (r *runner) copyWorker(ctx context.Context, snapshot string, work <-chan co
 		return fmt.Errorf("copy session on %s: %w", r.st.To, err)
 	}
 	for t := range work {
-		n, err := copyOne(ctx, src, dst, r.schema, t)
+		n, err := copyOne(ctx, src, dst, r.schema, r.schema, t)
 		if err != nil {
 			return fmt.Errorf("copy %s.%s: %w", r.schema, t.name, err)
 		}
@@ -193,8 +193,11 @@ func (r *runner) copyWorker(ctx context.Context, snapshot string, work <-chan co
 	return nil
 }
 
-func copyOne(ctx context.Context, src, dst *pgx.Conn, schema string, t copyTable) (int64, error) {
-	qt := schema + "." + pgx.Identifier{t.name}.Sanitize()
+// copyOne copies table t of srcSchema on src into the same table of dstSchema on dst (a move
+// copies into the same schema name, a per-shard recovery into a temporary one).
+func copyOne(ctx context.Context, src, dst *pgx.Conn, srcSchema, dstSchema string, t copyTable) (int64, error) {
+	qt := dstSchema + "." + pgx.Identifier{t.name}.Sanitize()
+	qs := srcSchema + "." + pgx.Identifier{t.name}.Sanitize()
 	tx, err := dst.Begin(ctx)
 	if err != nil {
 		return 0, err
@@ -210,7 +213,7 @@ func copyOne(ctx context.Context, src, dst *pgx.Conn, schema string, t copyTable
 		// CopyTo writes one CopyData message (about one row) per Write; buffered, the pipe hands
 		// the writer side large chunks instead of a goroutine switch per row.
 		bw := bufio.NewWriterSize(pw, 256<<10)
-		_, errOut = src.PgConn().CopyTo(ctx, bw, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", qt, t.cols))
+		_, errOut = src.PgConn().CopyTo(ctx, bw, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", qs, t.cols))
 		if errOut == nil {
 			errOut = bw.Flush()
 		}

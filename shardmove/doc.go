@@ -26,6 +26,11 @@
 // and bounded: if it would exceed [Options.WindowBound] before the flip, the source is unfenced
 // and nothing has changed.
 //
+// [Mover.Recover] is a per-shard point-in-time recovery: one shard's schema copied from a
+// restored copy of its node (package backup restores it) into a temporary schema on the live
+// node, verified, and swapped in by one short locked transaction that keeps the old schema
+// aside; it is journaled with the moves (kind recover), so Resume and Abort finish or undo it.
+//
 // [InitSite] makes a stack's shards exist (control database, grants, the shard map, every
 // shard schema) on a [Site]: the PostgreSQL groups of the topology, reached at their primary
 // now. [CollectLoads] reads every shard's size and write rate, [FreeBytes] a node's free disk.

@@ -53,6 +53,9 @@ func (m *Mover) open(ctx context.Context, id int64) (*runner, func(), error) {
 // source's fence, drops the subscription, the publication, their slots, the target's copy and
 // the marker table. It is idempotent and converges from any journaled step.
 func (m *Mover) Abort(ctx context.Context, id int64) (MoveStatus, error) {
+	if kind, err := m.moveKind(ctx, id); err == nil && kind == KindRecover {
+		return m.abortRecover(ctx, id)
+	}
 	r, done, err := m.open(ctx, id)
 	if err != nil {
 		return MoveStatus{}, fmt.Errorf("abort move %d: %w", id, err)

@@ -127,6 +127,10 @@ func (m *Mover) drive(ctx context.Context, ctl *pgx.Conn, id int64, opt Options)
 	if err != nil {
 		return st, err
 	}
+	if st.Kind == KindRecover {
+		res, err := m.driveRecover(ctx, ctl, st, opt)
+		return res.Move, err
+	}
 	if st.State != StateRunning && st.State != StateFailed {
 		return st, fmt.Errorf("move %d is %s at step %s: nothing to resume", id, st.State, st.Step)
 	}

@@ -34,6 +34,10 @@ type BackupPITRFlags struct {
 	ToLSN    string
 	Archiver string
 	Prefetch int
+	// Shard, when >= 0, recovers only that logical shard of NODE (backup_shard.go).
+	Shard int
+	// Window bounds the shard's write-blocked swap of a shard recovery.
+	Window time.Duration
 	// Time is ToTime parsed.
 	Time time.Time
 }
@@ -44,6 +48,7 @@ func (p *BackupPITRFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&p.ToLSN, "to-lsn", "", "restore NODE up to this WAL position (e.g. 16/B374D848)")
 	fl.StringVar(&p.Archiver, "archiver", "", "instactl binary to install on HOST as restore_command (default: this one)")
 	fl.IntVar(&p.Prefetch, "prefetch", walarchive.DefaultPrefetch, "WAL segments restore_command fetches in parallel (1: one at a time)")
+	p.registerShard(cmd)
 }
 
 func (p *BackupPITRFlags) on() bool { return p.ToTime != "" || p.ToLSN != "" }
@@ -67,6 +72,9 @@ func (p *BackupPITRFlags) check(o *BackupRestoreOptions) error {
 	}
 	if p.Prefetch < 1 || p.Prefetch > 64 {
 		return usageErrorf("--prefetch must be 1-64 (got %d)", p.Prefetch)
+	}
+	if err := p.checkShard(); err != nil {
+		return err
 	}
 	if p.ToLSN != "" {
 		if _, err := walarchive.ParseLSN(p.ToLSN); err != nil {
@@ -113,6 +121,13 @@ func backupPITRRun(ctx context.Context, f *Factory, out Output, o *BackupRestore
 	if err != nil {
 		return err
 	}
+	var rec *shardRecovery
+	if o.PITR.Shard >= 0 {
+		if rec, err = newShardRecovery(ctx, f, o); err != nil {
+			return err
+		}
+		defer rec.close()
+	}
 	r, err := backup.RestoreToTime(ctx, backup.PITROptions{Env: d.env, Node: o.Set, To: to.ID, Time: o.PITR.Time, LSN: o.PITR.ToLSN,
 		Mount: o.Mount, Port: o.Port, Archiver: archiver, Prefetch: o.PITR.Prefetch})
 	if err != nil {
@@ -121,6 +136,9 @@ func backupPITRRun(ctx context.Context, f *Factory, out Output, o *BackupRestore
 				strings.Join(r.VolumeIDs, ", "), backup.TagRestoredFrom, r.Set, to.Name)
 		}
 		return err
+	}
+	if rec != nil {
+		return rec.run(ctx, f, out, r)
 	}
 	return render(f.IO, out, r, func(w io.Writer) error {
 		commit := "no transaction replayed"

@@ -35,6 +35,8 @@ func TestBackupPITRUsageErrors(t *testing.T) {
 		{[]string{"backup", "restore", "pg-0", "--to-lsn", "0/1"}, "--to HOST is required"},
 		{[]string{"backup", "restore", "pg-0", "--to", "s", "--to-lsn", "0/1", "--prefetch", "0"}, "--prefetch must be 1-64"},
 		{[]string{"backup", "restore", "pg-0", "--to", "s", "--to-lsn", "0/1", "--allow-incomplete"}, "complete sets only"},
+		{[]string{"backup", "restore", "pg-0", "--to", "s", "--to-lsn", "0/1", "--shard", "-2"}, "--shard must be a logical shard number"},
+		{[]string{"backup", "restore", "SET", "--to", "s", "--shard", "3"}, "give --to-time or --to-lsn with it"},
 	} {
 		_, stderr, code := run(t, append([]string{"--stack", path}, tc.args...)...)
 		if code != ExitUsage || !strings.Contains(stderr, tc.want) {

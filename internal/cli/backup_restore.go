@@ -45,7 +45,7 @@ role use another --mount and --port.
 HOST is a host name as the stack names it (pg-0), the instance name, or an instance id.
 What restore leaves behind: the running server, the mount, and volumes tagged
 instactl:restored-from=SET; ` + "`instactl backup verify`" + ` is the drill that cleans up after itself.
-` + backupPITRHelp,
+` + backupPITRHelp + backupShardHelp,
 		Example: `  instactl backup restore 20240501T100000Z-instagram-pg-1-3f2a --to memcached-0
   instactl backup restore SET --to pg-0 --mount /srv/restore --port 5433
   psql -h 127.0.10.10 -U postgres -d instagram      # then query the copy`,
@@ -62,6 +62,9 @@ instactl:restored-from=SET; ` + "`instactl backup verify`" + ` is the drill that
 					return runF(o)
 				}
 				return backupPITRRun(cmd.Context(), f, out(), o)
+			}
+			if cmd.Flags().Changed("shard") {
+				return usageErrorf("--shard recovers one shard to a point in time: give --to-time or --to-lsn with it")
 			}
 			if err := backupCheckSetID(o.Set); err != nil {
 				return err

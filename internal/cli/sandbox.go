@@ -54,7 +54,9 @@ func newCmdSandboxUp(f *Factory, out func() Output) *cobra.Command {
 		Short: "Bring the stack up on this machine (idempotent)",
 		Long: `Start moto_server, create every host, volume and the load balancer through the same plan AWS
 gets, and wait until every host has bootstrapped its services. Running it again changes nothing;
-after a reboot it restarts the hosts that are recorded but no longer running.`,
+after a reboot it restarts the hosts that are recorded but no longer running. With
+backup.wal_archive it then runs ` + "`instactl wal install`" + ` (bucket and archiver), so the WAL
+archive runs from the start.`,
 		Example: `  instactl --stack examples/sandbox.yaml sandbox up
   instactl sandbox up -o json`,
 		Args: noArgs,
@@ -68,6 +70,9 @@ after a reboot it restarts the hosts that are recorded but no longer running.`,
 				return withCode(ExitUsage, err) // nothing was changed; the stack file must change
 			}
 			if err != nil {
+				return err
+			}
+			if err := sandboxWALInstall(cmd.Context(), f, st); err != nil {
 				return err
 			}
 			return render(f.IO, out(), rep, func(w io.Writer) error {

@@ -265,10 +265,11 @@ func (r *rules) postgres() []Rule {
 			"the heartbeat writer on primary {{ $labels.instance }} stopped: replication lag in time cannot be told",
 			"instactl monitor up"),
 		r.alert(AlertPostgresArchiveFailing,
-			`increase(pg_stat_archiver_failed_count{job="postgres"}[10m]) > 0 and on(instance) increase(pg_stat_archiver_archived_count{job="postgres"}[10m]) == 0`,
+			fmt.Sprintf(`increase(pg_stat_archiver_failed_count{job="postgres"}[%[1]s]) > 0 and on(instance) increase(pg_stat_archiver_archived_count{job="postgres"}[%[1]s]) == 0`,
+				promDuration(archiveFailWindow(r.o.ArchiveMaxAge))),
 			time.Minute, SeverityCritical, onHost,
-			"WAL archiving on {{ $labels.instance }} fails and archived nothing for 10 minutes: point-in-time recovery falls behind",
-			"instactl status"),
+			fmt.Sprintf("WAL archiving on {{ $labels.instance }} fails and archived nothing for %s: point-in-time recovery falls behind", shortDur(archiveFailWindow(r.o.ArchiveMaxAge))),
+			"instactl backup verify --archive"),
 		r.alert(AlertPostgresArchiveBehind,
 			fmt.Sprintf(`pg_stat_archiver_last_archive_age{job="postgres"} > %d and %s and on(instance) pg_stat_archiver_archived_count{job="postgres"} > 0`,
 				int64(r.o.ArchiveMaxAge.Seconds()), primary),
@@ -529,6 +530,13 @@ func (r *rules) sloAlerts() []Rule {
 		burn(AlertLatencyBurnFast, "app_slow", slow, 14.4, "1h", "5m", 2*time.Minute, lat),
 		burn(AlertLatencyBurnSlow, "app_slow", slow, 6, "6h", "30m", 15*time.Minute, lat),
 	}
+}
+
+// archiveFailWindow is how long archiving must fail without one success before
+// PostgresWALArchiveFailing fires: 10 minutes, or the archive max age when a drill sets that
+// shorter (a failing archiver is worse than a slow one, so it never waits longer).
+func archiveFailWindow(maxAge time.Duration) time.Duration {
+	return min(10*time.Minute, maxAge)
 }
 
 // shortDur is d for a summary: "90m", "8m15s", "30s".

@@ -270,7 +270,7 @@ func ruleCases(t *testing.T, st *stack.Stack, topo topology.Topology) []ruleCase
 		{name: AlertPostgresArchiveFailing, eval: "12m",
 			fire: []ptSeries{fx.s("pg_stat_archiver_failed_count", pg, "pg-0", "0+1x20"), fx.s("pg_stat_archiver_archived_count", pg, "pg-0", "5x20")},
 			want: []ptAlert{fx.alert(SeverityCritical, pg, "pg-0", nil,
-				"WAL archiving on pg-0 fails and archived nothing for 10 minutes: point-in-time recovery falls behind", "instactl status")},
+				"WAL archiving on pg-0 fails and archived nothing for 10m: point-in-time recovery falls behind", "instactl backup verify --archive")},
 			// Failures that the archiver got past: segments are still archived.
 			quiet: [][]ptSeries{{fx.s("pg_stat_archiver_failed_count", pg, "pg-0", "0+1x20"), fx.s("pg_stat_archiver_archived_count", pg, "pg-0", "5+1x20")}}},
 		{name: AlertPostgresArchiveBehind, eval: "8m",

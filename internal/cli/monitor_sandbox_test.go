@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/instactl/instactl/remote"
 	"github.com/instactl/instactl/stack"
 	"github.com/instactl/instactl/templates"
+	"github.com/instactl/instactl/topology"
 )
 
 // The monitoring test's own loopback range and ports, and its shortened clock: every target is
@@ -203,9 +205,12 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 		}
 		return code
 	}
+	backupStart := time.Now()
 	if code := backupRun("all"); code != 0 {
 		t.Fatalf("backup create on a healthy stack: exit %d", code)
 	}
+	// It silenced the standbys' lag, which its freeze pauses, for as long as it ran.
+	checkOperationSilence(t, monitor.NewClient(mon.AlertmanagerURL()), "instactl backup create", monitor.BackupSilence(), backupStart, time.Now())
 	// Its freezes recorded themselves in the replicas' freeze metrics and its thaws removed them.
 	for _, h := range []stack.HostRef{{Role: "pg", Index: 1}, {Role: "redis", Index: 1}} {
 		if out := sandboxRun(t, pool, st, h, "cat "+backup.FreezeMarkerFile+" 2>/dev/null; true"); out != "" {
@@ -265,6 +270,20 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 			t.Fatalf("alerts on a healthy stack: %s", describeAlerts(as))
 		}
 	}
+
+	// `status` reads backup age and "recoverable to" from the same metrics: the backup above and
+	// the archive just checked.
+	checkStatusRecovery(t, cli)
+
+	// A deploy silences what it trips (its role's exporter, probe and version drift) for
+	// exactly as long as it runs: Alertmanager keeps the expired silence, which started after
+	// the command did and ended before it returned.
+	before := time.Now()
+	if stdout, stderr, code := cli("deploy", "--version", "v2"); code != 0 {
+		t.Fatalf("deploy v2: exit %d\n%s%s", code, stdout, stderr)
+	}
+	after := time.Now()
+	checkOperationSilence(t, monitor.NewClient(mon.AlertmanagerURL()), "instactl deploy", monitor.DeploySilence("app"), before, after)
 
 	ref := func(role string, i int) stack.HostRef { return stack.HostRef{Role: role, Index: i} }
 	addr := func(h stack.HostRef) string {
@@ -361,8 +380,146 @@ xfs_freeze -f /var/lib/postgresql`, monitor.MetricVolumeFrozenSince, file, file,
 		waitAlert(t, api, monitor.AlertPostgresArchiveBehind, "pg-0", false, time.Now())
 	})
 
+	t.Run("archive failing", func(t *testing.T) {
+		// The primary's archive_command fails on every segment (an S3 outage or bad credentials
+		// look the same to Postgres): failures count and nothing is archived for the window,
+		// which a drill's archive max age shortens to 30 s.
+		bin := templates.ArchiverPath
+		sandboxRun(t, pool, st, pg0, "mv "+bin+" "+bin+".off && printf '#!/bin/sh\\necho drill: archive refused >&2\\nexit 1\\n' > "+bin+" && chmod 755 "+bin)
+		t.Cleanup(func() { sandboxRun(t, pool, st, pg0, "test -e "+bin+".off && mv -f "+bin+".off "+bin+"; true") })
+		since := time.Now()
+		waitFor(t, 60*time.Second, "pg-0 counting archive failures", func() bool {
+			return sandboxRun(t, pool, st, pg0, psql0+` -c "SELECT last_failed_time > coalesce(last_archived_time, '-infinity') FROM pg_stat_archiver"`) == "t"
+		})
+		waitAlert(t, api, monitor.AlertPostgresArchiveFailing, "pg-0", true, since)
+		waitAlertmanager(t, mon, monitor.AlertPostgresArchiveFailing, "pg-0")
+		// backup verify --archive, the command the alert names, reports the failing segment.
+		stdout, stderr, code := cli("backup", "verify", "--archive")
+		t.Logf("backup verify --archive while archiving fails: exit %d\n%s%s", code, stdout, stderr)
+		if code == 0 {
+			t.Fatal("backup verify --archive passed while pg-0's archive_command fails")
+		}
+		fixed := time.Now()
+		sandboxRun(t, pool, st, pg0, "mv -f "+bin+".off "+bin)
+		waitAlert(t, api, monitor.AlertPostgresArchiveFailing, "pg-0", false, fixed)
+	})
+
 	// Whatever the faults left behind, the stack ends healthy again.
 	waitFor(t, 60*time.Second, "no alerts after the fixes", func() bool { return len(monitorAlerts(t, api)) == 0 })
+}
+
+// checkOperationSilence checks that Alertmanager holds exactly one silence whose comment
+// starts with comment, with matchers want, created by instactl between before and after and
+// expired by then.
+func checkOperationSilence(t *testing.T, am *monitor.Client, comment string, want []monitor.Matcher, before, after time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ss, err := am.Silences(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []monitor.Silence
+	for _, s := range ss {
+		if strings.HasPrefix(s.Comment, comment) && !s.StartsAt.Before(before.Add(-time.Second)) {
+			found = append(found, s)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("silences of %q since %s: %+v, want exactly one", comment, before.Format(time.RFC3339), found)
+	}
+	s := found[0]
+	t.Logf("%s silenced %s from %s to %s (%s), by %s", comment, describeMatchers(s.Matchers), s.StartsAt.Format(time.StampMilli), s.EndsAt.Format(time.StampMilli), s.Status.State, s.CreatedBy)
+	if s.CreatedBy != "instactl" || s.Status.State != "expired" || s.EndsAt.After(after.Add(time.Second)) {
+		t.Errorf("silence %s: created by %q, state %s, ends %s; want instactl's, expired by %s", s.ID, s.CreatedBy, s.Status.State, s.EndsAt, after)
+	}
+	if describeMatchers(s.Matchers) != describeMatchers(want) {
+		t.Errorf("silence %s matches %s, want %s", s.ID, describeMatchers(s.Matchers), describeMatchers(want))
+	}
+}
+
+// describeMatchers is matchers as name=value (=~ for a regex), sorted.
+func describeMatchers(ms []monitor.Matcher) string {
+	var out []string
+	for _, m := range ms {
+		op := "="
+		if m.IsRegex {
+			op = "=~"
+		}
+		out = append(out, m.Name+op+m.Value)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+// checkStatusRecovery runs `status -o json` and checks its recovery section against the
+// sandbox: the pg group backed up from its standby and archived past that backup, the redis
+// group backed up and archiving nothing, the metrics file fresh; the text form shows the table.
+func checkStatusRecovery(t *testing.T, cli func(...string) (string, string, int)) {
+	t.Helper()
+	var got struct {
+		Recovery      *StatusRecovery `json:"recovery"`
+		RecoveryError string          `json:"recovery_error"`
+	}
+	var stdout, stderr string
+	var code int
+	// Prometheus scrapes the metrics file and the archiver every 2 s: within a few scrapes
+	// both are in.
+	defer func() {
+		if t.Failed() {
+			t.Logf("status -o json: exit %d\n%s%s", code, stdout, stderr)
+			if got.Recovery != nil {
+				for _, q := range []string{monitor.MetricBackupLastSuccess, "node_textfile_mtime_seconds"} {
+					if resp, err := http.Get(got.Recovery.Prometheus + "/api/v1/query?query=" + url.QueryEscape(q)); err == nil {
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						t.Logf("%s: %s", q, b)
+					}
+				}
+			}
+		}
+	}()
+	waitFor(t, 60*time.Second, "status showing every group recoverable", func() bool {
+		stdout, stderr, code = cli("status", "-o", "json")
+		got.Recovery, got.RecoveryError = nil, ""
+		if code != 0 || json.Unmarshal([]byte(stdout), &got) != nil || got.Recovery == nil {
+			return false
+		}
+		for _, g := range got.Recovery.Groups {
+			if g.RecoverableTo.IsZero() || (g.Kind == topology.KindPostgres && !g.ArchivedTo.After(g.LastBackup)) {
+				return false
+			}
+		}
+		return len(got.Recovery.Groups) > 0
+	})
+	r := got.Recovery
+	if r.MetricsFileAgeSeconds < 0 || r.MetricsFileAgeSeconds > 600 {
+		t.Errorf("backup metrics file age %.0fs, want the file just written", r.MetricsFileAgeSeconds)
+	}
+	kinds := map[string]bool{}
+	for _, g := range r.Groups {
+		kinds[g.Kind] = true
+		if g.BackupHost == "" {
+			t.Errorf("group %s: no member named as the backup's host", g.Group)
+		}
+		if time.Since(g.LastBackup) > 10*time.Minute {
+			t.Errorf("group %s: last backup %s, want the backup this test made", g.Group, g.LastBackup)
+		}
+		if g.Kind == topology.KindPostgres && g.RecoverableTo != g.ArchivedTo {
+			t.Errorf("group %s: recoverable to %s, want the archive's %s", g.Group, g.RecoverableTo, g.ArchivedTo)
+		}
+		if g.Kind != topology.KindPostgres && (!g.ArchivedTo.IsZero() || g.RecoverableTo != g.LastBackup) {
+			t.Errorf("group %s (%s): archived to %s, recoverable to %s; want no archive and the backup's time %s", g.Group, g.Kind, g.ArchivedTo, g.RecoverableTo, g.LastBackup)
+		}
+	}
+	if !kinds[topology.KindPostgres] || !kinds[topology.KindRedis] {
+		t.Errorf("recovery groups %+v, want a postgres and a redis group", r.Groups)
+	}
+	stdout, stderr, code = cli("status")
+	if code != 0 || !strings.Contains(stdout, "RECOVERABLE TO") || strings.Contains(stdout, "nothing: no backup") {
+		t.Fatalf("status: exit %d\n%s%s", code, stdout, stderr)
+	}
+	t.Logf("status recovery section:\n%s", stdout[strings.Index(stdout, "Recovery"):])
 }
 
 func monitorAlerts(t *testing.T, api *monitorhost.API) []monitorhost.Alert {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/instactl/instactl/cloud"
 	"github.com/instactl/instactl/provision"
+	"github.com/instactl/instactl/stack"
 	"github.com/spf13/cobra"
 )
 
@@ -74,7 +75,7 @@ func provisionApplyRun(ctx context.Context, f *Factory, out Output, opts *ApplyO
 		if err != nil {
 			return err
 		}
-		return provisionExecute(ctx, f, out, p, plan, nil)
+		return applyHints(f, st, plan, provisionExecute(ctx, f, out, p, plan, nil))
 	}
 	st, p, plan, err := provisionCompute(ctx, f, opts.Replace)
 	if err != nil {
@@ -88,7 +89,19 @@ func provisionApplyRun(ctx context.Context, f *Factory, out Output, opts *ApplyO
 			fix:    "review the plan and re-run with --yes, or save it with 'instactl plan --out plan.json' and apply it with 'instactl apply plan.json'",
 		}
 	}
-	return provisionExecute(ctx, f, out, p, plan, confirm)
+	return applyHints(f, st, plan, provisionExecute(ctx, f, out, p, plan, confirm))
+}
+
+// applyHints tells, after an apply that created something, what the stack still needs before
+// it runs as its file says; it returns err unchanged. With backup.wal_archive the Postgres
+// hosts archive WAL only once `wal install` put the archiver on them (apply does not: the
+// hosts may still boot, and the binary must fit their architecture); until then pg_wal grows.
+func applyHints(f *Factory, st *stack.Stack, plan provision.Plan, err error) error {
+	if err != nil || plan.Summary().Add == 0 || !st.Backup.WALArchive {
+		return err
+	}
+	f.IO.Statusf("next: instactl wal install, once the hosts have booted: backup.wal_archive is on, and the Postgres hosts keep their WAL in pg_wal until the archiver is on them (instactl backup verify --archive checks it)")
+	return nil
 }
 
 // NewCmdDestroy deletes everything the stack owns. runF replaces the run in tests.

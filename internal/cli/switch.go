@@ -74,6 +74,10 @@ time each took is printed (per server and the slowest). A server that does not a
 within --wait makes the command exit 5; the switch stays set (the server applies it when it
 reads the control database again).
 
+Like the shard and failover commands, it talks to the control database and to the app servers
+at their private addresses: on AWS run it from inside the VPC (a bastion host or a VPN). With
+--wait 0 it needs only the control database.
+
 Known switches: ` + strings.Join(switches.Names(), ", ") + ` (see instactl switch --help).`,
 		Example: `  instactl switch set uploads off --reason "S3 errors, INC-7" --for 30m
   instactl switch set uploads on --reason "S3 recovered"

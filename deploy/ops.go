@@ -80,37 +80,6 @@ func field(f []string, i int) string {
 	return ""
 }
 
-// PruneResult is what Prune removed on one host.
-type PruneResult struct {
-	Host   string   `json:"host"`
-	Pruned []string `json:"pruned"`
-	Error  string   `json:"error,omitempty"`
-}
-
-// Prune removes releases beyond Config.KeepReleases on every host, never the current one
-// nor the rollback target. A deploy prunes by itself after its last batch.
-func (d *Deployer) Prune(ctx context.Context, cfg Config, hosts []Host) ([]PruneResult, error) {
-	cfg = cfg.withDefaults()
-	out := make([]PruneResult, len(hosts))
-	cmd := PruneCommand(cfg.Path, cfg.Binary, cfg.KeepReleases)
-	err := d.each(ctx, cfg, hosts, func(ctx context.Context, c *remote.Client, i int) error {
-		res, err := runOK(ctx, c, cmd)
-		if err != nil {
-			return err
-		}
-		for _, l := range strings.Split(string(res), "\n") {
-			if id, ok := strings.CutPrefix(l, "pruned "); ok {
-				out[i].Pruned = append(out[i].Pruned, id)
-			}
-		}
-		return nil
-	}, func(i int, err error) { out[i].Error = ErrorLine(err) })
-	for i, h := range hosts {
-		out[i].Host = h.Name
-	}
-	return out, err
-}
-
 // LockStatus returns the holder of the stack-wide lock, or nil when it is free.
 func (d *Deployer) LockStatus(ctx context.Context, cfg Config, hosts []Host) (*LockInfo, string, error) {
 	cfg = cfg.withDefaults()

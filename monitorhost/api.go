@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -67,12 +66,6 @@ type Alert struct {
 	Labels      map[string]string `json:"labels"`
 	Annotations map[string]string `json:"annotations"`
 	ActiveAt    time.Time         `json:"active_at"`
-}
-
-// Sample is one series of an instant query's vector result.
-type Sample struct {
-	Labels map[string]string `json:"labels"`
-	Value  float64           `json:"value"`
 }
 
 // Targets lists the active scrape targets.
@@ -158,33 +151,6 @@ func (a *API) Alerts(ctx context.Context) ([]Alert, error) {
 	out := make([]Alert, 0, len(data.Alerts))
 	for _, al := range data.Alerts {
 		out = append(out, Alert{Name: al.Labels["alertname"], State: al.State, Labels: al.Labels, Annotations: al.Annotations, ActiveAt: al.ActiveAt})
-	}
-	return out, nil
-}
-
-// Query runs an instant PromQL query whose result is a vector.
-func (a *API) Query(ctx context.Context, q string) ([]Sample, error) {
-	var data struct {
-		ResultType string `json:"resultType"`
-		Result     []struct {
-			Metric map[string]string `json:"metric"`
-			Value  [2]any            `json:"value"`
-		} `json:"result"`
-	}
-	if err := a.get(ctx, "/api/v1/query?query="+url.QueryEscape(q), &data); err != nil {
-		return nil, err
-	}
-	if data.ResultType != "vector" {
-		return nil, fmt.Errorf("query %s: result is a %s, not a vector", q, data.ResultType)
-	}
-	out := make([]Sample, 0, len(data.Result))
-	for _, r := range data.Result {
-		s, _ := r.Value[1].(string)
-		var v float64
-		if _, err := fmt.Sscan(s, &v); err != nil {
-			return nil, fmt.Errorf("query %s: value %q: %w", q, s, err)
-		}
-		out = append(out, Sample{Labels: r.Metric, Value: v})
 	}
 	return out, nil
 }

@@ -739,24 +739,3 @@ func (m *Mover) abortRecover(ctx context.Context, id int64) (MoveStatus, error) 
 	}
 	return loadMove(context.WithoutCancel(ctx), ctl, id)
 }
-
-// ResumeRecover continues recovery id from the step it stopped at.
-func (m *Mover) ResumeRecover(ctx context.Context, id int64, opt Options) (RecoverResult, error) {
-	ctl, err := m.control(ctx)
-	if err != nil {
-		return RecoverResult{}, err
-	}
-	defer closeAll(ctl)
-	if err := lockMove(ctx, ctl, id); err != nil {
-		return RecoverResult{}, err
-	}
-	defer unlockMove(ctl, id)
-	st, err := loadMove(ctx, ctl, id)
-	if err != nil {
-		return RecoverResult{}, err
-	}
-	if st.Kind != KindRecover {
-		return RecoverResult{}, fmt.Errorf("move %d is a %s, not a recovery: run `instactl shard resume %d`", id, st.Kind, id)
-	}
-	return m.driveRecover(ctx, ctl, st, opt)
-}

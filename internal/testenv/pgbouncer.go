@@ -135,13 +135,6 @@ func PgBouncerDatabasesINI(databases map[string]string) string {
 	return b.String()
 }
 
-// WriteDatabases replaces the databases file (atomically, as instactl does on a host); send
-// RELOAD on the admin console to make PgBouncer read it.
-func (b *PgBouncerServer) WriteDatabases(t testing.TB, databases map[string]string) {
-	t.Helper()
-	writePgFile(t, b.DatabasesFile, PgBouncerDatabasesINI(databases))
-}
-
 // writePgFile writes content to path through a temporary file and a rename, readable by the
 // postgres user.
 func writePgFile(t testing.TB, path, content string) {

@@ -33,6 +33,7 @@ type options struct {
 	artifact   string
 	redeploy   bool
 	ciphers    []string
+	kex        []string
 	cpuProfile string
 	s3         string
 	bucket     string
@@ -47,6 +48,7 @@ func main() {
 	flag.StringVar(&o.artifact, "artifact", "", "file to deploy (default BENCH/artifact/app)")
 	flag.BoolVar(&o.redeploy, "redeploy", true, "also time a redeploy of the unchanged artifact")
 	ciphers := flag.String("ciphers", "", "comma-separated SSH cipher preference (default: remote's)")
+	kex := flag.String("kex", "", "comma-separated SSH key exchange preference (default: remote's)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the deploy (not the redeploy) to this file")
 	flag.StringVar(&o.s3, "s3", "", "stage through the S3 API at this endpoint (moto_server, e.g. http://127.0.0.1:15153); empty: over SSH")
 	flag.StringVar(&o.bucket, "bucket", "deploybench", "bucket for -s3 (created if missing)")
@@ -58,6 +60,9 @@ func main() {
 	if *ciphers != "" {
 		o.ciphers = strings.Split(*ciphers, ",")
 	}
+	if *kex != "" {
+		o.kex = strings.Split(*kex, ",")
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "deploybench:", err)
 		os.Exit(1)
@@ -68,7 +73,7 @@ func run(o options) error {
 	ctx := context.Background()
 	d, err := remote.NewDialer(remote.Config{User: "root", Port: 2222,
 		IdentityFiles:  []string{filepath.Join(o.bench, "keys", "id_ed25519")},
-		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers})
+		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers, KeyExchanges: o.kex})
 	if err != nil {
 		return err
 	}

@@ -43,10 +43,14 @@ func BinaryPath(root, id, binary string) string { return path.Join(ReleaseDir(ro
 
 // ProbeCommand prints, on one line each, "current <id>" (empty when no release is live) and
 // "present" when the release is staged with the expected sha256 and size, or "absent". Stage
-// runs it first so a host that already holds the release uploads nothing.
+// runs it first so a host that already holds the release uploads nothing. It starts one
+// process besides the shell (stat): `cd -P` resolves current without a readlink, because on
+// an unchanged redeploy this probe is the only session a host sees and its hosts' CPU is
+// what the run waits for.
 func ProbeCommand(root, id, binary, sha string, size int64) remote.Command {
 	script := fmt.Sprintf(`root=%s bin=%s sum=%s want=%s size=%d
-cur=$(readlink -- "$root/current" 2>/dev/null) || cur=
+cur=
+cd -P -- "$root/current" 2>/dev/null && cur=$PWD
 echo "current ${cur##*/}"
 got=
 [ -r "$sum" ] && read -r got < "$sum"

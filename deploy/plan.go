@@ -9,8 +9,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/instactl/instactl/remote"
 )
 
 // Kind is what a run does.
@@ -156,9 +154,8 @@ func (p *Plan) steps() []Step {
 	} else if p.Kind == KindDeploy {
 		a := p.Artifact
 		s = append(s,
-			Step{Name: "upload", Where: "hosts without the release", Command: remote.UploadCommand(BinaryPath(c.Path, a.ID, c.Binary), a.Size, 0o755).String(),
-				Note: fmt.Sprintf("%d bytes on stdin, then the sha256 line; verified on the host", a.Size)},
-			Step{Name: "seal", Where: "hosts uploaded to", Command: SealCommand(c.Path, a.ID, a.SHA256).String()})
+			Step{Name: "upload", Where: "hosts without the release", Command: uploadSealCommand(c, a).String(),
+				Note: fmt.Sprintf("%d bytes on stdin, then the sha256 line; verified and the release sealed on the host", a.Size)})
 	}
 	if c.LoadBalancer != "" {
 		s = append(s, Step{Name: "deregister", Where: "load balancer " + c.LoadBalancer,

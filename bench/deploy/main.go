@@ -38,6 +38,7 @@ type options struct {
 	s3         string
 	bucket     string
 	verbose    bool
+	dialOnly   bool
 }
 
 func main() {
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&o.s3, "s3", "", "stage through the S3 API at this endpoint (moto_server, e.g. http://127.0.0.1:15153); empty: over SSH")
 	flag.StringVar(&o.bucket, "bucket", "deploybench", "bucket for -s3 (created if missing)")
 	flag.BoolVar(&o.verbose, "v", false, "print the run-wide events (lock, S3 upload) and the first and last host of each stage, with times")
+	flag.BoolVar(&o.dialOnly, "dial-only", false, "only open one SSH connection to every host at once, no session, and print the time: the floor under an unchanged redeploy")
 	flag.Parse()
 	if o.artifact == "" {
 		o.artifact = filepath.Join(o.bench, "artifact", "app")
@@ -80,6 +82,9 @@ func run(o options) error {
 	var hosts []deploy.Host
 	for i := 1; i <= o.n; i++ {
 		hosts = append(hosts, deploy.Host{Name: fmt.Sprintf("h%d", i), Address: fmt.Sprintf("%s.%d", o.net, 10+i)})
+	}
+	if o.dialOnly {
+		return dialAll(ctx, d, hosts)
 	}
 	state, err := os.MkdirTemp("", "deploybench-state-")
 	if err != nil {
@@ -158,6 +163,28 @@ func run(o options) error {
 			break
 		}
 	}
+	return nil
+}
+
+// dialAll opens one connection to every host at once (handshake and authentication, no
+// session), closes them and prints the wall time: what an unchanged redeploy cannot go
+// below with fresh connections.
+func dialAll(ctx context.Context, d remote.Dialer, hosts []deploy.Host) error {
+	pool := remote.NewPool(d)
+	defer pool.Close()
+	targets := make([]remote.Target, len(hosts))
+	for i, h := range hosts {
+		targets[i] = h.Target()
+	}
+	start := time.Now()
+	res := pool.FanOut(ctx, targets, len(targets), func(context.Context, *remote.Client, remote.Target) error { return nil })
+	took := time.Since(start)
+	for _, r := range res {
+		if r.Err != nil {
+			return r.Err
+		}
+	}
+	fmt.Printf("dial\tN=%d\t%.2fs\n", len(hosts), took.Seconds())
 	return nil
 }
 

@@ -46,12 +46,15 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 		r.hostFailed(h.Name, stage, fmt.Errorf("%s on %s: %w", stage, h.Name, err))
 		return errRecorded
 	}
-	r.ev.emit(Event{Host: h.Name, Stage: StageProbe, Status: StatusStart})
-	out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size))
-	if err != nil {
-		return fail(StageProbe, err)
+	probe := map[string]string{"absent": ""}
+	if !r.absentBefore(h.Name) {
+		r.ev.emit(Event{Host: h.Name, Stage: StageProbe, Status: StatusStart})
+		out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size))
+		if err != nil {
+			return fail(StageProbe, err)
+		}
+		probe = parseLines(out)
 	}
-	probe := parseLines(out)
 	if _, ok := probe["present"]; ok {
 		r.updateSoon(h.Name, func(hr *HostReport) {
 			hr.State, hr.StageMS, hr.WasCurrent = OutcomeStaged, time.Since(start).Milliseconds(), probe["current"] == a.ID
@@ -61,6 +64,7 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	}
 	via := StagingSSH
 	if cfg.stagingMethod() == StagingS3 {
+		var err error
 		if via, err = r.stageViaS3(ctx, c, h); err != nil {
 			return fail(StageUpload, err)
 		}

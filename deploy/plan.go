@@ -147,7 +147,7 @@ func (p *Plan) steps() []Step {
 		Note: "mkdir is atomic; a second deploy is refused with the holder"})
 	if p.Kind == KindDeploy {
 		a := p.Artifact
-		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256, a.Size).String()})
+		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256).String()})
 	}
 	if p.Kind == KindDeploy && c.stagingMethod() == StagingS3 {
 		s = append(s, p.s3Steps()...)

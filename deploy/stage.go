@@ -49,7 +49,7 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	probe := map[string]string{"absent": ""}
 	if !r.absentBefore(h.Name) {
 		r.ev.emit(Event{Host: h.Name, Stage: StageProbe, Status: StatusStart})
-		out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size))
+		out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256))
 		if err != nil {
 			return fail(StageProbe, err)
 		}

@@ -48,9 +48,9 @@ func (r *run) unchanged(ctx context.Context) bool {
 	var mu sync.Mutex
 	probes := map[string]map[string]string{}
 	res := r.pool.FanOut(ctx, targetsOf(r, names), cfg.Parallel, func(ctx context.Context, c *remote.Client, t remote.Target) error {
-		cmd := ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size)
+		cmd := ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256)
 		if t.Name == lh.Name {
-			cmd = probeLockCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size)
+			cmd = probeLockCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256)
 		}
 		r.ev.emit(Event{Host: t.Name, Stage: StageProbe, Status: StatusStart})
 		out, err := runOK(ctx, c, cmd)
@@ -133,6 +133,6 @@ func (r *run) absentBefore(host string) bool {
 
 // probeLockCommand is ProbeCommand followed by LockStatusCommand in one session: the lock
 // host's part of the unchanged check.
-func probeLockCommand(root, id, binary, sha string, size int64) remote.Command {
-	return remote.Script(ProbeCommand(root, id, binary, sha, size)[2] + "\n" + LockStatusCommand(root)[2])
+func probeLockCommand(root, id, binary, sha string) remote.Command {
+	return remote.Script(ProbeCommand(root, id, binary, sha)[2] + "\n" + LockStatusCommand(root)[2])
 }

@@ -39,6 +39,7 @@ type options struct {
 	bucket     string
 	verbose    bool
 	dialOnly   bool
+	identity   string
 }
 
 func main() {
@@ -55,9 +56,13 @@ func main() {
 	flag.StringVar(&o.bucket, "bucket", "deploybench", "bucket for -s3 (created if missing)")
 	flag.BoolVar(&o.verbose, "v", false, "print the run-wide events (lock, S3 upload) and the first and last host of each stage, with times")
 	flag.BoolVar(&o.dialOnly, "dial-only", false, "only open one SSH connection to every host at once, no session, and print the time: the floor under an unchanged redeploy")
+	flag.StringVar(&o.identity, "identity", "", "SSH private key (default BENCH/keys/id_ed25519, the peers' key)")
 	flag.Parse()
 	if o.artifact == "" {
 		o.artifact = filepath.Join(o.bench, "artifact", "app")
+	}
+	if o.identity == "" {
+		o.identity = filepath.Join(o.bench, "keys", "id_ed25519")
 	}
 	if *ciphers != "" {
 		o.ciphers = strings.Split(*ciphers, ",")
@@ -74,7 +79,7 @@ func main() {
 func run(o options) error {
 	ctx := context.Background()
 	d, err := remote.NewDialer(remote.Config{User: "root", Port: 2222,
-		IdentityFiles:  []string{filepath.Join(o.bench, "keys", "id_ed25519")},
+		IdentityFiles:  []string{o.identity},
 		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers, KeyExchanges: o.kex})
 	if err != nil {
 		return err

@@ -143,12 +143,13 @@ func (p *Plan) steps() []Step {
 	c := p.Config
 	restart, _ := c.restartCommand()
 	var s []Step
-	s = append(s, Step{Name: "lock", Where: p.LockHost, Command: LockCommand(c.Path, []byte(`{...}`)).String(),
-		Note: "mkdir is atomic; a second deploy is refused with the holder"})
 	if p.Kind == KindDeploy {
 		a := p.Artifact
-		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256).String()})
+		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256).String(),
+			Note: "on " + p.LockHost + " with the lock's state; when every host already runs the release and the lock is free, the run ends here without the lock"})
 	}
+	s = append(s, Step{Name: "lock", Where: p.LockHost, Command: LockCommand(c.Path, []byte(`{...}`)).String(),
+		Note: "mkdir is atomic; a second deploy is refused with the holder"})
 	if p.Kind == KindDeploy && c.stagingMethod() == StagingS3 {
 		s = append(s, p.s3Steps()...)
 	} else if p.Kind == KindDeploy {

@@ -42,20 +42,29 @@ func ReleaseDir(root, id string) string { return path.Join(root, releasesDir, id
 func BinaryPath(root, id, binary string) string { return path.Join(ReleaseDir(root, id), binary) }
 
 // ProbeCommand prints, on one line each, "current <id>" (empty when no release is live) and
-// "present" when the release is staged with the expected sha256 and size, or "absent". Stage
-// runs it first so a host that already holds the release uploads nothing.
-func ProbeCommand(root, id, binary, sha string, size int64) remote.Command {
-	script := fmt.Sprintf(`root=%s bin=%s sum=%s want=%s size=%d
-cur=$(readlink -- "$root/current" 2>/dev/null) || cur=
+// "present" when the release is staged and sealed with the expected sha256 and its binary
+// was not modified after the seal, or "absent". Stage runs it first so a host that already
+// holds the release uploads nothing.
+//
+// It starts no process besides the shell: on an unchanged redeploy this probe is the only
+// session a host sees, and the hosts' CPU is what the run waits for. So `cd -P` resolves
+// current instead of a readlink, and the binary is checked against its seal with test's -nt
+// instead of a stat of its size: both staging paths write the seal after the verified binary
+// is in place, so any later write to the binary (a truncation as well as an overwrite of the
+// same size) makes it newer than the seal and the release is staged again.
+func ProbeCommand(root, id, binary, sha string) remote.Command {
+	script := fmt.Sprintf(`root=%s bin=%s sum=%s want=%s
+cur=
+cd -P -- "$root/current" 2>/dev/null && cur=$PWD
 echo "current ${cur##*/}"
 got=
 [ -r "$sum" ] && read -r got < "$sum"
-if [ -x "$bin" ] && [ "$got" = "$want" ] && [ "$(stat -c %%s -- "$bin")" = "$size" ]; then
+if [ -x "$bin" ] && [ "$got" = "$want" ] && ! [ "$bin" -nt "$sum" ]; then
   echo present
 else
   echo absent
 fi`, remote.Quote(root), remote.Quote(BinaryPath(root, id, binary)),
-		remote.Quote(path.Join(ReleaseDir(root, id), shaFile)), remote.Quote(sha), size)
+		remote.Quote(path.Join(ReleaseDir(root, id), shaFile)), remote.Quote(sha))
 	return remote.Script(script)
 }
 

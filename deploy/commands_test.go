@@ -100,7 +100,7 @@ mv -f -- '\''/opt/it'\''\'\'''\''s here/.instactl/runs/run-1.tmp'\'' '\''/opt/it
 
 func TestProbe(t *testing.T) {
 	root := t.TempDir()
-	probe := ProbeCommand(root, "r1", "app", "sum-r1", int64(len("#!/bin/sh\necho r1\n")))
+	probe := ProbeCommand(root, "r1", "app", "sum-r1")
 	if out, _ := runLocal(t, probe, ""); out != "current \nabsent\n" {
 		t.Errorf("probe before staging = %q", out)
 	}
@@ -108,13 +108,33 @@ func TestProbe(t *testing.T) {
 	if out, _ := runLocal(t, probe, ""); out != "current \npresent\n" {
 		t.Errorf("probe after staging = %q", out)
 	}
-	wrongSum := ProbeCommand(root, "r1", "app", "other", int64(len("#!/bin/sh\necho r1\n")))
+	wrongSum := ProbeCommand(root, "r1", "app", "other")
 	if out, _ := runLocal(t, wrongSum, ""); !strings.HasSuffix(out, "absent\n") {
 		t.Errorf("probe with another sha = %q; want absent", out)
 	}
-	wrongSize := ProbeCommand(root, "r1", "app", "sum-r1", 1)
-	if out, _ := runLocal(t, wrongSize, ""); !strings.HasSuffix(out, "absent\n") {
-		t.Errorf("probe with another size = %q; want absent", out)
+	// current resolves to the release's name, through a symlinked root too.
+	link := filepath.Join(t.TempDir(), "app")
+	if err := os.Symlink(root, link); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runLocal(t, ActivateCommand(root, "r1", "app"), ""); code != 0 {
+		t.Fatalf("activate: %s", out)
+	}
+	if out, _ := runLocal(t, ProbeCommand(link, "r1", "app", "sum-r1"), ""); out != "current r1\npresent\n" {
+		t.Errorf("probe of the current release through a symlinked root = %q", out)
+	}
+	// A binary written after its seal (truncated here; the later mtime is what any write
+	// after the seal gives it) is not trusted: the release is staged again.
+	bin := BinaryPath(root, "r1", "app")
+	later := time.Now().Add(time.Minute)
+	if err := os.Truncate(bin, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(bin, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := runLocal(t, probe, ""); out != "current r1\nabsent\n" {
+		t.Errorf("probe of a binary modified after its seal = %q; want absent", out)
 	}
 }
 

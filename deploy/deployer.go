@@ -64,7 +64,8 @@ func (d *Deployer) httpClient() *http.Client {
 }
 
 // Deploy runs a deploy plan (NewPlan with KindDeploy): lock, stage on every host in parallel,
-// activate batch by batch, prune, audit, unlock. The returned report is complete even with an
+// activate batch by batch, prune, audit, unlock; or, when every host already runs the
+// release and the lock is free, nothing but one probe per host (see the package doc). The returned report is complete even with an
 // error. Errors: *LockedError when another run holds the lock, *MaxFailError when too many
 // hosts failed (the failing batch is rolled back), ErrInterrupted (wrapped) when ctx ended
 // (the lock stays held; Resume finishes the run).

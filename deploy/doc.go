@@ -6,6 +6,11 @@
 // the failure policy and the exact remote command of every step ([Plan.Render] is
 // --dry-run). A [Deployer] then executes it:
 //
+//   - unchanged check (deploy only): one connection and one probe per host, the lock's state
+//     read with the lock host's probe; when every host already runs the release sealed and
+//     healthy and the lock is free, the run ends there without taking the lock (it changes
+//     nothing, so there is nothing to serialize; a held lock, even a stale one, sends it on
+//     to the lock as below). The report still goes to the journal and the local audit log;
 //   - lock: a stack-wide lock, mkdir(2) of <path>/.instactl/lock on the first host of the
 //     role with info.json (holder, time, release, message, run id); a second run gets a
 //     [*LockedError] (exit 4);
@@ -17,8 +22,9 @@
 //     URL in one SSH exec ([FetchCommand]: curl or wget, size and sha256 checked, renamed
 //     into place, sealed); a host whose fetch fails, or every host when the bucket cannot
 //     be used, gets it over SSH instead and its report says why. Over SSH the artifact is
-//     streamed with remote.Upload (sha256 checked on the host, renamed into place) and the
-//     release sealed. [Report.BytesSent] counts what left this machine;
+//     streamed with remote.UploadSum in one session that also seals the release (the host
+//     checks the planned sha256 and renames into place; the client does not hash every copy
+//     it sends). [Report.BytesSent] counts what left this machine;
 //   - activate, per batch: deregister from the LB and wait until it reports the hosts out
 //     (at most DrainTimeout), flip current atomically (symlink + rename), restart through the
 //     service manager, health-gate over HTTP from instactl, register the healthy hosts back,

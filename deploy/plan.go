@@ -9,8 +9,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/instactl/instactl/remote"
 )
 
 // Kind is what a run does.
@@ -145,20 +143,20 @@ func (p *Plan) steps() []Step {
 	c := p.Config
 	restart, _ := c.restartCommand()
 	var s []Step
-	s = append(s, Step{Name: "lock", Where: p.LockHost, Command: LockCommand(c.Path, []byte(`{...}`)).String(),
-		Note: "mkdir is atomic; a second deploy is refused with the holder"})
 	if p.Kind == KindDeploy {
 		a := p.Artifact
-		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256, a.Size).String()})
+		s = append(s, Step{Name: "probe", Where: "every host", Command: ProbeCommand(c.Path, a.ID, c.Binary, a.SHA256).String(),
+			Note: "on " + p.LockHost + " with the lock's state; when every host already runs the release and the lock is free, the run ends here without the lock"})
 	}
+	s = append(s, Step{Name: "lock", Where: p.LockHost, Command: LockCommand(c.Path, []byte(`{...}`)).String(),
+		Note: "mkdir is atomic; a second deploy is refused with the holder"})
 	if p.Kind == KindDeploy && c.stagingMethod() == StagingS3 {
 		s = append(s, p.s3Steps()...)
 	} else if p.Kind == KindDeploy {
 		a := p.Artifact
 		s = append(s,
-			Step{Name: "upload", Where: "hosts without the release", Command: remote.UploadCommand(BinaryPath(c.Path, a.ID, c.Binary), a.Size, 0o755).String(),
-				Note: fmt.Sprintf("%d bytes on stdin, then the sha256 line; verified on the host", a.Size)},
-			Step{Name: "seal", Where: "hosts uploaded to", Command: SealCommand(c.Path, a.ID, a.SHA256).String()})
+			Step{Name: "upload", Where: "hosts without the release", Command: uploadSealCommand(c, a).String(),
+				Note: fmt.Sprintf("%d bytes on stdin, then the sha256 line; verified and the release sealed on the host", a.Size)})
 	}
 	if c.LoadBalancer != "" {
 		s = append(s, Step{Name: "deregister", Where: "load balancer " + c.LoadBalancer,

@@ -32,6 +32,10 @@ type run struct {
 	obj        storeObject
 	hosts      map[string]Host
 	locked     bool
+	// noop says the unchanged check found nothing to change and the run ended without the
+	// lock (see unchanged); absent lists the hosts whose release that check found absent.
+	noop   bool
+	absent map[string]bool
 }
 
 func newRun(d *Deployer, p *Plan, prior *Report, pool *remote.Pool) *run {
@@ -201,6 +205,18 @@ func (r *run) do(ctx context.Context) error {
 	}
 	r.save()
 	r.predial(ctx)
+	start := time.Now()
+	if r.unchanged(ctx) {
+		r.noop = true
+		r.rep.StageMS += time.Since(start).Milliseconds()
+		for _, b := range r.plan.Batches {
+			if err := r.batch(ctx, b); err != nil { // every host activated: nothing to do
+				return err
+			}
+		}
+		return nil
+	}
+	r.rep.StageMS += time.Since(start).Milliseconds()
 	if err := r.lock(ctx); err != nil {
 		return err
 	}
@@ -212,7 +228,7 @@ func (r *run) do(ctx context.Context) error {
 			return err
 		}
 	}
-	start := time.Now()
+	start = time.Now()
 	defer func() { r.rep.ActivateMS += time.Since(start).Milliseconds() }()
 	for _, b := range r.plan.Batches {
 		if err := r.batch(ctx, b); err != nil {
@@ -222,9 +238,8 @@ func (r *run) do(ctx context.Context) error {
 	return nil
 }
 
-// predial opens every host's connection while the lock is being taken, so the first step
-// after it finds them ready: a redeploy that changes nothing then costs one handshake and
-// one probe per host, overlapped with the lock's round trips. Failures are left to the step
+// predial opens every host's connection at once, so that each host's first step (the
+// unchanged check's probe) follows its own handshake. Failures are left to the step
 // that needs the connection (it dials again and records them).
 func (r *run) predial(ctx context.Context) {
 	for _, h := range r.plan.Hosts {
@@ -348,7 +363,7 @@ func (r *run) finish(ctx context.Context, err error) (*Report, error) {
 	if err != nil {
 		r.rep.Error = ErrorLine(err)
 	}
-	if !r.locked {
+	if !r.locked && !r.noop {
 		// Refused or failed before doing anything: no audit line, and no journal that
 		// Resume could pick up.
 		_ = os.Remove(JournalPath(r.cfg.StateDir, r.plan.RunID))

@@ -248,8 +248,7 @@ func (p *Plan) s3Steps() []Step {
 		{Name: "s3 put", Where: "instactl, once", Note: fmt.Sprintf("HEAD s3://%s/%s; PUT %d bytes with x-amz-meta-sha256 %s unless it holds them", c.Bucket, key, a.Size, a.SHA256)},
 		{Name: "fetch", Where: "hosts without the release", Command: FetchCommand(c.Path, a.ID, c.Binary, a.SHA256, a.Size).String(),
 			Note: "the presigned URL on stdin; sha256 verified and the release sealed on the host"},
-		{Name: "upload", Where: "hosts whose fetch failed", Command: remote.UploadCommand(BinaryPath(c.Path, a.ID, c.Binary), a.Size, 0o755).String(),
-			Note: fmt.Sprintf("fallback: %d bytes on stdin, then the sha256 line", a.Size)},
-		{Name: "seal", Where: "hosts uploaded to", Command: SealCommand(c.Path, a.ID, a.SHA256).String()},
+		{Name: "upload", Where: "hosts whose fetch failed", Command: uploadSealCommand(c, a).String(),
+			Note: fmt.Sprintf("fallback: %d bytes on stdin, then the sha256 line; verified and the release sealed on the host", a.Size)},
 	}
 }

@@ -61,7 +61,7 @@ func TestFetchCommand(t *testing.T) {
 				t.Errorf("after the fetch: %d bytes, mode %v, seal %q, files %v", len(got), st.Mode(), seal, ents)
 			}
 			// The probe trusts it like a release uploaded over SSH.
-			if out, _ := runLocal(t, ProbeCommand(root, id, "instagram-app", sha, int64(len(content))), ""); !strings.Contains(out, "present") {
+			if out, _ := runLocal(t, ProbeCommand(root, id, "instagram-app", sha), ""); !strings.Contains(out, "present") {
 				t.Errorf("probe after the fetch: %q", out)
 			}
 		})

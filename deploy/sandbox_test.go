@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -351,16 +352,70 @@ func TestSandboxDeploy(t *testing.T) {
 		cfg := e.config()
 		cfg.LoadBalancer = ""
 		cfg.Batches = []string{"100%"}
-		rep, _, err := e.deploy(ctx, cfg, v2, nil)
+		hostLog, err := e.p.HostPath(ctx, e.insts[1].ID, DefaultAuditPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		auditBefore, _ := os.ReadFile(hostLog)
+		localBefore, _ := os.ReadFile(AuditLogPath(e.state))
+		rep, evs, err := e.deploy(ctx, cfg, v2, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, h := range rep.Hosts {
-			if h.Uploaded {
-				t.Errorf("%s: uploaded again", h.Host)
+			if h.Uploaded || h.Flipped || h.State != OutcomeActivated {
+				t.Errorf("%s: uploaded %v, flipped %v, %s; want left alone and activated", h.Host, h.Uploaded, h.Flipped, h.State)
 			}
 		}
+		// Nothing changes and the lock is free: the lock is not taken, the hosts' audit logs
+		// stay as they were, the local one gets the run.
+		var lockEvents []string
+		for _, ev := range evs {
+			if ev.Stage == StageLock {
+				lockEvents = append(lockEvents, string(ev.Status))
+			}
+		}
+		if strings.Join(lockEvents, ",") != "skip" {
+			t.Errorf("lock events = %v; want one skip (not taken)", lockEvents)
+		}
+		if b, _ := os.ReadFile(hostLog); !bytes.Equal(b, auditBefore) {
+			t.Errorf("an unchanged redeploy wrote app-1's audit log:\n%s", b)
+		}
+		if b, _ := os.ReadFile(AuditLogPath(e.state)); strings.Count(string(b), "\n") != strings.Count(string(localBefore), "\n")+1 {
+			t.Errorf("local audit log did not get the unchanged redeploy's line:\n%s", b)
+		}
+		if rep.Result != ResultOK || rep.BatchesDone != 1 {
+			t.Errorf("result %s, batches done %d; want ok, 1", rep.Result, rep.BatchesDone)
+		}
 		t.Logf("redeploy of the same artifact: %v", time.Since(start))
+	})
+
+	t.Run("unchanged redeploy meets a held lock", func(t *testing.T) {
+		// Someone else holds the lock (written as LockCommand would): a redeploy that would
+		// change nothing is still refused with the holder, as a locked run would be.
+		cfg := e.config()
+		cfg.LoadBalancer = ""
+		cfg.Batches = []string{"100%"}
+		dir, err := e.p.HostPath(ctx, e.insts[0].ID, LockDir(cfg.Path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		info := `{"holder":"carol@elsewhere","run_id":"20261201T000000Z-c0ffee","kind":"deploy","release":"x","stack":"` + testStack + `"}`
+		if err := os.WriteFile(filepath.Join(dir, "info.json"), []byte(info+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rep, _, err := e.deploy(ctx, cfg, v2, nil)
+		var le *LockedError
+		if !errors.As(err, &le) || le.Info.Holder != "carol@elsewhere" {
+			t.Fatalf("redeploy with the lock held = %v (%s); want *LockedError naming carol", err, outcomes(rep))
+		}
+		if _, err := os.Stat(filepath.Join(dir, "info.json")); err != nil {
+			t.Errorf("the holder's lock is gone: %v", err)
+		}
 	})
 
 	t.Run("failing canary is rolled back", func(t *testing.T) {

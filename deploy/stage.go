@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -45,12 +46,15 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 		r.hostFailed(h.Name, stage, fmt.Errorf("%s on %s: %w", stage, h.Name, err))
 		return errRecorded
 	}
-	r.ev.emit(Event{Host: h.Name, Stage: StageProbe, Status: StatusStart})
-	out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256, a.Size))
-	if err != nil {
-		return fail(StageProbe, err)
+	probe := map[string]string{"absent": ""}
+	if !r.absentBefore(h.Name) {
+		r.ev.emit(Event{Host: h.Name, Stage: StageProbe, Status: StatusStart})
+		out, err := runOK(ctx, c, ProbeCommand(cfg.Path, a.ID, cfg.Binary, a.SHA256))
+		if err != nil {
+			return fail(StageProbe, err)
+		}
+		probe = parseLines(out)
 	}
-	probe := parseLines(out)
 	if _, ok := probe["present"]; ok {
 		r.updateSoon(h.Name, func(hr *HostReport) {
 			hr.State, hr.StageMS, hr.WasCurrent = OutcomeStaged, time.Since(start).Milliseconds(), probe["current"] == a.ID
@@ -60,6 +64,7 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	}
 	via := StagingSSH
 	if cfg.stagingMethod() == StagingS3 {
+		var err error
 		if via, err = r.stageViaS3(ctx, c, h); err != nil {
 			return fail(StageUpload, err)
 		}
@@ -75,18 +80,11 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 	return nil
 }
 
-// uploadAndSeal streams the artifact to the host over SSH and seals the release.
+// uploadAndSeal streams the artifact to the host over SSH and seals the release, in one
+// session: the host checks the content against the planned sha256 (sent, not recomputed
+// here: a file that changed since it was hashed is refused by the host), puts it in place
+// and writes the seal.
 func (r *run) uploadAndSeal(ctx context.Context, c *remote.Client, h Host) error {
-	a := r.plan.Artifact
-	if err := r.upload(ctx, c, h); err != nil {
-		return err
-	}
-	_, err := runOK(ctx, c, SealCommand(r.cfg.Path, a.ID, a.SHA256))
-	return err
-}
-
-// upload streams the artifact with progress events.
-func (r *run) upload(ctx context.Context, c *remote.Client, h Host) error {
 	a := r.plan.Artifact
 	f, err := os.Open(a.Path)
 	if err != nil {
@@ -104,17 +102,22 @@ func (r *run) upload(ctx context.Context, c *remote.Client, h Host) error {
 	pr := &progressReader{r: f, remaining: a.Size, total: a.Size, every: 4 << 20, report: func(n int64) {
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusProgress, Bytes: n, Total: a.Size})
 	}}
-	dst := BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary)
 	// The content, the command line and the sha256 line that follows the content.
-	countSent(ctx, a.Size+cmdBytes(remote.UploadCommand(dst, a.Size, 0o755))+int64(len(a.SHA256))+1)
-	sum, err := c.Upload(ctx, pr, dst, 0o755)
-	if err != nil {
+	countSent(ctx, a.Size+cmdBytes(uploadSealCommand(r.cfg, a))+int64(len(a.SHA256))+1)
+	if _, err := c.UploadSum(ctx, pr, BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary), 0o755, a.SHA256, sealLines(r.cfg.Path, a.ID, a.SHA256)); err != nil {
+		var ee *remote.ExitError
+		if errors.As(err, &ee) && ee.ExitCode == 3 {
+			return fmt.Errorf("%w (the artifact %s changed during the deploy?)", err, a.Path)
+		}
 		return err
 	}
-	if sum != a.SHA256 {
-		return fmt.Errorf("uploaded content has sha256 %s, planned %s: the artifact changed during the deploy", sum, a.SHA256)
-	}
 	return nil
+}
+
+// uploadSealCommand is the command uploadAndSeal runs: remote's upload script followed by
+// the release's seal.
+func uploadSealCommand(c Config, a Artifact) remote.Command {
+	return remote.UploadThenCommand(BinaryPath(c.Path, a.ID, c.Binary), a.Size, 0o755, sealLines(c.Path, a.ID, a.SHA256))
 }
 
 // progressReader counts bytes read and reports every `every` bytes. Its Len lets

@@ -209,6 +209,7 @@ func (d *SSHDialer) dialHop(ctx context.Context, prev *ssh.Client, hop endpoint)
 		ClientVersion:     "SSH-2.0-instactl",
 	}
 	cc.Ciphers = d.cfg.Ciphers
+	cc.KeyExchanges = d.cfg.KeyExchanges
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cc)
 	if err != nil {
 		conn.Close()

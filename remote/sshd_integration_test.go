@@ -258,3 +258,53 @@ func TestSSHDBurst(t *testing.T) {
 		}
 	}
 }
+
+// UploadSum against a real sshd: the right sum puts the file in place and runs the script
+// after it in the same session (its output returned); a sum that does not match the content
+// (the file changed since it was hashed) is refused by the host, which keeps nothing and
+// does not run the script.
+func TestSSHDUploadSum(t *testing.T) {
+	env := newSSHDEnv(t)
+	h := env.start(t, "app-1", true, "")
+	c, err := env.dialer(t, nil).Dial(context.Background(), h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	content := make([]byte, 3<<20+7)
+	rand.Read(content)
+	sum := sha256.Sum256(content)
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "releases", "v3", "app")
+	then := "echo sealed > " + Quote(dst+".sealed") + " && echo done"
+	out, err := c.UploadSum(context.Background(), bytes.NewReader(content), dst, 0o755, hex.EncodeToString(sum[:]), then)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != "done\n" {
+		t.Errorf("then's output %q, want %q", out, "done\n")
+	}
+	if got, err := os.ReadFile(dst); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("content differs: %v", err)
+	}
+	if b, err := os.ReadFile(dst + ".sealed"); err != nil || string(b) != "sealed\n" {
+		t.Errorf("then did not run: %q %v", b, err)
+	}
+
+	other := filepath.Join(dir, "releases", "v4", "app")
+	changed := append([]byte(nil), content...)
+	changed[12345] ^= 1
+	_, err = c.UploadSum(context.Background(), bytes.NewReader(changed), other, 0o755, hex.EncodeToString(sum[:]), then)
+	if err == nil || !strings.Contains(err.Error(), "exited 3") {
+		t.Fatalf("content not matching its sum: %v; want the host to refuse it (exit 3)", err)
+	}
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Errorf("refused upload left %s: %v", other, err)
+	}
+	if _, err := os.Stat(other + ".sealed"); !os.IsNotExist(err) {
+		t.Errorf("then ran after a refused upload: %v", err)
+	}
+	if _, err := c.UploadSum(context.Background(), bytes.NewReader(content), other, 0o755, "ABC", ""); err == nil {
+		t.Error("a malformed sum was accepted")
+	}
+}

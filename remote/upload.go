@@ -62,6 +62,47 @@ func (c *Client) Upload(ctx context.Context, r io.Reader, remotePath string, mod
 	return want, nil
 }
 
+// UploadSum is Upload for content whose sha256 the caller already knows (sum, lower-case
+// hex): the content is streamed without being hashed here and sum is sent in the hash's
+// place. The host hashes what it received and refuses it when the two differ, so content
+// that changed since the caller hashed it is caught there, as with Upload; what it saves is
+// the client's hashing of every copy it sends (0.6 CPU-s for 25 MB to 50 hosts). then, when
+// not empty, is a shell script the host runs in the same session once the file is in place
+// (a release's seal, say), which saves a round trip and a shell; its output follows the
+// sha256 line and is returned.
+func (c *Client) UploadSum(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode, sum, then string) ([]byte, error) {
+	if remotePath == "" || strings.HasSuffix(remotePath, "/") {
+		return nil, fmt.Errorf("upload to %s: bad remote path %q", c.target, remotePath)
+	}
+	if len(sum) != sha256.Size*2 || strings.Trim(sum, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("upload %s to %s: %q is not a sha256 in lower-case hex", remotePath, c.target, sum)
+	}
+	size, r, cleanup, err := sizedReader(r)
+	if err != nil {
+		return nil, fmt.Errorf("upload %s to %s: %w", remotePath, c.target, err)
+	}
+	defer cleanup()
+	if mode == 0 {
+		mode = 0o644
+	}
+	stdin := &uploadStream{body: io.LimitReader(r, size), size: size, sum: func() string { return sum }}
+	res, err := c.Run(ctx, UploadThenCommand(remotePath, size, mode, then), stdin)
+	if err != nil {
+		return nil, fmt.Errorf("upload %s to %s: %w", remotePath, c.target, err)
+	}
+	if err := stdin.readErr(); err != nil {
+		return nil, fmt.Errorf("upload %s to %s: reading local content: %w", remotePath, c.target, err)
+	}
+	if res.ExitCode != 0 {
+		return nil, fmt.Errorf("upload %s to %s: %w", remotePath, c.target, res.Err())
+	}
+	got, rest, _ := strings.Cut(string(res.Stdout), "\n")
+	if got != sum {
+		return nil, fmt.Errorf("upload %s to %s: host reports sha256 %q, sent %s", remotePath, c.target, got, sum)
+	}
+	return []byte(rest), nil
+}
+
 // UploadCommand is the script Upload runs on the host: receive exactly size
 // bytes into a temporary file beside dst, then read the expected sha256 line,
 // verify it, chmod, and rename into place. It prints the sha256 on success;
@@ -73,6 +114,12 @@ func (c *Client) Upload(ctx context.Context, r io.Reader, remotePath string, mod
 // the CPU's SHA extensions (coreutils' sha256sum does not: 5× the CPU). Hosts
 // without them get head -c and sha256sum.
 func UploadCommand(dst string, size int64, mode os.FileMode) Command {
+	return UploadThenCommand(dst, size, mode, "")
+}
+
+// UploadThenCommand is UploadCommand followed, once the file is in place and its sha256
+// printed, by the shell script then (UploadSum's).
+func UploadThenCommand(dst string, size int64, mode os.FileMode, then string) Command {
 	dir, base := path.Dir(dst), path.Base(dst)
 	script := fmt.Sprintf(`set -e
 dir=%s dst=%s base=%s
@@ -100,6 +147,9 @@ chmod %04o "$tmp"
 mv -f -- "$tmp" "$dst"
 trap - EXIT
 echo "$got"`, Quote(dir), Quote(dst), Quote(base), size, size, size, size, mode.Perm())
+	if then != "" {
+		script += "\n" + then
+	}
 	return Script(script)
 }
 

@@ -33,10 +33,13 @@ type options struct {
 	artifact   string
 	redeploy   bool
 	ciphers    []string
+	kex        []string
 	cpuProfile string
 	s3         string
 	bucket     string
 	verbose    bool
+	dialOnly   bool
+	identity   string
 }
 
 func main() {
@@ -47,16 +50,25 @@ func main() {
 	flag.StringVar(&o.artifact, "artifact", "", "file to deploy (default BENCH/artifact/app)")
 	flag.BoolVar(&o.redeploy, "redeploy", true, "also time a redeploy of the unchanged artifact")
 	ciphers := flag.String("ciphers", "", "comma-separated SSH cipher preference (default: remote's)")
+	kex := flag.String("kex", "", "comma-separated SSH key exchange preference (default: remote's)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the deploy (not the redeploy) to this file")
 	flag.StringVar(&o.s3, "s3", "", "stage through the S3 API at this endpoint (moto_server, e.g. http://127.0.0.1:15153); empty: over SSH")
 	flag.StringVar(&o.bucket, "bucket", "deploybench", "bucket for -s3 (created if missing)")
 	flag.BoolVar(&o.verbose, "v", false, "print the run-wide events (lock, S3 upload) and the first and last host of each stage, with times")
+	flag.BoolVar(&o.dialOnly, "dial-only", false, "only open one SSH connection to every host at once, no session, and print the time: the floor under an unchanged redeploy")
+	flag.StringVar(&o.identity, "identity", "", "SSH private key (default BENCH/keys/id_ed25519, the peers' key)")
 	flag.Parse()
 	if o.artifact == "" {
 		o.artifact = filepath.Join(o.bench, "artifact", "app")
 	}
+	if o.identity == "" {
+		o.identity = filepath.Join(o.bench, "keys", "id_ed25519")
+	}
 	if *ciphers != "" {
 		o.ciphers = strings.Split(*ciphers, ",")
+	}
+	if *kex != "" {
+		o.kex = strings.Split(*kex, ",")
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "deploybench:", err)
@@ -67,14 +79,17 @@ func main() {
 func run(o options) error {
 	ctx := context.Background()
 	d, err := remote.NewDialer(remote.Config{User: "root", Port: 2222,
-		IdentityFiles:  []string{filepath.Join(o.bench, "keys", "id_ed25519")},
-		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers})
+		IdentityFiles:  []string{o.identity},
+		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers, KeyExchanges: o.kex})
 	if err != nil {
 		return err
 	}
 	var hosts []deploy.Host
 	for i := 1; i <= o.n; i++ {
 		hosts = append(hosts, deploy.Host{Name: fmt.Sprintf("h%d", i), Address: fmt.Sprintf("%s.%d", o.net, 10+i)})
+	}
+	if o.dialOnly {
+		return dialAll(ctx, d, hosts)
 	}
 	state, err := os.MkdirTemp("", "deploybench-state-")
 	if err != nil {
@@ -153,6 +168,28 @@ func run(o options) error {
 			break
 		}
 	}
+	return nil
+}
+
+// dialAll opens one connection to every host at once (handshake and authentication, no
+// session), closes them and prints the wall time: what an unchanged redeploy cannot go
+// below with fresh connections.
+func dialAll(ctx context.Context, d remote.Dialer, hosts []deploy.Host) error {
+	pool := remote.NewPool(d)
+	defer pool.Close()
+	targets := make([]remote.Target, len(hosts))
+	for i, h := range hosts {
+		targets[i] = h.Target()
+	}
+	start := time.Now()
+	res := pool.FanOut(ctx, targets, len(targets), func(context.Context, *remote.Client, remote.Target) error { return nil })
+	took := time.Since(start)
+	for _, r := range res {
+		if r.Err != nil {
+			return r.Err
+		}
+	}
+	fmt.Printf("dial\tN=%d\t%.2fs\n", len(hosts), took.Seconds())
 	return nil
 }
 

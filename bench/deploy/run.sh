@@ -84,6 +84,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         "$P/hosts.sh" clean "$N" >/dev/null
         fab=$(t "$P/tool_b_fabric.sh" "$N") fr=$(ratio "$fab" "$inst") F+=("$fab")
     fi
+    floor=$("$BIN" -n "$N" -net "$NET" -bench "$BENCH" -dial-only | cut -f3)
+    detail+="; $N bare SSH connections (the floor under the redeploy) $floor"
     printf "$H" "$r" "$before" "${inst}s" "${e1}s" "$(ratio "$inst" "$e1")" "${ssh}s" "$(ratio "$ssh" "$e1")" "${fab}s" "$fr" "${redt}s" "$sent3, $sents, $sentr"
     echo "       $detail; load after the round $(load)"
     I+=("$inst") S+=("$ssh") E+=("$e1") R+=("$redt")

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -319,6 +320,52 @@ func TestDeployCanarySandbox(t *testing.T) {
 		}
 		if got := canaryVersions(t, st); got != "v1,v1" {
 			t.Errorf("versions after the strict inconclusive canary: %s; want v1,v1", got)
+		}
+	})
+
+	t.Run("a deploy killed during the analysis is judged by --resume", func(t *testing.T) {
+		// The 5% error build again, killed (SIGKILL) while its canary is being compared: the
+		// canary serves behind the LB without a verdict and the lock is stale. --resume
+		// carries the canary, judges it over a fresh window, rolls it back and unlocks.
+		bin := canaryBuildApp(t, "v-err", "errors=5%")
+		stop := canaryStartLoad(ctx, 80, 26) // stopped after the resume, or by ctx at the test's end
+		var runID string
+		proc := deployStartHelper(t, []string{"--stack", alt, "deploy", "--artifact", bin, "--version", "v-err"},
+			func(line string) bool {
+				if m := regexp.MustCompile(`^deploy (\S+): release`).FindStringSubmatch(line); m != nil {
+					runID = m[1]
+				}
+				return strings.Contains(line, "| canary start")
+			})
+		if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		proc.Wait()
+		if runID == "" {
+			t.Fatal("the killed deploy never printed its run id")
+		}
+		if got := canaryVersions(t, st); got != "v-err,v1" {
+			t.Fatalf("versions after the kill: %s; want the canary on v-err, the baseline on v1", got)
+		}
+		stdout, stderr, code := run(t, "--stack", alt, "deploy", "--resume", runID, "-o", "json")
+		load := stop()
+		t.Logf("resume of %s (exit %d), load %d requests, %d errors; progress:\n%s", runID, code, load.Requests, load.Errors, stderr)
+		var rep deploy.Report
+		if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+			t.Fatalf("report: %v\n%s", err, stdout)
+		}
+		canaryLogAnalysis(t, "resumed 5% errors", rep.Canary)
+		if code != ExitError || rep.Resumes != 1 || rep.Canary == nil || rep.Canary.Verdict != canary.Fail {
+			t.Fatalf("exit %d, resumes %d, analysis %+v; want 1, 1 and fail", code, rep.Resumes, rep.Canary)
+		}
+		if h := rep.Hosts[0]; h.State != deploy.OutcomeRolledBack || h.Stage != deploy.StageCanary || rep.Hosts[1].State != deploy.OutcomeNotStarted {
+			t.Errorf("hosts %+v; want the canary rolled back at the canary stage, the other not started", rep.Hosts)
+		}
+		if got := canaryVersions(t, st); got != "v1,v1" {
+			t.Errorf("versions after the resumed failed canary: %s; want v1,v1", got)
+		}
+		if stdout, _, code := run(t, "--stack", alt, "lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock after the resume: exit %d %s", code, stdout)
 		}
 	})
 	t.Logf("whole test %s", time.Since(start).Round(time.Second))

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Profile is a set of faults, each decided per call from the seed, the action and the call's
@@ -30,6 +31,11 @@ type Profile struct {
 	// a new attachment attaching, a terminating instance shutting-down, and how many
 	// DescribeInstanceHealth calls show a registered instance OutOfService.
 	SlowPolls int
+	// SlowFor is how long each of those slow states lasts at least, from the call that began
+	// it, however many polls it took (0: polls only). With polls only, a client that polls
+	// faster gets through a slow state sooner; with SlowFor it cannot, which keeps a comparison
+	// of tools under the profile fair (faultproxy -slow-for).
+	SlowFor time.Duration
 	// DeadInstance is the probability that a new instance goes pending → terminated with
 	// Server.InsufficientInstanceCapacity (after SlowPolls polls).
 	DeadInstance float64

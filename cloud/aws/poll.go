@@ -10,7 +10,8 @@ import (
 )
 
 // poller waits for many resources of one kind at once. Every waiter is polled on its own
-// schedule (pollDelay: PollMin three times, then doubling up to PollMax), but the ids of all
+// schedule (at once, then pollDelay: PollMin twice, then doubling every three polls up to
+// PollMax), but the ids of all
 // waiters due within half of PollMin go out in one describe call (chunks of maxBatch, with the
 // batcher's per-id fallback), and two calls of one kind are at least PollMin apart. So thirty
 // instances waiting to run cost one DescribeInstances per round, and however many waiters
@@ -52,11 +53,12 @@ func pollDelay(lo, hi time.Duration, n int) time.Duration {
 
 // wait polls ids until check says done or fails, or ctx ends (the caller puts its deadline in
 // ctx). While it waits, ctx's cloud.Waiting hook knows (Apply gives the caller's slot to
-// another change). The first poll comes PollMin after the call.
+// another change). The first poll is due at once (a resource may be ready already, as on moto),
+// but shares the kind's rounds like any other.
 func (p *poller[T]) wait(ctx context.Context, ids []string, check func(map[string]idResult[T]) (bool, error)) error {
 	resume := cloud.Waiting(ctx)
 	defer resume()
-	w := &pollWaiter[T]{ids: ids, due: time.Now().Add(p.min), check: check, done: make(chan error, 1)}
+	w := &pollWaiter[T]{ids: ids, due: time.Now(), check: check, done: make(chan error, 1)}
 	p.mu.Lock()
 	p.waiters[w] = struct{}{}
 	if !p.running {

@@ -24,7 +24,7 @@ type Options struct {
 	// WaitTimeout bounds each wait for a state (instance running, volume in-use...). Default 10m.
 	WaitTimeout time.Duration
 	// PollMin and PollMax bound the delay between polls of a waiter. Defaults 1s and 20s: a
-	// wait's first poll comes PollMin after its call, the delay doubles every three polls, and
+	// wait's first poll is due at once, then PollMin, doubling every three polls, and
 	// one kind of resource (instances, volumes) is polled at most once per PollMin however many
 	// waits there are (poll.go). Tests scale them down to milliseconds.
 	PollMin, PollMax time.Duration

@@ -167,6 +167,11 @@ func (in *Injector) RoundTrip(req *http.Request) (*http.Response, error) {
 	form, _ := url.ParseQuery(string(body))
 	action, version := form.Get("Action"), form.Get("Version")
 	if action == "" || (version != ec2Version && version != elbVersion) {
+		if in.profile.Edge {
+			if name, mut := edgeCall(req, form); name != "" {
+				return in.edgeRoundTrip(req, body, name, mut)
+			}
+		}
 		return in.forward(req, body)
 	}
 	ec2 := version == ec2Version

@@ -298,8 +298,9 @@ func (ex *executor) run(ctx context.Context) {
 }
 
 func (ex *executor) runNode(ctx context.Context, n *node) {
-	defer close(n.done)
+	// done closes before exists: a node waiting for exists then sees whether it failed.
 	defer n.markExists()
+	defer close(n.done)
 	for _, d := range n.deps {
 		<-d.done
 		if d.err != nil {

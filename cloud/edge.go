@@ -20,6 +20,11 @@ func AppRole(stack string) string { return stack + "-app" }
 // that makes its creation idempotent.
 func PhotoCDN(stack string) string { return stack + "-photos" }
 
+// TagDNSZone on a stack's photo bucket names the hosted zone holding the stack's DNS records
+// (absent: none). Route 53 records carry no tags and the zone is the operator's: when the stack
+// file no longer names a zone, this tag is how the next plan finds the records to delete.
+const TagDNSZone = "instactl:dns-zone"
+
 // Bucket is an S3 bucket as instactl checks it.
 type Bucket struct {
 	Name string `json:"name"`
@@ -109,7 +114,8 @@ type Edge struct {
 	// AccessControls are the ids of the CDN origin access controls named after the stack (they
 	// take no tags): with no distribution, what a create stopped halfway left.
 	AccessControls []string `json:"access_controls,omitempty"`
-	// Zone is the hosted zone the stack file names, nil when it names none.
+	// Zone is the hosted zone the stack file names, or else the one the photo bucket's
+	// TagDNSZone names (records left from a dns section since removed); nil when neither.
 	Zone *Zone `json:"zone,omitempty"`
 }
 

@@ -94,9 +94,19 @@ func Apply(ctx context.Context, p cloud.Provider, plan Plan, opts ...ApplyOption
 type node struct {
 	changes []int
 	deps    []*node
-	done    chan struct{}
-	err     error
+	// made are nodes whose resource must exist (have an id), not be ready: a volume waits for
+	// its instance's id and zone, not for it to run.
+	made []*node
+	done chan struct{}
+	err  error
+	// exists is closed once the node's resource has an id (an instance still pending), or when
+	// the node ends.
+	exists     chan struct{}
+	existsOnce sync.Once
 }
+
+// markExists closes n.exists (once).
+func (n *node) markExists() { n.existsOnce.Do(func() { close(n.exists) }) }
 
 type executor struct {
 	p       cloud.Provider
@@ -142,7 +152,7 @@ func (ex *executor) build() {
 	byKey := map[string]*node{} // action+address
 	var registers, deregisters, terminates *node
 	newNode := func(i int) *node {
-		n := &node{changes: []int{i}, done: make(chan struct{})}
+		n := &node{changes: []int{i}, done: make(chan struct{}), exists: make(chan struct{})}
 		ex.nodes = append(ex.nodes, n)
 		return n
 	}
@@ -186,6 +196,22 @@ func (ex *executor) build() {
 				}
 			}
 		}
+	}
+	// A new volume needs its new instance's id and zone, not a running instance: it is made
+	// while the instance is pending (on AWS instances take tens of seconds to run, volumes a
+	// few). Only for a host with one zone: a host that may fall back to another zone (its
+	// instance dies pending twice) could end up in another zone than its volume.
+	for _, n := range ex.nodes {
+		c := ex.plan.Changes[n.changes[0]]
+		if c.Kind != KindVolume || c.Action != Create {
+			continue
+		}
+		in, ok := byKey[string(Create)+" instance."+hostKey(c.Volume.Role, c.Volume.Index)]
+		if !ok || len(ex.plan.Changes[in.changes[0]].Instance.Zones) > 1 {
+			continue
+		}
+		n.deps = slices.DeleteFunc(n.deps, func(d *node) bool { return d == in })
+		n.made = append(n.made, in)
 	}
 }
 
@@ -272,6 +298,8 @@ func (ex *executor) run(ctx context.Context) {
 }
 
 func (ex *executor) runNode(ctx context.Context, n *node) {
+	// done closes before exists: a node waiting for exists then sees whether it failed.
+	defer n.markExists()
 	defer close(n.done)
 	for _, d := range n.deps {
 		<-d.done
@@ -279,6 +307,18 @@ func (ex *executor) runNode(ctx context.Context, n *node) {
 			n.err = fmt.Errorf("skipped: a dependency failed")
 			ex.finish(n, 0, n.err, true)
 			return
+		}
+	}
+	for _, d := range n.made {
+		<-d.exists
+		select {
+		case <-d.done:
+			if d.err != nil {
+				n.err = fmt.Errorf("skipped: a dependency failed")
+				ex.finish(n, 0, n.err, true)
+				return
+			}
+		default:
 		}
 	}
 	select {
@@ -289,7 +329,13 @@ func (ex *executor) runNode(ctx context.Context, n *node) {
 		return
 	}
 	start := time.Now()
-	err := ex.exec(ctx, n)
+	// A call that only waits for a state gives its slot to another change meanwhile: the slots
+	// bound concurrent calls, and waits are shared polls (cloud/aws poll.go).
+	nctx := cloud.WithWaiting(ctx, func() func() {
+		<-ex.sem
+		return func() { ex.sem <- struct{}{} }
+	})
+	err := ex.exec(nctx, n)
 	<-ex.sem
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
@@ -368,6 +414,12 @@ func (ex *executor) exec(ctx context.Context, n *node) error {
 	case c.Kind == KindGroup:
 		return ex.p.DeleteSecurityGroup(ctx, c.ID)
 	case c.Kind == KindInstance:
+		key := hostKey(c.Instance.Role, c.Instance.Index)
+		ctx = cloud.WithCreated(ctx, func(in cloud.Instance) {
+			ex.store(ex.instances, key, in.ID)
+			ex.store(ex.zones, key, in.Zone)
+			n.markExists()
+		})
 		return ex.createInstance(ctx, n.changes[0], c)
 	case c.Kind == KindVolume && c.Action == Create:
 		return ex.createVolume(ctx, n.changes[0], c)

@@ -49,6 +49,9 @@ type EdgeSpec struct {
 // BucketSpec is the private, encrypted, versioned photo bucket.
 type BucketSpec struct {
 	Name string `json:"name"`
+	// DNSZone is the hosted zone of the stack's DNS records, kept in the bucket's
+	// cloud.TagDNSZone ("": no DNS).
+	DNSZone string `json:"dns_zone,omitempty"`
 }
 
 // RoleSpec is the app hosts' role and instance profile, allowed exactly Policy.
@@ -89,6 +92,7 @@ func desiredEdge(st *stack.Stack, d *DesiredState) {
 		CDN:  CDNSpec{Name: cloud.PhotoCDN(st.Name), Bucket: bucket}}
 	if dns := st.DNS; dns.Zone != "" {
 		e.Zone = dns.Zone
+		e.Bucket.DNSZone = fqdnName(dns.Zone) + "."
 		if dns.LB != "" && d.LoadBalancer != nil {
 			e.Records = append(e.Records, RecordSpec{Zone: dns.Zone, Name: dns.Name(dns.LB), Target: "lb", LoadBalancer: d.LoadBalancer.Name})
 		}
@@ -218,7 +222,8 @@ func (c *computer) bucket(w BucketSpec, have *cloud.Edge) *cloud.Bucket {
 		access = "blocked"
 	}
 	for _, f := range []struct{ field, old, new string }{{"encryption", b.Encryption, wants[0].new},
-		{"versioning", b.Versioning, wants[1].new}, {"public_access", access, wants[2].new}} {
+		{"versioning", b.Versioning, wants[1].new}, {"public_access", access, wants[2].new},
+		{"dns_zone", b.Tags[cloud.TagDNSZone], w.DNSZone}} {
 		if f.old != f.new {
 			ch.Diffs = append(ch.Diffs, FieldDiff{Field: f.field, Old: q(f.old), New: q(f.new)})
 		}
@@ -536,6 +541,10 @@ func (ex *executor) edgeDeps(c Change, want func(Action, string), all func(Kind,
 		all(KindRecord, Delete)
 	case c.Kind == KindBucket && c.Action == Delete:
 		all(KindCDN, Delete)
+		all(KindRecord, Delete)
+	case c.Kind == KindBucket:
+		// The bucket's TagDNSZone is how a later plan finds records: it goes after them.
+		all(KindRecord, Delete)
 	case c.Kind == KindAppRole && c.Action == Delete:
 		all(KindInstance, Delete)
 		all(KindInstance, Update)
@@ -556,7 +565,11 @@ func (ex *executor) execEdge(ctx context.Context, i int, c Change) error {
 	case c.Kind == KindBucket && c.Action == Delete:
 		return ep.DeleteBucket(ctx, stack, c.Name, c.ForceDeleteData)
 	case c.Kind == KindBucket:
-		return ep.EnsureBucket(ctx, stack, cloud.BucketSpec{Name: c.Bucket.Name, Tags: tags(c.Bucket.Name)})
+		t := tags(c.Bucket.Name)
+		if c.Bucket.DNSZone != "" {
+			t[cloud.TagDNSZone] = c.Bucket.DNSZone
+		}
+		return ep.EnsureBucket(ctx, stack, cloud.BucketSpec{Name: c.Bucket.Name, Tags: t})
 	case c.Kind == KindAppRole && c.Action == Delete:
 		return ep.DeleteRole(ctx, stack, c.Name)
 	case c.Kind == KindAppRole:

@@ -394,6 +394,29 @@ func TestEdgeMoto(t *testing.T) {
 		}
 	}
 
+	// The whole dns section removed: the provider is told no zone, and finds the stack's
+	// records through the zone the photo bucket's tag names; the plan deletes them, and the
+	// bucket's tag after them.
+	st3 := edgeStack("ed", key)
+	st3.DNS = stack.DNS{}
+	p3 := awscloud.New(cfg, awscloud.Options{PollMin: 50 * time.Millisecond, PollMax: 200 * time.Millisecond})
+	d3 := edgeDesired(t, st3)
+	noDNS := plan(t, p3, d3)
+	if got := changedAddrs(noDNS); !slices.Contains(got, "delete record.photos.example.com") || !slices.Contains(got, "update bucket.ed-photos") {
+		t.Errorf("plan without a dns section changes %v, want the photos record deleted and the bucket's zone tag dropped", got)
+	}
+	apply(t, p3, noDNS)
+	mustNoChanges(t, p3, d3, "after removing the dns section")
+	if got, want := records(), map[string]string{"mail.example.com.": "mx.example.net"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records after removing the dns section = %v, want only the operator's %v", got, want)
+	}
+	// The dns section back (without www): the record comes back.
+	apply(t, p2, plan(t, p2, d2))
+	mustNoChanges(t, p2, d2, "after putting the dns section back")
+	if got := records(); fmt.Sprint(got) != fmt.Sprint(wantRecords) {
+		t.Errorf("records with the dns section back = %v, want %v", got, wantRecords)
+	}
+
 	// The operator's own CNAME at a name the stack file asks for is refused, never overwritten.
 	if _, err := c.dns.ChangeResourceRecordSets(ctx, &route53.ChangeResourceRecordSetsInput{HostedZoneId: aws.String(zoneID),
 		ChangeBatch: &r53types.ChangeBatch{Changes: []r53types.Change{{Action: r53types.ChangeActionCreate,

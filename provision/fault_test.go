@@ -177,7 +177,7 @@ func TestFaultMatrix(t *testing.T) {
 	if _, err := oracle.Describe(context.Background(), "warm-up"); err != nil { // moto loads EC2 on first use
 		t.Fatal(err)
 	}
-	profiles := []string{"throttle", "lost-reply", "eventual", "slow", "dead-instance", "chaos"}
+	profiles := []string{"throttle", "lost-reply", "eventual", "slow", "dead-instance", "chaos", "edge"}
 	if p := os.Getenv("AWSFAULT_PROFILES"); p != "" {
 		profiles = strings.Split(p, ",")
 	}
@@ -236,6 +236,9 @@ func TestFaultMatrix(t *testing.T) {
 				}
 				if n := len(left.Instances) + len(left.Volumes) + len(left.SecurityGroups) + len(left.KeyPairs) + len(left.LoadBalancers); n != 0 {
 					t.Errorf("after destroy moto still holds %d resources tagged %s: %+v", n, name, left)
+				}
+				if e := left.Edge; e != nil && len(e.Buckets)+len(e.Roles)+len(e.Distributions)+len(e.AccessControls) != 0 {
+					t.Errorf("after destroy moto still holds the edge of %s: %+v", name, *e)
 				}
 			})
 		}

@@ -64,7 +64,7 @@ if part matrix; then
 	log "matrix: every profile x $SEEDS seeds"
 	la0=$(load1) t0=$(date +%s)
 	rc=0
-	AWSFAULT_SEEDS="$SEEDS" AWSFAULT_PROFILES="${PROFILES:-throttle,lost-reply,eventual,slow,dead-instance,throttle-slow,chaos}" \
+	AWSFAULT_SEEDS="$SEEDS" AWSFAULT_PROFILES="${PROFILES:-throttle,lost-reply,eventual,slow,dead-instance,throttle-slow,chaos,edge}" \
 		go test -count=1 -timeout 60m -run '^TestFaultMatrix$' -v ./provision/ >"$OUT/matrix.log" 2>&1 || rc=$?
 	echo "matrix: exit $rc, $(($(date +%s) - t0)) s, load1m $la0 -> $(load1)" | tee -a "$OUT/summary.md"
 	grep -E '^\s+fault_test.go:[0-9]+: \|' "$OUT/matrix.log" | sed -E 's/^\s+fault_test.go:[0-9]+: //' >>"$OUT/summary.md" || true

@@ -32,39 +32,51 @@ func (p *Provider) describeBucket(ctx context.Context, name string) (*cloud.Buck
 			b.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
 		}
 	}
-	enc, err := c.GetBucketEncryption(ctx, &s3.GetBucketEncryptionInput{Bucket: aws.String(name)})
-	if err != nil && apiCode(err) != "ServerSideEncryptionConfigurationNotFoundError" {
-		return nil, wrap(err, "read the encryption of bucket %s", name)
-	}
-	if err == nil && enc.ServerSideEncryptionConfiguration != nil {
-		for _, r := range enc.ServerSideEncryptionConfiguration.Rules {
-			if d := r.ApplyServerSideEncryptionByDefault; d != nil {
-				b.Encryption = string(d.SSEAlgorithm)
+	err = inParallel(func() error {
+		enc, err := c.GetBucketEncryption(ctx, &s3.GetBucketEncryptionInput{Bucket: aws.String(name)})
+		if err != nil && apiCode(err) != "ServerSideEncryptionConfigurationNotFoundError" {
+			return wrap(err, "read the encryption of bucket %s", name)
+		}
+		if err == nil && enc.ServerSideEncryptionConfiguration != nil {
+			for _, r := range enc.ServerSideEncryptionConfiguration.Rules {
+				if d := r.ApplyServerSideEncryptionByDefault; d != nil {
+					b.Encryption = string(d.SSEAlgorithm)
+				}
 			}
 		}
-	}
-	ver, err := c.GetBucketVersioning(ctx, &s3.GetBucketVersioningInput{Bucket: aws.String(name)})
-	if err != nil {
-		return nil, wrap(err, "read the versioning of bucket %s", name)
-	}
-	b.Versioning = string(ver.Status)
-	pab, err := c.GetPublicAccessBlock(ctx, &s3.GetPublicAccessBlockInput{Bucket: aws.String(name)})
-	if err != nil && apiCode(err) != "NoSuchPublicAccessBlockConfiguration" {
-		return nil, wrap(err, "read the public access block of bucket %s", name)
-	}
-	if err == nil && pab.PublicAccessBlockConfiguration != nil {
-		cfg := pab.PublicAccessBlockConfiguration
-		b.PublicAccessBlocked = aws.ToBool(cfg.BlockPublicAcls) && aws.ToBool(cfg.IgnorePublicAcls) &&
-			aws.ToBool(cfg.BlockPublicPolicy) && aws.ToBool(cfg.RestrictPublicBuckets)
-	}
-	pol, err := c.GetBucketPolicy(ctx, &s3.GetBucketPolicyInput{Bucket: aws.String(name)})
-	if err != nil && apiCode(err) != "NoSuchBucketPolicy" {
-		return nil, wrap(err, "read the policy of bucket %s", name)
-	}
-	if err == nil && aws.ToString(pol.Policy) != "" {
-		if b.Policy, err = normPolicy(aws.ToString(pol.Policy)); err != nil {
-			return nil, fmt.Errorf("bucket %s: %w", name, err)
+		return nil
+	}, func() error {
+		ver, err := c.GetBucketVersioning(ctx, &s3.GetBucketVersioningInput{Bucket: aws.String(name)})
+		if err != nil {
+			return wrap(err, "read the versioning of bucket %s", name)
 		}
+		b.Versioning = string(ver.Status)
+		return nil
+	}, func() error {
+		pab, err := c.GetPublicAccessBlock(ctx, &s3.GetPublicAccessBlockInput{Bucket: aws.String(name)})
+		if err != nil && apiCode(err) != "NoSuchPublicAccessBlockConfiguration" {
+			return wrap(err, "read the public access block of bucket %s", name)
+		}
+		if err == nil && pab.PublicAccessBlockConfiguration != nil {
+			cfg := pab.PublicAccessBlockConfiguration
+			b.PublicAccessBlocked = aws.ToBool(cfg.BlockPublicAcls) && aws.ToBool(cfg.IgnorePublicAcls) &&
+				aws.ToBool(cfg.BlockPublicPolicy) && aws.ToBool(cfg.RestrictPublicBuckets)
+		}
+		return nil
+	}, func() error {
+		pol, err := c.GetBucketPolicy(ctx, &s3.GetBucketPolicyInput{Bucket: aws.String(name)})
+		if err != nil && apiCode(err) != "NoSuchBucketPolicy" {
+			return wrap(err, "read the policy of bucket %s", name)
+		}
+		if err == nil && aws.ToString(pol.Policy) != "" {
+			if b.Policy, err = normPolicy(aws.ToString(pol.Policy)); err != nil {
+				return fmt.Errorf("bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return b, nil
 }

@@ -65,6 +65,15 @@ func (p *Provider) DescribeEdge(ctx context.Context, stack, zone string, names [
 		if b != nil {
 			e.Buckets = append(e.Buckets, *b)
 		}
+		if err != nil || zone != "" || b == nil || b.Tags[cloud.TagStack] != stack || b.Tags[cloud.TagDNSZone] == "" {
+			return err
+		}
+		// The stack file names no zone, but the stack wrote records in one: describe them, so
+		// that the plan deletes them.
+		z, err := p.describeZone(ctx, stack, b.Tags[cloud.TagDNSZone], nil)
+		mu.Lock()
+		e.Zone = z
+		mu.Unlock()
 		return err
 	})
 	run(func() error {

@@ -51,37 +51,47 @@ func (p *Provider) describeRole(ctx context.Context, name string) (*cloud.HostRo
 	if r.TrustPolicy, err = normPolicy(aws.ToString(out.Role.AssumeRolePolicyDocument)); err != nil {
 		return nil, fmt.Errorf("role %s trust policy: %w", name, err)
 	}
-	pols, err := c.ListRolePolicies(ctx, &iam.ListRolePoliciesInput{RoleName: aws.String(name)})
-	if err != nil {
-		return nil, wrap(err, "list the policies of role %s", name)
-	}
-	for _, pn := range pols.PolicyNames {
-		doc, err := c.GetRolePolicy(ctx, &iam.GetRolePolicyInput{RoleName: aws.String(name), PolicyName: aws.String(pn)})
+	err = inParallel(func() error {
+		pols, err := c.ListRolePolicies(ctx, &iam.ListRolePoliciesInput{RoleName: aws.String(name)})
 		if err != nil {
-			return nil, wrap(err, "read policy %s of role %s", pn, name)
+			return wrap(err, "list the policies of role %s", name)
 		}
-		if r.Policies[pn], err = normPolicy(aws.ToString(doc.PolicyDocument)); err != nil {
-			return nil, fmt.Errorf("role %s policy %s: %w", name, pn, err)
+		for _, pn := range pols.PolicyNames {
+			doc, err := c.GetRolePolicy(ctx, &iam.GetRolePolicyInput{RoleName: aws.String(name), PolicyName: aws.String(pn)})
+			if err != nil {
+				return wrap(err, "read policy %s of role %s", pn, name)
+			}
+			if r.Policies[pn], err = normPolicy(aws.ToString(doc.PolicyDocument)); err != nil {
+				return fmt.Errorf("role %s policy %s: %w", name, pn, err)
+			}
 		}
-	}
-	att, err := c.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String(name)})
+		return nil
+	}, func() error {
+		att, err := c.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String(name)})
+		if err != nil {
+			return wrap(err, "list the managed policies of role %s", name)
+		}
+		for _, a := range att.AttachedPolicies {
+			r.AttachedPolicies = append(r.AttachedPolicies, aws.ToString(a.PolicyArn))
+		}
+		slices.Sort(r.AttachedPolicies)
+		return nil
+	}, func() error {
+		prof, err := c.GetInstanceProfile(ctx, &iam.GetInstanceProfileInput{InstanceProfileName: aws.String(name)})
+		if err != nil && apiCode(err) != "NoSuchEntity" {
+			return wrap(err, "read instance profile %s", name)
+		}
+		if err == nil {
+			r.Profile = name
+			for _, pr := range prof.InstanceProfile.Roles {
+				r.ProfileRoles = append(r.ProfileRoles, aws.ToString(pr.RoleName))
+			}
+			slices.Sort(r.ProfileRoles)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, wrap(err, "list the managed policies of role %s", name)
-	}
-	for _, a := range att.AttachedPolicies {
-		r.AttachedPolicies = append(r.AttachedPolicies, aws.ToString(a.PolicyArn))
-	}
-	slices.Sort(r.AttachedPolicies)
-	prof, err := c.GetInstanceProfile(ctx, &iam.GetInstanceProfileInput{InstanceProfileName: aws.String(name)})
-	if err != nil && apiCode(err) != "NoSuchEntity" {
-		return nil, wrap(err, "read instance profile %s", name)
-	}
-	if err == nil {
-		r.Profile = name
-		for _, pr := range prof.InstanceProfile.Roles {
-			r.ProfileRoles = append(r.ProfileRoles, aws.ToString(pr.RoleName))
-		}
-		slices.Sort(r.ProfileRoles)
+		return nil, err
 	}
 	return r, nil
 }

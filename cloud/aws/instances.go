@@ -169,6 +169,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 		}
 		id := aws.ToString(i.InstanceId)
 		p.remember(stack, spec.ClientToken, id)
+		cloud.Created(ctx, cloud.Instance{ID: id, Zone: placementZone(i), Type: string(i.InstanceType), State: string(instanceState(i))})
 		got, err := p.waitRunning(ctx, id)
 		if errors.Is(err, errDied) && died == 0 {
 			// EC2 accepted the instance and then ended it (no capacity after all): once more
@@ -255,26 +256,19 @@ func (p *Provider) existing(ctx context.Context, id string) (cloud.Instance, err
 	if st := instanceState(m[id]); st == ec2types.InstanceStateNameStopped || st == ec2types.InstanceStateNameStopping {
 		return toInstance(m[id]), nil
 	}
+	cloud.Created(ctx, toInstance(m[id]))
 	return p.waitRunning(ctx, id)
 }
 
 func (p *Provider) waitRunning(ctx context.Context, id string) (cloud.Instance, error) {
-	w := ec2.NewInstanceRunningWaiter(p.desc, func(o *ec2.InstanceRunningWaiterOptions) {
-		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-	})
-	out, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, p.opts.WaitTimeout)
+	got, err := p.waitInstanceState(ctx, []string{id}, ec2types.InstanceStateNameRunning)
 	if err != nil {
 		if derr := p.diedPending(ctx, id); derr != nil {
 			return cloud.Instance{}, derr
 		}
-		return cloud.Instance{}, wrap(err, "wait for instance %s to run (at most %s)", id, p.opts.WaitTimeout)
+		return cloud.Instance{}, err
 	}
-	for _, r := range out.Reservations {
-		for _, i := range r.Instances {
-			return toInstance(i), nil
-		}
-	}
-	return cloud.Instance{}, fmt.Errorf("instance %s: %w", id, cloud.ErrNotFound)
+	return toInstance(got[id]), nil
 }
 
 // TerminateInstances implements cloud.Provider. It refuses instances no stack owns, skips the
@@ -304,13 +298,8 @@ func (p *Provider) TerminateInstances(ctx context.Context, ids []string) error {
 	if _, err := p.ec2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: todo}); err != nil {
 		return wrap(err, "terminate %v", todo)
 	}
-	w := ec2.NewInstanceTerminatedWaiter(p.desc, func(o *ec2.InstanceTerminatedWaiterOptions) {
-		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-	})
-	if err := w.Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: todo}, p.opts.WaitTimeout); err != nil {
-		return wrap(err, "wait for %v to terminate (at most %s)", todo, p.opts.WaitTimeout)
-	}
-	return nil
+	_, err = p.waitInstanceState(ctx, todo, ec2types.InstanceStateNameTerminated)
+	return err
 }
 
 // StopInstances implements cloud.Provider. It refuses instances no stack owns and terminated
@@ -419,26 +408,10 @@ func instanceState(i ec2types.Instance) ec2types.InstanceStateName {
 }
 
 // waitInstances waits, within WaitTimeout and ctx, until every instance is in state (running or
-// stopped), through the SDK's waiter.
+// stopped).
 func (p *Provider) waitInstances(ctx context.Context, ids []string, state ec2types.InstanceStateName) error {
-	in := &ec2.DescribeInstancesInput{InstanceIds: ids}
-	var err error
-	switch state {
-	case ec2types.InstanceStateNameRunning:
-		err = ec2.NewInstanceRunningWaiter(p.desc, func(o *ec2.InstanceRunningWaiterOptions) {
-			o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-		}).Wait(ctx, in, p.opts.WaitTimeout)
-	case ec2types.InstanceStateNameStopped:
-		err = ec2.NewInstanceStoppedWaiter(p.desc, func(o *ec2.InstanceStoppedWaiterOptions) {
-			o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-		}).Wait(ctx, in, p.opts.WaitTimeout)
-	default:
-		return fmt.Errorf("wait for %v: no waiter for state %s", ids, state)
-	}
-	if err != nil {
-		return wrap(err, "wait for %v to be %s (at most %s)", ids, state, p.opts.WaitTimeout)
-	}
-	return nil
+	_, err := p.waitInstanceState(ctx, ids, state)
+	return err
 }
 
 // errDied marks an instance EC2 accepted and then terminated before it ran.

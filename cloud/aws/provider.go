@@ -23,8 +23,10 @@ import (
 type Options struct {
 	// WaitTimeout bounds each wait for a state (instance running, volume in-use...). Default 10m.
 	WaitTimeout time.Duration
-	// PollMin and PollMax bound the delay between polls of a waiter. Defaults 2s and 20s; the
-	// first poll is immediate. Tests scale them down to milliseconds.
+	// PollMin and PollMax bound the delay between polls of a waiter. Defaults 1s and 20s: a
+	// wait's first poll is due at once, then PollMin, doubling every three polls, and
+	// one kind of resource (instances, volumes) is polled at most once per PollMin however many
+	// waits there are (poll.go). Tests scale them down to milliseconds.
 	PollMin, PollMax time.Duration
 	// MaxAttempts per API call (throttling, 5xx, lost replies). Default 10: under throttling,
 	// backoff capped at MaxBackoff keeps one call within about two minutes.
@@ -44,8 +46,11 @@ type Options struct {
 type Provider struct {
 	ec2  *ec2.Client
 	desc *describeClient // describes by id, coalesced
-	elb  *elb.Client
-	opts Options
+	// instWait and volWait wait for instance and volume states, many waiters per call (poll.go).
+	instWait *poller[ec2types.Instance]
+	volWait  *poller[ec2types.Volume]
+	elb      *elb.Client
+	opts     Options
 	// retries observes retried attempts of every client.
 	retries *retryLog
 	edge    edgeClients
@@ -81,7 +86,7 @@ func New(cfg aws.Config, opts Options) *Provider {
 		opts.WaitTimeout = 10 * time.Minute
 	}
 	if opts.PollMin <= 0 {
-		opts.PollMin = 2 * time.Second
+		opts.PollMin = time.Second
 	}
 	if opts.PollMax < opts.PollMin {
 		opts.PollMax = max(20*time.Second, opts.PollMin)
@@ -100,8 +105,11 @@ func New(cfg aws.Config, opts Options) *Provider {
 	rl := &retryLog{classify: newRetryer(opts)}
 	cfg.APIOptions = append(cfg.APIOptions, rl.addRetryLog)
 	c := ec2.NewFromConfig(cfg)
-	return &Provider{ec2: c, desc: newDescribeClient(c), elb: elb.NewFromConfig(cfg), opts: opts, retries: rl,
-		seen: map[string]tokenSnapshot{}, edge: newEdgeClients(cfg)}
+	desc := newDescribeClient(c)
+	return &Provider{ec2: c, desc: desc, elb: elb.NewFromConfig(cfg), opts: opts, retries: rl,
+		instWait: newPoller(desc.instances.run, opts.PollMin, opts.PollMax),
+		volWait:  newPoller(desc.volumes.run, opts.PollMin, opts.PollMax),
+		seen:     map[string]tokenSnapshot{}, edge: newEdgeClients(cfg)}
 }
 
 // Name implements cloud.Provider.

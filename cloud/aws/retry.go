@@ -92,17 +92,6 @@ func (l *retryLog) addRetryLog(st *middleware.Stack) error {
 // has just created: EC2 is eventually consistent, and its docs say up to a few minutes.
 func (p *Provider) consistencyWindow() time.Duration { return p.opts.ConsistencyWindow }
 
-// tolerateNotFound wraps a waiter's Retryable so that *.NotFound keeps it waiting until
-// deadline (a new id not visible yet) instead of failing it at the first poll.
-func tolerateNotFound[I, O any](deadline time.Time, def func(context.Context, I, O, error) (bool, error)) func(context.Context, I, O, error) (bool, error) {
-	return func(ctx context.Context, in I, out O, err error) (bool, error) {
-		if err != nil && notFound(err) && time.Now().Before(deadline) {
-			return true, nil
-		}
-		return def(ctx, in, out, err)
-	}
-}
-
 // untilFound runs f until it returns something other than one of codes (an id the call names
 // is not visible yet), for at most the consistency window, polling as the waiters do.
 func (p *Provider) untilFound(ctx context.Context, f func() error, codes ...string) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -82,19 +81,11 @@ func (p *Provider) CreateVolume(ctx context.Context, spec cloud.VolumeSpec) (clo
 		return cloud.Volume{}, wrap(err, "create volume in %s", spec.Zone)
 	}
 	id := aws.ToString(out.VolumeId)
-	deadline := time.Now().Add(p.consistencyWindow())
-	w := ec2.NewVolumeAvailableWaiter(p.desc, func(o *ec2.VolumeAvailableWaiterOptions) {
-		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-		o.Retryable = tolerateNotFound(deadline, o.Retryable)
-	})
-	wo, err := w.WaitForOutput(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}}, p.opts.WaitTimeout)
+	v, err := p.waitVolumeAvailable(ctx, id, "new volume "+id+" to be available")
 	if err != nil {
-		return cloud.Volume{}, wrap(err, "wait for new volume %s to be available (at most %s)", id, p.opts.WaitTimeout)
+		return cloud.Volume{}, err
 	}
-	if len(wo.Volumes) == 0 {
-		return cloud.Volume{}, fmt.Errorf("new volume %s: %w", id, cloud.ErrNotFound)
-	}
-	return toVolume(wo.Volumes[0]), nil
+	return toVolume(v), nil
 }
 
 // sameDevice compares device names the way EC2 treats them: /dev/sdf, sdf and xvdf are one slot.
@@ -162,38 +153,6 @@ func (p *Provider) AttachVolume(ctx context.Context, volumeID, instanceID, devic
 	return p.waitAttached(ctx, volumeID, instanceID)
 }
 
-// waitAttached polls until the volume's attachment to instanceID is "attached": the SDK's
-// VolumeInUse waiter looks at the volume's state only, which is in-use while still attaching.
-func (p *Provider) waitAttached(ctx context.Context, volumeID, instanceID string) error {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.WaitTimeout)
-	defer cancel()
-	deadline := time.Now().Add(p.consistencyWindow())
-	delay, last := p.opts.PollMin, "unknown"
-	for {
-		out, err := p.desc.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}})
-		switch {
-		case err != nil && !(notFound(err) && time.Now().Before(deadline)):
-			return wrap(err, "wait for %s to be attached to %s", volumeID, instanceID)
-		case err == nil && len(out.Volumes) > 0:
-			last = "not attached"
-			for _, a := range out.Volumes[0].Attachments {
-				if aws.ToString(a.InstanceId) == instanceID {
-					if a.State == ec2types.VolumeAttachmentStateAttached {
-						return nil
-					}
-					last = string(a.State)
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s to be attached to %s (at most %s): still %s: %w", volumeID, instanceID, p.opts.WaitTimeout, last, ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, p.opts.PollMax)
-	}
-}
-
 // DetachVolume implements cloud.Provider. It always names the instance and device (moto fails
 // with only the volume id) and refuses a detach that does not match the current attachment.
 func (p *Provider) DetachVolume(ctx context.Context, volumeID, instanceID, device string) error {
@@ -215,13 +174,8 @@ func (p *Provider) DetachVolume(ctx context.Context, volumeID, instanceID, devic
 	}); err != nil {
 		return wrap(err, "detach %s from %s", volumeID, instanceID)
 	}
-	w := ec2.NewVolumeAvailableWaiter(p.desc, func(o *ec2.VolumeAvailableWaiterOptions) {
-		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-	})
-	if err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}}, p.opts.WaitTimeout); err != nil {
-		return wrap(err, "wait for %s to be detached", volumeID)
-	}
-	return nil
+	_, err = p.waitVolumeAvailable(ctx, volumeID, volumeID+" to be detached")
+	return err
 }
 
 // DeleteVolume implements cloud.Provider; a missing volume is already deleted.
@@ -242,11 +196,5 @@ func (p *Provider) DeleteVolume(ctx context.Context, volumeID string) error {
 	if _, err := p.ec2.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: aws.String(volumeID)}); err != nil && !notFound(err) {
 		return wrap(err, "delete volume %s", volumeID)
 	}
-	w := ec2.NewVolumeDeletedWaiter(p.desc, func(o *ec2.VolumeDeletedWaiterOptions) {
-		o.MinDelay, o.MaxDelay = p.opts.PollMin, p.opts.PollMax
-	})
-	if err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}}, p.opts.WaitTimeout); err != nil {
-		return wrap(err, "wait for %s to be deleted", volumeID)
-	}
-	return nil
+	return p.waitVolumeDeleted(ctx, volumeID)
 }

@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+	"time"
 
 	"github.com/instactl/instactl/cloud/aws/awsfault"
 )
@@ -37,6 +38,8 @@ func run() error {
 	profile := flag.String("profile", "throttle-slow", "fault profile (see -profiles)")
 	seed := flag.Int64("seed", 1, "seed of the fault decisions")
 	list := flag.Bool("profiles", false, "list the profiles and exit")
+	slowFor := flag.Duration("slow-for", 0, "every slow state also lasts at least this long from the call that began it (0: the profile's polls only)")
+	logPath := flag.String("log", "", "append one line per request (seconds since start, action or method and path) to this file")
 	flag.Parse()
 	if *list {
 		for _, n := range awsfault.Names() {
@@ -55,6 +58,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if *slowFor > 0 {
+		if p.SlowPolls == 0 {
+			return fmt.Errorf("-slow-for: profile %s has no slow states", p.Name)
+		}
+		p.SlowFor = *slowFor
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
@@ -63,7 +72,16 @@ func run() error {
 	fmt.Printf("http://%s\n", ln.Addr())
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	srv := &http.Server{Handler: awsfault.NewProxy(u, inj)}
+	var h http.Handler = awsfault.NewProxy(u, inj)
+	lf, err := openLog(*logPath)
+	if err != nil {
+		return fmt.Errorf("-log: %w", err)
+	}
+	if lf != nil {
+		defer lf.Close()
+		h = &reqLog{next: h, start: time.Now(), w: lf}
+	}
+	srv := &http.Server{Handler: h}
 	go func() {
 		<-sig
 		st := inj.Stats()
@@ -72,7 +90,7 @@ func run() error {
 			kinds = append(kinds, k)
 		}
 		sort.Strings(kinds)
-		fmt.Fprintf(os.Stderr, "faultproxy: profile %s seed %d: %d mutating calls\n", p.Name, *seed, st.Mutations)
+		fmt.Fprintf(os.Stderr, "faultproxy: profile %s seed %d (slow states at least %s): %d mutating calls\n", p.Name, *seed, p.SlowFor, st.Mutations)
 		for _, k := range kinds {
 			fmt.Fprintf(os.Stderr, "  %-20s %d\n", k, st.Injected[k])
 		}

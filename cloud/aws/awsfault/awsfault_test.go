@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -56,6 +57,7 @@ func TestInjector(t *testing.T) {
 	sharedMoto = testenv.Moto(t)
 	t.Run("ClientTokens", testClientTokens)
 	t.Run("SlowAndDead", testSlowAndDead)
+	t.Run("SlowFor", testSlowFor)
 	t.Run("FaultReplies", testFaultReplies)
 	t.Run("ProxyLostReply", testProxyLostReply)
 }
@@ -141,6 +143,41 @@ func testSlowAndDead(t *testing.T) {
 	}
 	if n := liveInstances(t, oracle); n != 0 {
 		t.Errorf("moto holds %d live instances, want 0", n)
+	}
+}
+
+// testSlowFor: with SlowFor, a new instance stays pending until that long after its create,
+// however many polls that takes, and then runs.
+func testSlowFor(t *testing.T) {
+	const slowFor = 400 * time.Millisecond
+	c, _, _ := clients(t, Profile{Name: "t", SlowPolls: 1, SlowFor: slowFor}, 1)
+	ctx := context.Background()
+	start := time.Now()
+	out, err := c.RunInstances(ctx, runInput("tok-slowfor", "t2.micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(out.Instances[0].InstanceId)
+	var states []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		d, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := string(d.Reservations[0].Instances[0].State.Name)
+		states = append(states, st)
+		if st == "running" {
+			if since := time.Since(start); since < slowFor {
+				t.Errorf("running %s after the create, before SlowFor %s", since, slowFor)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still %s after 30s (polls: %v)", st, states)
+		}
+	}
+	if states[0] != "pending" {
+		t.Errorf("polls saw %v, want pending first", states)
 	}
 }
 

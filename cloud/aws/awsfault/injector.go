@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // API versions of the query protocols the injector understands; other requests pass untouched.
@@ -40,10 +41,10 @@ type Injector struct {
 	off       bool
 	calls     map[string]int
 	mutations int
-	fresh     map[string]*fresh // new instance, volume and group ids
-	shutting  map[string]int    // terminating instance -> polls left in shutting-down
-	attaching map[string]int    // volume -> polls left attaching
-	health    map[string]int    // load balancer -> DescribeInstanceHealth calls left OutOfService
+	fresh     map[string]*fresh     // new instance, volume and group ids
+	shutting  map[string]*slowState // terminating instance -> its shutting-down
+	attaching map[string]*slowState // volume -> its attaching
+	health    map[string]*slowState // load balancer -> its OutOfService
 	tokens    map[string]*tokenEntry
 	locks     map[string]*sync.Mutex
 	creates   map[string]int // client token -> resources the service made for it
@@ -52,8 +53,36 @@ type Injector struct {
 
 // fresh is what the injector remembers of a new resource.
 type fresh struct {
-	notFound, hide, slow int
-	dead                 bool
+	notFound, hide int
+	slow           *slowState
+	dead           bool
+}
+
+// slowState is one slow state: polls left, and the time before which it lasts however many
+// polls it took (Profile.SlowFor).
+type slowState struct {
+	polls int
+	until time.Time
+}
+
+// newSlow starts a slow state of p (none for a profile without slow states).
+func newSlow(p Profile) *slowState {
+	if p.SlowPolls <= 0 {
+		return nil
+	}
+	return &slowState{polls: p.SlowPolls, until: time.Now().Add(p.SlowFor)}
+}
+
+// show reports whether a poll still sees s (nil: no slow state), counting the poll.
+func (s *slowState) show() bool {
+	if s == nil {
+		return false
+	}
+	if s.polls > 0 {
+		s.polls--
+		return true
+	}
+	return time.Now().Before(s.until)
 }
 
 type tokenEntry struct {
@@ -69,7 +98,7 @@ func New(next http.RoundTripper, p Profile, seed int64) *Injector {
 		next = http.DefaultTransport
 	}
 	return &Injector{next: next, profile: p, seed: seed, calls: map[string]int{}, fresh: map[string]*fresh{},
-		shutting: map[string]int{}, attaching: map[string]int{}, health: map[string]int{},
+		shutting: map[string]*slowState{}, attaching: map[string]*slowState{}, health: map[string]*slowState{},
 		tokens: map[string]*tokenEntry{}, locks: map[string]*sync.Mutex{}, creates: map[string]int{},
 		injected: map[string]int{}}
 }
@@ -138,6 +167,11 @@ func (in *Injector) RoundTrip(req *http.Request) (*http.Response, error) {
 	form, _ := url.ParseQuery(string(body))
 	action, version := form.Get("Action"), form.Get("Version")
 	if action == "" || (version != ec2Version && version != elbVersion) {
+		if in.profile.Edge {
+			if name, mut := edgeCall(req, form); name != "" {
+				return in.edgeRoundTrip(req, body, name, mut)
+			}
+		}
 		return in.forward(req, body)
 	}
 	ec2 := version == ec2Version
@@ -383,7 +417,7 @@ func (in *Injector) track(req *http.Request, form url.Values, action string, out
 	switch action {
 	case "RunInstances":
 		for k, id := range allValues(out, "instanceId") {
-			f := &fresh{notFound: p.NotFoundCalls, hide: p.HideCalls, slow: p.SlowPolls}
+			f := &fresh{notFound: p.NotFoundCalls, hide: p.HideCalls, slow: newSlow(p)}
 			if p.DeadInstance > 0 && in.chance("dead", strconv.Itoa(k), n) < p.DeadInstance {
 				f.dead = true
 				dead = append(dead, id)
@@ -393,7 +427,7 @@ func (in *Injector) track(req *http.Request, form url.Values, action string, out
 		}
 	case "CreateVolume":
 		if id := firstValue(out, "volumeId"); id != "" {
-			in.fresh[id] = &fresh{notFound: p.NotFoundCalls, hide: p.HideCalls, slow: p.SlowPolls}
+			in.fresh[id] = &fresh{notFound: p.NotFoundCalls, hide: p.HideCalls, slow: newSlow(p)}
 		}
 	case "CreateSecurityGroup":
 		if id := firstValue(out, "groupId"); id != "" {
@@ -401,12 +435,12 @@ func (in *Injector) track(req *http.Request, form url.Values, action string, out
 		}
 	case "TerminateInstances":
 		for _, id := range namedIDs(form) {
-			in.shutting[id] = p.SlowPolls
+			in.shutting[id] = newSlow(p)
 		}
 	case "AttachVolume":
-		in.attaching[form.Get("VolumeId")] = p.SlowPolls
+		in.attaching[form.Get("VolumeId")] = newSlow(p)
 	case "RegisterInstancesWithLoadBalancer":
-		in.health[form.Get("LoadBalancerName")] = p.SlowPolls
+		in.health[form.Get("LoadBalancerName")] = newSlow(p)
 	}
 	in.mu.Unlock()
 	for _, id := range dead {
@@ -450,12 +484,10 @@ func (in *Injector) rewrite(form url.Values, action string, out []byte) []byte {
 				return item
 			}
 			switch {
-			case in.shutting[id] > 0 && firstValue([]byte(firstValue(item, "instanceState")), "name") == "terminated":
-				in.shutting[id]--
+			case firstValue([]byte(firstValue(item, "instanceState")), "name") == "terminated" && in.shutting[id].show():
 				in.injected["slow"]++
 				return setInstanceState(item, 32, "shutting-down")
-			case f != nil && f.slow > 0:
-				f.slow--
+			case f != nil && f.slow.show():
 				in.injected["slow"]++
 				return setInstanceState(item, 0, "pending")
 			case f != nil && f.dead:
@@ -476,12 +508,10 @@ func (in *Injector) rewrite(form url.Values, action string, out []byte) []byte {
 				return item
 			}
 			switch {
-			case f != nil && f.slow > 0:
-				f.slow--
+			case f != nil && f.slow.show():
 				in.injected["slow"]++
 				return replaceFirst(item, "<status>available</status>", "<status>creating</status>")
-			case in.attaching[id] > 0:
-				in.attaching[id]--
+			case in.attaching[id].show():
 				in.injected["slow"]++
 				return setAttachmentStatus(item, "attaching")
 			}
@@ -501,8 +531,7 @@ func (in *Injector) rewrite(form url.Values, action string, out []byte) []byte {
 		})
 	case "DescribeInstanceHealth":
 		lb := form.Get("LoadBalancerName")
-		if in.health[lb] > 0 {
-			in.health[lb]--
+		if in.health[lb].show() {
 			in.injected["slow"]++
 			return bytes.ReplaceAll(out, []byte("<State>InService</State>"), []byte("<State>OutOfService</State>"))
 		}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Profile is a set of faults, each decided per call from the seed, the action and the call's
@@ -30,6 +31,11 @@ type Profile struct {
 	// a new attachment attaching, a terminating instance shutting-down, and how many
 	// DescribeInstanceHealth calls show a registered instance OutOfService.
 	SlowPolls int
+	// SlowFor is how long each of those slow states lasts at least, from the call that began
+	// it, however many polls it took (0: polls only). With polls only, a client that polls
+	// faster gets through a slow state sooner; with SlowFor it cannot, which keeps a comparison
+	// of tools under the profile fair (faultproxy -slow-for).
+	SlowFor time.Duration
 	// DeadInstance is the probability that a new instance goes pending → terminated with
 	// Server.InsufficientInstanceCapacity (after SlowPolls polls).
 	DeadInstance float64
@@ -38,6 +44,10 @@ type Profile struct {
 	NoCapacity []Capacity
 	// Limit refuses every RunInstances with this code (VcpuLimitExceeded, InstanceLimitExceeded).
 	Limit string
+	// Edge puts Throttle and LoseReply on the edge services too (IAM, S3, CloudFront, Route 53;
+	// edge.go), and counts their mutating calls for AfterMutation. Without it they pass
+	// untouched.
+	Edge bool
 }
 
 // Capacity names a pool without capacity: a zone ("" any), an instance type ("" any).
@@ -59,6 +69,7 @@ func init() {
 		{Name: "no-capacity-type", Doc: "no c1.xlarge capacity anywhere", NoCapacity: []Capacity{{Type: "c1.xlarge"}}},
 		{Name: "vcpu-limit", Doc: "every RunInstances refused with VcpuLimitExceeded", Limit: "VcpuLimitExceeded"},
 		{Name: "throttle-slow", Doc: "throttle and slow together (the newcomer's profile)", Throttle: 0.3, SlowPolls: 3},
+		{Name: "edge", Doc: "throttle 30% and lost replies 30% on EC2, ELB, IAM, S3, CloudFront and Route 53", Throttle: 0.3, LoseReply: 0.3, Edge: true},
 		{Name: "chaos", Doc: "throttle 20%, lost replies 20%, eventual 2, slow 2",
 			Throttle: 0.2, LoseReply: 0.2, NotFoundCalls: 2, HideCalls: 2, SlowPolls: 2},
 	} {

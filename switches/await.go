@@ -69,6 +69,8 @@ func awaitOne(ctx context.Context, client *http.Client, t Target, version int64,
 	for {
 		r, err := Fetch(ctx, client, t.URL)
 		switch {
+		case err != nil && ctx.Err() != nil && lastErr != nil:
+			// The wait ended mid-request: what the server said last tells more than that.
 		case err != nil:
 			lastErr = err
 		case r.Version >= version:

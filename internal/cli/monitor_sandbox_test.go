@@ -405,7 +405,14 @@ xfs_freeze -f /var/lib/postgresql`, monitor.MetricVolumeFrozenSince, file, file,
 	})
 
 	// Whatever the faults left behind, the stack ends healthy again.
-	waitFor(t, 60*time.Second, "no alerts after the fixes", func() bool { return len(monitorAlerts(t, api)) == 0 })
+	var left []monitorhost.Alert
+	defer func() {
+		if t.Failed() && len(left) > 0 {
+			t.Logf("alerts left after the fixes: %s; pg-0's volume: %s", describeAlerts(left),
+				sandboxRun(t, pool, st, pg0, "df -m /var/lib/postgresql | tail -1; du -sm /var/lib/postgresql/*/*/pg_wal 2>&1"))
+		}
+	}()
+	waitFor(t, 90*time.Second, "no alerts after the fixes", func() bool { left = monitorAlerts(t, api); return len(left) == 0 })
 }
 
 // checkOperationSilence checks that Alertmanager holds exactly one silence whose comment

@@ -125,6 +125,10 @@ type Data struct {
 	// WALKeepMB is wal_keep_size on pg hosts, so a replica that falls behind can catch up
 	// without a slot (default 1024).
 	WALKeepMB int `json:"wal_keep_mb"`
+	// MaxWALMB is max_wal_size on pg hosts: PostgreSQL's default of 1 GB, or a quarter of the
+	// data volumes when that is less, so pg_wal between checkpoints cannot fill a small volume
+	// (a short archive_timeout makes a segment file every few seconds).
+	MaxWALMB int `json:"max_wal_mb"`
 	// PgBouncer installs and starts PgBouncer beside the app server (app hosts, both flavours):
 	// the app reaches every Postgres group through it (INSTAGRAM_PGBOUNCER in app.env) and
 	// instactl repoints it at a group's new primary (package pooler).
@@ -204,6 +208,7 @@ func (d Data) withDefaults() Data {
 	defInt(&d.DeviceTimeout, 300)
 	defInt(&d.PrimaryTimeout, 900)
 	defInt(&d.WALKeepMB, 1024)
+	defInt(&d.MaxWALMB, 1024)
 	defInt(&d.PgBouncerPort, 6432)
 	defInt(&d.CacheMB, 64)
 	if d.PrimaryPort == 0 {

@@ -40,6 +40,9 @@ func FromStack(st *stack.Stack, role string, index int, address, primaryAddress 
 	if !d.IsPrimary {
 		d.PrimaryAddress, d.PrimaryPort = primaryAddress, r.Port
 	}
+	if size := r.Volumes.Count * r.Volumes.SizeGiB * 1024; size > 0 {
+		d.MaxWALMB = min(1024, max(128, size/4))
+	}
 	if st.Provider == "sandbox" {
 		d.ServiceManager = ServiceManagerSandbox
 		d.DeviceDir = SandboxDeviceDir

@@ -335,6 +335,14 @@ func TestFromStack(t *testing.T) {
 	if _, err := FromStack(st, "nope", 0, "127.0.10.1", ""); err == nil {
 		t.Error("unknown role accepted")
 	}
+	// max_wal_size: a quarter of the data volumes, at most PostgreSQL's default 1 GB.
+	for _, tc := range []struct{ count, gib, want int }{{1, 10, 1024}, {1, 1, 256}, {2, 1, 512}} {
+		st.Role(RolePostgres).Volumes.Count, st.Role(RolePostgres).Volumes.SizeGiB = tc.count, tc.gib
+		d, err := FromStack(st, RolePostgres, 0, "127.0.10.3", "")
+		if err != nil || d.MaxWALMB != tc.want {
+			t.Errorf("%d x %d GiB: max_wal_size %d MB (%v), want %d", tc.count, tc.gib, d.MaxWALMB, err, tc.want)
+		}
+	}
 	st.Provider = "aws"
 	d, err = FromStack(st, RolePostgres, 0, "10.0.1.10", "")
 	if err != nil {

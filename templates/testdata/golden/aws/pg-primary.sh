@@ -235,6 +235,8 @@ max_logical_replication_workers = 8
 wal_retrieve_retry_interval = 1s
 max_sync_workers_per_subscription = 2
 wal_keep_size = 1024MB
+# At most a quarter of the data volume between checkpoints (PostgreSQL's default 1 GB otherwise).
+max_wal_size = 1024MB
 hot_standby = on
 hot_standby_feedback = on
 # pg_rewind needs hint-bit changes in the WAL (initdb --data-checksums gives that too; both are

@@ -318,12 +318,33 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 	})
 
 	t.Run("volume filled", func(t *testing.T) {
-		// Leave 2% of the volume free: the alert is at 5%.
-		sandboxRun(t, pool, st, pg1, `set -e
-m=/var/lib/postgresql
+		// Leave 2% of the volume free (the alert is at 5%), and top the file up every 2 s: the
+		// standby's restartpoints free old WAL segments meanwhile, which once left 5% free.
+		fill := `m=/var/lib/postgresql; f=$m/monitor-test-fill
 set -- $(df -B1 --output=size,avail "$m" | tail -1)
-fallocate -l $(($2 - $1 / 50)) "$m/monitor-test-fill"`)
+cur=$(stat -c %s "$f" 2>/dev/null || echo 0)
+extra=$(($2 - $1 / 50))
+if [ "$extra" -gt 0 ]; then fallocate -l $((cur + extra)) "$f"; fi`
+		sandboxRun(t, pool, st, pg1, fill)
+		target := remote.Target{Name: pg1.Name(), Address: addr(pg1), Port: st.SSH.Port, User: st.SSH.User}
+		stop := make(chan struct{})
+		topped := make(chan struct{})
+		go func() {
+			defer close(topped)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(2 * time.Second):
+					if c, err := pool.Get(ctx, target); err == nil {
+						_, _ = c.Run(ctx, remote.Script(fill), nil)
+					}
+				}
+			}
+		}()
 		waitAlert(t, api, monitor.AlertDiskAlmostFull, "pg-1", true, time.Now())
+		close(stop)
+		<-topped
 		sandboxRun(t, pool, st, pg1, "rm -f /var/lib/postgresql/monitor-test-fill")
 		waitAlert(t, api, monitor.AlertDiskAlmostFull, "pg-1", false, time.Now())
 	})

@@ -22,6 +22,7 @@ type Client struct {
 	addr      string
 	ssh       *ssh.Client
 	jumps     []*ssh.Client
+	keeper    *KeeperDialer // set when the keeper holds the connection; ssh is nil then
 	maxOutput int
 
 	done      chan struct{}
@@ -50,7 +51,7 @@ func (c *Client) Target() Target { return c.target }
 func (c *Client) Addr() string { return c.addr }
 
 // SSH exposes the underlying connection for what this package does not wrap
-// (port forwarding, SFTP).
+// (port forwarding, SFTP). It is nil for a client of a KeeperDialer.
 func (c *Client) SSH() *ssh.Client { return c.ssh }
 
 // Done is closed when the connection has ended, by Close, by the host, or by
@@ -74,7 +75,9 @@ func (c *Client) Close() error {
 	c.mu.Unlock()
 	var err error
 	c.closeOnce.Do(func() {
-		err = c.ssh.Close()
+		if c.ssh != nil { // nil when the keeper holds the connection: it stays open there
+			err = c.ssh.Close()
+		}
 		closeAll(c.jumps)
 		close(c.done)
 	})
@@ -196,10 +199,13 @@ func (c *Client) RunStream(ctx context.Context, cmd Command, stdin io.Reader, st
 	if len(cmd) == 0 {
 		return res, fmt.Errorf("run on %s: empty command", c.target)
 	}
+	if c.keeper != nil {
+		return c.runKept(ctx, cmd, stdin, stdout, stderr)
+	}
 	start := time.Now()
 	sess, err := c.ssh.NewSession()
 	if err != nil {
-		return res, c.transportErr("open session for "+shorten(cmd.String(), 80), err)
+		return res, c.transportErr("open session for "+shorten(cmd.String(), 80), &sessionOpenError{err})
 	}
 	defer sess.Close()
 	outBuf, errBuf := &capBuffer{max: c.maxOutput}, &capBuffer{max: c.maxOutput}

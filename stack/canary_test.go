@@ -53,3 +53,30 @@ func TestCanaryErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestSSHPersist(t *testing.T) {
+	base := "name: c\nroles:\n  app:\n    count: 3\n"
+	for _, tc := range []struct {
+		yaml string
+		want time.Duration
+	}{
+		{"", DefaultSSHPersist},
+		{"deploy:\n  ssh_persist: 0s\n", 0},
+		{"deploy:\n  ssh_persist: 10m\n", 10 * time.Minute},
+	} {
+		st, err := Parse("s.yaml", []byte(base+tc.yaml))
+		if err != nil || st.Deploy.Persist() != tc.want {
+			t.Errorf("%q: persist %v, %v; want %v", tc.yaml, st.Deploy.Persist(), err, tc.want)
+		}
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"deploy:\n  ssh_persist: -1s\n", "s.yaml:6:16: deploy.ssh_persist: must be 0s (off) to 1h, such as 60s (got -1s)"},
+		{"deploy:\n  ssh_persist: 2h\n", "s.yaml:6:16: deploy.ssh_persist: must be 0s (off) to 1h, such as 60s (got 2h0m0s)"},
+		{"deploy:\n  ssh_persist: forever\n", "s.yaml:6:16: deploy.ssh_persist:"},
+	} {
+		_, err := Parse("s.yaml", []byte(base+tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v\nwant %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -107,6 +107,22 @@ type Deploy struct {
 	// Staging is how deploy gets the artifact to the hosts: "s3" (the default: once to the
 	// stack's bucket, fetched by every host) or "ssh" (streamed to every host from here).
 	Staging string `json:"staging,omitempty"`
+	// SSHPersist is how long deploy's SSH connections stay open after a run, held by a
+	// keeper process (like OpenSSH's ControlPersist), so the next deploy, rollback or
+	// lock status within it opens sessions instead of handshakes. Unset means 60s; 0s
+	// turns the keeper off (every run connects afresh).
+	SSHPersist *time.Duration `json:"ssh_persist,omitempty"`
+}
+
+// DefaultSSHPersist is deploy.ssh_persist when the stack file does not set it.
+const DefaultSSHPersist = 60 * time.Second
+
+// Persist returns deploy.ssh_persist, or DefaultSSHPersist when unset.
+func (d Deploy) Persist() time.Duration {
+	if d.SSHPersist == nil {
+		return DefaultSSHPersist
+	}
+	return *d.SSHPersist
 }
 
 // Shards configures logical sharding.

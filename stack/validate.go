@@ -223,6 +223,9 @@ func (v *validator) deploy() {
 	if dp.Staging != "" && dp.Staging != "s3" && dp.Staging != "ssh" {
 		v.errorf("deploy.staging", "must be s3 or ssh (got %q)", dp.Staging)
 	}
+	if p := dp.Persist(); p < 0 || p > time.Hour {
+		v.errorf("deploy.ssh_persist", "must be 0s (off) to 1h, such as 60s (got %s)", p)
+	}
 	v.canary()
 }
 

@@ -8,10 +8,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
@@ -40,6 +42,7 @@ type options struct {
 	verbose    bool
 	dialOnly   bool
 	identity   string
+	persist    bool
 }
 
 func main() {
@@ -57,7 +60,16 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "print the run-wide events (lock, S3 upload) and the first and last host of each stage, with times")
 	flag.BoolVar(&o.dialOnly, "dial-only", false, "only open one SSH connection to every host at once, no session, and print the time: the floor under an unchanged redeploy")
 	flag.StringVar(&o.identity, "identity", "", "SSH private key (default BENCH/keys/id_ed25519, the peers' key)")
+	flag.BoolVar(&o.persist, "persist", true, "connect through an ssh keeper process, as instactl deploy does by default (deploy.ssh_persist), and also time a cold redeploy (new keeper)")
+	keeperSocket := flag.String("keeper-serve", "", "internal: serve as the ssh keeper on this socket (SSH settings as JSON on stdin)")
 	flag.Parse()
+	if *keeperSocket != "" {
+		if err := serveKeeper(*keeperSocket); err != nil {
+			fmt.Fprintln(os.Stderr, "deploybench keeper:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if o.artifact == "" {
 		o.artifact = filepath.Join(o.bench, "artifact", "app")
 	}
@@ -78,9 +90,10 @@ func main() {
 
 func run(o options) error {
 	ctx := context.Background()
-	d, err := remote.NewDialer(remote.Config{User: "root", Port: 2222,
+	rcfg := remote.Config{User: "root", Port: 2222,
 		IdentityFiles:  []string{o.identity},
-		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers, KeyExchanges: o.kex})
+		KnownHostsFile: filepath.Join(o.bench, "known_hosts"), MaxConcurrentDials: 50, Ciphers: o.ciphers, KeyExchanges: o.kex}
+	d, err := remote.NewDialer(rcfg)
 	if err != nil {
 		return err
 	}
@@ -105,6 +118,14 @@ func run(o options) error {
 		return err
 	}
 	dep := &deploy.Deployer{Dialer: d}
+	var keeper *remote.KeeperDialer
+	if o.persist {
+		if keeper, err = newKeeper(state, rcfg); err != nil {
+			return err
+		}
+		defer keeper.Stop(ctx) //nolint:errcheck // best effort: it would exit when idle anyway
+		dep.Dialer = keeper
+	}
 	if o.s3 != "" {
 		c := s3.NewFromConfig(aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("bench", "bench", "")},
 			func(so *s3.Options) {
@@ -117,7 +138,21 @@ func run(o options) error {
 		dep.Store = deploy.S3Store{Client: c}
 		cfg.Staging, cfg.Bucket = deploy.StagingS3, o.bucket
 	}
-	for round := 1; round <= 2; round++ {
+	rounds := 2
+	if o.persist {
+		rounds = 3
+	}
+	for round := 1; round <= rounds; round++ {
+		if round == 3 {
+			// A cold redeploy: no keeper running, so the run starts one, which dials every host.
+			if err := keeper.Stop(ctx); err != nil {
+				return err
+			}
+			if keeper, err = newKeeper(state, rcfg); err != nil {
+				return err
+			}
+			dep.Dialer = keeper
+		}
 		if round == 1 && o.cpuProfile != "" {
 			f, err := os.Create(o.cpuProfile)
 			if err != nil {
@@ -157,10 +192,7 @@ func run(o options) error {
 				viaSSH++
 			}
 		}
-		what := "deploy"
-		if round == 2 {
-			what = "redeploy"
-		}
+		what := []string{"deploy", "redeploy", "cold-redeploy"}[round-1]
 		fmt.Printf("%s\tN=%d\t%.2fs\tstage %.2fs\tactivate %.2fs\tvia-s3 %d\tvia-ssh %d\tsent %s\tresult %s\n", what, o.n,
 			time.Since(start).Seconds(), float64(rep.StageMS)/1000, float64(rep.ActivateMS)/1000, viaS3, viaSSH,
 			mib(rep.BytesSent), rep.Result)
@@ -169,6 +201,37 @@ func run(o options) error {
 		}
 	}
 	return nil
+}
+
+// newKeeper returns a dialer through a keeper on a new socket in dir, started as this
+// program with -keeper-serve when first used, as instactl starts `ssh-keeper serve`.
+func newKeeper(dir string, cfg remote.Config) (*remote.KeeperDialer, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, fmt.Sprintf("keeper-%d.sock", time.Now().UnixNano()))
+	return &remote.KeeperDialer{Socket: sock, Start: func(ctx context.Context) error {
+		return remote.StartKeeper(ctx, sock, cfg, exec.Command(exe, "-keeper-serve", sock))
+	}}, nil
+}
+
+// serveKeeper is -keeper-serve: the keeper process, as `instactl ssh-keeper serve`.
+func serveKeeper(sock string) error {
+	var cfg remote.Config
+	if err := json.NewDecoder(os.Stdin).Decode(&cfg); err != nil {
+		return err
+	}
+	d, err := remote.NewDialer(cfg)
+	if err != nil {
+		return err
+	}
+	ln, release, err := remote.ListenKeeper(sock)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return remote.ServeKeeper(context.Background(), ln, d, time.Minute)
 }
 
 // dialAll opens one connection to every host at once (handshake and authentication, no

@@ -45,14 +45,14 @@ t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 field() { tr '\t' '\n' <<<"$1" | sed -n "$2p"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; }
-# instactl METHOD: one deploybench run (deploy, then the unchanged redeploy); sets dep and red.
+# instactl METHOD: one deploybench run (deploy, the unchanged redeploy through the keeper the deploy started, then a cold one with a new keeper); sets dep, red and cold.
 instactl() {
     local args=() out
     [[ $1 == s3 ]] && args=(-s3 "http://127.0.0.1:$MOTO_PORT")
     "$P/hosts.sh" clean "$N" >/dev/null
     out=$("$BIN" -n "$N" -net "$NET" -bench "$BENCH" "${args[@]}")
-    dep=$(grep '^deploy' <<<"$out") red=$(grep '^redeploy' <<<"$out")
-    if [[ $(field "$dep" 9) != "result ok" || $(field "$dep" "$([[ $1 == s3 ]] && echo 6 || echo 7)") != "via-$1 $N" || $(field "$red" 9) != "result ok" ]]; then
+    dep=$(grep '^deploy' <<<"$out") red=$(grep '^redeploy' <<<"$out") cold=$(grep '^cold-redeploy' <<<"$out")
+    if [[ $(field "$dep" 9) != "result ok" || $(field "$dep" "$([[ $1 == s3 ]] && echo 6 || echo 7)") != "via-$1 $N" || $(field "$red" 9) != "result ok" || $(field "$cold" 9) != "result ok" ]]; then
         echo "instactl ($1) round $r did not deploy to every host via $1: $out" >&2
         exit 1
     fi
@@ -65,14 +65,14 @@ FABRIC=
 [[ -x $P/tool_b_fabric.sh ]] && "$SYS_PY" -c 'import fabric' 2>/dev/null && FABRIC=yes
 
 echo "N=$N hosts at $NET.11-$NET.$((10 + N)), $(nproc) CPUs, artifact $(stat -c %s "$BENCH/artifact/app") bytes, moto $(pip show moto 2>/dev/null | sed -n 's/^Version: //p')${FABRIC:+, Fabric $("$SYS_PY" -c 'import fabric; print(fabric.__version__)')}"
-echo "instactl: staging + activation (s3: through moto, the object deleted first; ssh: streamed to every host); e1: the raw limit, one 'ssh cat' per host; load average 1/5/15 before each round"
+echo "instactl: staging + activation (s3: through moto, the object deleted first; ssh: streamed to every host); e1: the raw limit, one 'ssh cat' per host; redeploy: unchanged, through the ssh keeper the deploy started (deploy.ssh_persist); load average 1/5/15 before each round"
 H='%-5s  %-14s  %-11s  %-9s  %-9s  %-9s  %-9s  %-9s  %-11s  %-10s  %s\n'
 printf "$H" round "load" "instactl-s3" "e1 raw" "s3/e1" "inst-ssh" "ssh/e1" fabric "fabric/s3" "redeploy" "sent from here: s3 deploy, ssh deploy, redeploy"
-I=() S=() E=() F=() R=()
+I=() S=() E=() F=() R=() C=()
 for ((r = 1; r <= ROUNDS; r++)); do
     before=$(load)
     instactl s3
-    inst=$(secs "$dep") redt=$(secs "$red") sent3=$(field "$dep" 8 | sed 's/^sent //') sentr=$(field "$red" 8 | sed 's/^sent //')
+    inst=$(secs "$dep") redt=$(secs "$red") coldt=$(secs "$cold") sent3=$(field "$dep" 8 | sed 's/^sent //') sentr=$(field "$red" 8 | sed 's/^sent //')
     detail="s3 $(field "$dep" 4), $(field "$dep" 5)"
     "$P/hosts.sh" clean "$N" >/dev/null
     e1=$(t "$P/tool_e1_xargs_1session.sh" "$N")
@@ -85,13 +85,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
         fab=$(t "$P/tool_b_fabric.sh" "$N") fr=$(ratio "$fab" "$inst") F+=("$fab")
     fi
     floor=$("$BIN" -n "$N" -net "$NET" -bench "$BENCH" -dial-only | cut -f3)
-    detail+="; $N bare SSH connections (the floor under the redeploy) $floor"
+    detail+="; cold redeploy (no keeper yet: it starts and dials every host) ${coldt}s; $N bare SSH connections (the floor under a cold redeploy) $floor"
     printf "$H" "$r" "$before" "${inst}s" "${e1}s" "$(ratio "$inst" "$e1")" "${ssh}s" "$(ratio "$ssh" "$e1")" "${fab}s" "$fr" "${redt}s" "$sent3, $sents, $sentr"
     echo "       $detail; load after the round $(load)"
-    I+=("$inst") S+=("$ssh") E+=("$e1") R+=("$redt")
+    I+=("$inst") S+=("$ssh") E+=("$e1") R+=("$redt") C+=("$coldt")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-mi=$(median "${I[@]}") ms=$(median "${S[@]}") me=$(median "${E[@]}") mr=$(median "${R[@]}")
+mi=$(median "${I[@]}") ms=$(median "${S[@]}") me=$(median "${E[@]}") mr=$(median "${R[@]}") mc=$(median "${C[@]}")
 line="median of $ROUNDS at N=$N: instactl-s3 ${mi}s, e1 ${me}s ($(ratio "$mi" "$me")), instactl-ssh ${ms}s ($(ratio "$ms" "$me"))"
 if [[ -n $FABRIC ]]; then mf=$(median "${F[@]}"); line+=", fabric ${mf}s (instactl-s3 $(ratio "$mf" "$mi") faster)"; fi
-echo "$line; unchanged redeploy ${mr}s; load now $(load)"
+echo "$line; unchanged redeploy ${mr}s (through the keeper the deploy left), ${mc}s cold; load now $(load)"

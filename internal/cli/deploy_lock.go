@@ -17,7 +17,7 @@ func deployReleasesRun(ctx context.Context, f *Factory, out Output, o *ReleasesO
 	if err != nil {
 		return err
 	}
-	pool, err := f.SSH(o.AcceptNew)
+	pool, err := deployPool(ctx, f, o.AcceptNew)
 	if err != nil {
 		return err
 	}
@@ -142,7 +142,7 @@ func deployLockEnv(ctx context.Context, f *Factory, role string) (*deployEnv, *d
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	pool, err := f.SSH(false)
+	pool, err := deployPool(ctx, f, false)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -165,7 +165,7 @@ func deployResume(ctx context.Context, f *Factory, out Output, o *DeployOptions)
 	if err != nil {
 		return err
 	}
-	pool, err := f.SSH(o.AcceptNew)
+	pool, err := deployPool(ctx, f, o.AcceptNew)
 	if err != nil {
 		return err
 	}
@@ -208,7 +208,7 @@ func deployRollbackRun(ctx context.Context, f *Factory, out Output, o *RollbackO
 // renders the report.
 func deployExecute(ctx context.Context, f *Factory, out Output, env *deployEnv, p *deploy.Plan, acceptNew bool, lockWait time.Duration,
 	run func(*deploy.Deployer, context.Context, *deploy.Plan) (*deploy.Report, error)) error {
-	pool, err := f.SSH(acceptNew)
+	pool, err := deployPool(ctx, f, acceptNew)
 	if err != nil {
 		return err
 	}

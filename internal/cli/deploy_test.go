@@ -138,6 +138,9 @@ func deploySandboxUp(t *testing.T, path string, st *stack.Stack) {
 		if _, stderr, code := run(t, "--stack", path, "sandbox", "down"); code != 0 {
 			t.Errorf("sandbox down: exit %d: %s", code, stderr)
 		}
+		if ks := deployKeepers(t, st); len(ks) != 0 {
+			t.Errorf("ssh keepers of the stack after sandbox down: %+v", ks)
+		}
 		out, _ := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").CombinedOutput()
 		if strings.Contains(string(out), st.Sandbox.Dir) {
 			t.Errorf("after down, loop devices still map sandbox images:\n%s", out)
@@ -367,6 +370,40 @@ func TestDeploySandbox(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+
+	t.Run("an unchanged redeploy runs on the connections the keeper kept", func(t *testing.T) {
+		before := deployKeepers(t, st)
+		if len(before) != 1 || len(before[0].Hosts) < deployTestApps {
+			t.Fatalf("keepers after the deploy: %+v; want one holding the %d app hosts", before, deployTestApps)
+		}
+		artifact := filepath.Join(st.Sandbox.Dir, "state", "artifacts", v1.Release, "instagram-app")
+		stdout, stderr, code := cli("deploy", "--artifact", artifact, "--version", "v1", "-o", "json")
+		var rep deploy.Report
+		if err := json.Unmarshal([]byte(stdout), &rep); code != 0 || err != nil || rep.Result != deploy.ResultOK {
+			t.Fatalf("unchanged redeploy: exit %d %v\n%s\n%s", code, err, stdout, stderr)
+		}
+		for _, h := range rep.Hosts {
+			if !h.WasCurrent {
+				t.Errorf("%s: not reported already current: %+v", h.Host, h)
+			}
+		}
+		after := deployKeepers(t, st)
+		if len(after) != 1 || after[0].PID != before[0].PID || !after[0].LastUse.After(before[0].LastUse) {
+			t.Errorf("keepers after the redeploy: %+v; want the same keeper (pid %d), used again", after, before[0].PID)
+		}
+		if _, stderr, code := cli("ssh-keeper", "stop"); code != 0 || !strings.Contains(stderr, "stopped 1 ssh keeper(s)") {
+			t.Errorf("ssh-keeper stop: exit %d %s", code, stderr)
+		}
+		if ks := deployKeepers(t, st); len(ks) != 0 {
+			t.Errorf("keepers after ssh-keeper stop: %+v", ks)
+		}
+		if stdout, _, code := cli("lock", "status"); code != 0 || !strings.Contains(stdout, "is free") {
+			t.Errorf("lock status after the keeper stopped: exit %d %s", code, stdout)
+		}
+		if ks := deployKeepers(t, st); len(ks) != 1 || ks[0].PID == before[0].PID {
+			t.Errorf("keepers after the next run: %+v; want a new one", ks)
+		}
+	})
 
 	var v2 deploy.Report
 	t.Run("rolling v2 under load, a concurrent deploy is locked out", func(t *testing.T) {
@@ -718,6 +755,24 @@ func TestDeploySandbox(t *testing.T) {
 		}
 	})
 	t.Logf("whole test %s", time.Since(start).Round(time.Second))
+}
+
+// deployKeepers returns the running ssh keepers of st (those with its known_hosts).
+func deployKeepers(t *testing.T, st *stack.Stack) []keeperView {
+	t.Helper()
+	stdout, stderr, code := run(t, "ssh-keeper", "status", "-o", "json")
+	var all []keeperView
+	if err := json.Unmarshal([]byte(stdout), &all); code != 0 || err != nil {
+		t.Fatalf("ssh-keeper status: exit %d %v\n%s%s", code, err, stdout, stderr)
+	}
+	kh := keeperConfig(st, false).KnownHostsFile
+	var mine []keeperView
+	for _, k := range all {
+		if k.KnownHosts == kh {
+			mine = append(mine, k)
+		}
+	}
+	return mine
 }
 
 // TestDeployHelperProcess is not a test: deployStartHelper runs the test binary with it to

@@ -100,6 +100,7 @@ Run it on AWS (provider: aws) or on this Linux machine (provider: sandbox).`,
 	addMonitorCommands(cmd, f, out)
 	addWALCommands(cmd, f)
 	addWALInstallCommand(cmd, f, out)
+	addKeeperCommands(cmd, f, out)
 	return cmd
 }
 

@@ -97,6 +97,12 @@ snapshots, stop nginx and moto_server, and remove the sandbox directory.`,
 			if err != nil {
 				return err
 			}
+			// The sandbox's hosts go away: so do the connections kept to them.
+			if socks, err := stackKeeperSockets(cmd.Context(), st); err == nil {
+				if _, err := stopKeepers(cmd.Context(), socks); err != nil {
+					f.IO.Statusf("warning: %v", err)
+				}
+			}
 			if err := sandboxctl.Down(cmd.Context(), st, p); err != nil {
 				return err
 			}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -320,12 +321,29 @@ func TestMonitorSandboxAlerts(t *testing.T) {
 	t.Run("volume filled", func(t *testing.T) {
 		// Leave 2% of the volume free (the alert is at 5%), and top the file up every 2 s: the
 		// standby's restartpoints free old WAL segments meanwhile, which once left 5% free.
+		// The top-up allocates only the new range (-o): XFS reserves space for the whole range
+		// asked for, so growing a 500 MB file by 100 MB with -l alone fails with ENOSPC.
 		fill := `m=/var/lib/postgresql; f=$m/monitor-test-fill
 set -- $(df -B1 --output=size,avail "$m" | tail -1)
 cur=$(stat -c %s "$f" 2>/dev/null || echo 0)
 extra=$(($2 - $1 / 50))
-if [ "$extra" -gt 0 ]; then fallocate -l $((cur + extra)) "$f"; fi`
+if [ "$extra" -gt 0 ]; then fallocate -o "$cur" -l "$extra" "$f"; fi`
 		sandboxRun(t, pool, st, pg1, fill)
+		var topErr atomic.Value // the last top-up's failure, for the diagnosis
+		defer func() {
+			if !t.Failed() {
+				return
+			}
+			// What the host and Prometheus saw: the volume's space, and the series the rule reads.
+			t.Logf("last failed top-up: %v", topErr.Load())
+			t.Logf("pg-1: %s", sandboxRun(t, pool, st, pg1, "df -B1 /var/lib/postgresql; ls -l /var/lib/postgresql; mount | grep postgresql"))
+			q := url.QueryEscape(`{__name__=~"node_filesystem_(avail|size)_bytes|node_filesystem_readonly",mountpoint=~"/var/lib/postgresql.*"}`)
+			if resp, err := http.Get(mon.PrometheusURL() + "/api/v1/query?query=" + q); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				t.Logf("Prometheus: %s", b)
+			}
+		}()
 		target := remote.Target{Name: pg1.Name(), Address: addr(pg1), Port: st.SSH.Port, User: st.SSH.User}
 		stop := make(chan struct{})
 		topped := make(chan struct{})
@@ -336,8 +354,16 @@ if [ "$extra" -gt 0 ]; then fallocate -l $((cur + extra)) "$f"; fi`
 				case <-stop:
 					return
 				case <-time.After(2 * time.Second):
-					if c, err := pool.Get(ctx, target); err == nil {
-						_, _ = c.Run(ctx, remote.Script(fill), nil)
+					c, err := pool.Get(ctx, target)
+					if err == nil {
+						var res remote.Result
+						res, err = c.Run(ctx, remote.Script(fill), nil)
+						if err == nil && res.ExitCode != 0 {
+							err = fmt.Errorf("exit %d: %s", res.ExitCode, res.Stderr)
+						}
+					}
+					if err != nil {
+						topErr.Store(err.Error())
 					}
 				}
 			}

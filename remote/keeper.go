@@ -3,6 +3,7 @@ package remote
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -30,7 +31,9 @@ import (
 // carrying frames: the request, then stdin from the client, and stdout, stderr and the
 // result from the keeper. The local leg is not encrypted (the socket is private, as
 // OpenSSH's control socket is), so an upload through the keeper costs one local copy, not
-// a second cipher.
+// a second cipher. Cancelling a session goes on a connection of its own (opCancel with the
+// session's id), so it is heard even while the session's stream is full of stdin that the
+// command does not read.
 //
 // One keeper serves one Config: KeeperSocket derives the socket's name from it, so a run
 // with other keys, another known_hosts or another user never shares a connection that was
@@ -40,13 +43,12 @@ import (
 // an older keeper is never asked in a newer dialect.
 const keeperProtocol = 1
 
-// Frame types. The client sends frameRequest first, then stdin frames and at most one
-// frameCancel; the keeper answers with output frames and ends with one frameResult.
+// Frame types. The client sends frameRequest first, then stdin frames ending with
+// frameStdinEOF; the keeper answers with output frames and ends with one frameResult.
 const (
 	frameRequest  byte = 'q'
 	frameStdin    byte = 'i'
 	frameStdinEOF byte = 'I'
-	frameCancel   byte = 'c'
 	frameStdout   byte = 'o'
 	frameStderr   byte = 'e'
 	frameResult   byte = 'r'
@@ -56,7 +58,7 @@ const (
 // frameChunk bytes.
 const (
 	maxFrame   = 1 << 20
-	frameChunk = 32 << 10
+	frameChunk = 256 << 10
 )
 
 // Keeper operations.
@@ -65,6 +67,7 @@ const (
 	opRun    = "run"
 	opStop   = "stop"
 	opStatus = "status"
+	opCancel = "cancel"
 )
 
 // keeperRequest is a session's first frame.
@@ -73,6 +76,8 @@ type keeperRequest struct {
 	Target Target  `json:"target"`
 	Cmd    Command `json:"cmd,omitempty"`
 	Stdin  bool    `json:"stdin,omitempty"`
+	// Session names a run, so that a cancel (on a connection of its own) can find it.
+	Session string `json:"session,omitempty"`
 }
 
 // keeperResult is a session's last frame. Err is the full text of a dial or transport
@@ -111,10 +116,8 @@ func (c *frameConn) send(typ byte, p []byte) error {
 	var h [5]byte
 	h[0] = typ
 	binary.BigEndian.PutUint32(h[1:], uint32(len(p)))
-	if _, err := c.Write(h[:]); err != nil {
-		return err
-	}
-	_, err := c.Write(p)
+	bufs := net.Buffers{h[:], p} // one writev for header and payload
+	_, err := bufs.WriteTo(c.Conn)
 	return err
 }
 
@@ -141,20 +144,29 @@ func (w frameWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func readFrame(r *bufio.Reader) (byte, []byte, error) {
+// readHeader reads a frame's type and payload length.
+func readHeader(r *bufio.Reader) (byte, int, error) {
 	var h [5]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return 0, nil, err
+		return 0, 0, err
 	}
 	n := binary.BigEndian.Uint32(h[1:])
 	if n > maxFrame {
-		return 0, nil, fmt.Errorf("keeper frame of %d bytes is over the %d-byte bound", n, maxFrame)
+		return 0, 0, fmt.Errorf("keeper frame of %d bytes is over the %d-byte bound", n, maxFrame)
+	}
+	return h[0], int(n), nil
+}
+
+func readFrame(r *bufio.Reader) (byte, []byte, error) {
+	typ, n, err := readHeader(r)
+	if err != nil {
+		return 0, nil, err
 	}
 	p := make([]byte, n)
 	if _, err := io.ReadFull(r, p); err != nil {
 		return 0, nil, fmt.Errorf("read keeper frame: %w", err)
 	}
-	return h[0], p, nil
+	return typ, p, nil
 }
 
 // KeeperSocket returns the unix socket of the keeper for cfg, creating its private
@@ -348,6 +360,17 @@ func (k *KeeperDialer) connect(ctx context.Context) (net.Conn, error) {
 	return d.DialContext(ctx, "unix", k.Socket)
 }
 
+// onlyReader hides a reader's WriterTo, so io.CopyBuffer uses the buffer it is given and
+// the frames are that large.
+type onlyReader struct{ io.Reader }
+
+// newSessionID returns a random name for a kept session.
+func newSessionID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // runKept is RunStream for a client whose connection the keeper holds: the same
 // results, errors and cancellation (the keeper kills the command) as a direct session.
 func (c *Client) runKept(ctx context.Context, cmd Command, stdin io.Reader, stdout, stderr io.Writer) (Result, error) {
@@ -358,19 +381,26 @@ func (c *Client) runKept(ctx context.Context, cmd Command, stdin io.Reader, stdo
 	}
 	defer conn.Close()
 	fc := &frameConn{Conn: conn}
-	if err := fc.sendJSON(frameRequest, keeperRequest{Op: opRun, Target: c.target, Cmd: cmd, Stdin: stdin != nil}); err != nil {
+	session := newSessionID()
+	if err := fc.sendJSON(frameRequest, keeperRequest{Op: opRun, Target: c.target, Cmd: cmd, Stdin: stdin != nil, Session: session}); err != nil {
 		return res, fmt.Errorf("open session for %s on %s: ssh keeper: %w", shorten(cmd.String(), 80), c.target, err)
 	}
 	if stdin != nil {
 		// Not waited for, as with a direct session: a command may exit without reading
 		// all of stdin; closing conn ends this copy.
 		go func() {
-			if _, err := io.Copy(frameWriter{c: fc, typ: frameStdin}, stdin); err == nil {
+			buf := make([]byte, frameChunk)
+			if _, err := io.CopyBuffer(frameWriter{c: fc, typ: frameStdin}, onlyReader{stdin}, buf); err == nil {
 				fc.send(frameStdinEOF, nil) //nolint:errcheck // the result tells what mattered
 			}
 		}()
 	}
-	stop := context.AfterFunc(ctx, func() { fc.send(frameCancel, nil) }) //nolint:errcheck // a dead keeper fails the read below
+	// The keeper kills the command and still sends the result, read below.
+	stop := context.AfterFunc(ctx, func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c.keeper.callNoStart(cctx, keeperRequest{Op: opCancel, Session: session}) //nolint:errcheck // a dead keeper fails the read below
+	})
 	defer stop()
 	outBuf, errBuf := &capBuffer{max: c.maxOutput}, &capBuffer{max: c.maxOutput}
 	ow, ew := tee(outBuf, stdout), tee(errBuf, stderr)

@@ -115,7 +115,8 @@ func StartKeeper(ctx context.Context, socket string, cfg Config, cmd *exec.Cmd) 
 func ServeKeeper(ctx context.Context, ln net.Listener, d *SSHDialer, idle time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	k := &keeper{pool: NewPool(d), cfg: d.cfg, idle: idle, started: time.Now(), last: time.Now(), stop: cancel}
+	k := &keeper{pool: NewPool(d), cfg: d.cfg, idle: idle, started: time.Now(), last: time.Now(), stop: cancel,
+		sessions: map[string]context.CancelFunc{}, cancelled: map[string]bool{}}
 	defer k.pool.Close()
 	go func() {
 		<-ctx.Done()
@@ -181,9 +182,11 @@ type keeper struct {
 	started time.Time
 	stop    func()
 
-	mu     sync.Mutex
-	active int
-	last   time.Time
+	mu        sync.Mutex
+	active    int
+	last      time.Time
+	sessions  map[string]context.CancelFunc // running sessions by id, for opCancel
+	cancelled map[string]bool               // cancels that came before their session
 }
 
 func (k *keeper) begin() {
@@ -254,6 +257,14 @@ func (k *keeper) serve(ctx context.Context, conn net.Conn) {
 		}
 	case opRun:
 		res = k.run(ctx, fc, br, req)
+	case opCancel:
+		k.mu.Lock()
+		if cancel := k.sessions[req.Session]; cancel != nil {
+			cancel()
+		} else {
+			k.cancelled[req.Session] = true
+		}
+		k.mu.Unlock()
 	default:
 		res.Err = fmt.Sprintf("ssh keeper: unknown operation %q", req.Op)
 	}
@@ -261,40 +272,31 @@ func (k *keeper) serve(ctx context.Context, conn net.Conn) {
 }
 
 // run runs req's command on the kept connection, relaying stdin from the peer and output
-// to it. The peer's cancel frame, or the peer going away, cancels the command (killed as
-// a direct session's would be). A session that could not be opened on a connection that
-// turned out dead is tried once more on a new connection: nothing ran.
+// to it. A cancel for the session (opCancel, on another connection) kills the command as
+// a direct session's would be; a client that goes away without cancelling leaves the
+// command to finish, as sshd does when a direct client vanishes. A session that could not be opened on a connection that
+// turned out dead is tried once more on a new connection: nothing ran, no stdin was read.
 func (k *keeper) run(ctx context.Context, fc *frameConn, br *bufio.Reader, req keeperRequest) keeperResult {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var stdin io.Reader
-	pr, pw := io.Pipe()
-	defer pr.CloseWithError(errors.New("command ended"))
-	if req.Stdin {
-		stdin = pr
-	}
-	go func() {
-		defer cancel()
-		for {
-			typ, p, err := readFrame(br)
-			if err != nil {
-				pw.CloseWithError(fmt.Errorf("the client went away: %w", err))
-				return
-			}
-			switch typ {
-			case frameStdin:
-				if _, err := pw.Write(p); err != nil {
-					// The command stopped reading; keep draining frames for the cancel.
-					continue
-				}
-			case frameStdinEOF:
-				pw.Close()
-			case frameCancel:
-				pw.CloseWithError(context.Canceled)
-				return
-			}
+	if req.Session != "" {
+		k.mu.Lock()
+		k.sessions[req.Session] = cancel
+		if k.cancelled[req.Session] { // the cancel overtook the request
+			delete(k.cancelled, req.Session)
+			cancel()
 		}
-	}()
+		k.mu.Unlock()
+		defer func() {
+			k.mu.Lock()
+			delete(k.sessions, req.Session)
+			k.mu.Unlock()
+		}()
+	}
+	var stdin io.Reader
+	if req.Stdin {
+		stdin = &stdinFrames{br: br}
+	}
 	ow, ew := frameWriter{c: fc, typ: frameStdout}, frameWriter{c: fc, typ: frameStderr}
 	var res Result
 	for attempt := 1; ; attempt++ {
@@ -313,6 +315,40 @@ func (k *keeper) run(ctx context.Context, fc *frameConn, br *bufio.Reader, req k
 		}
 		return keeperResult{ExitCode: res.ExitCode, Signal: res.Signal, Duration: res.Duration}
 	}
+}
+
+// stdinFrames is a session's stdin read straight from its frames: no copy in between, so
+// an upload through the keeper costs what a local pipe does.
+type stdinFrames struct {
+	br   *bufio.Reader
+	left int   // bytes of the current stdin frame not yet read
+	err  error // io.EOF after frameStdinEOF, or why the stream broke
+}
+
+func (s *stdinFrames) Read(p []byte) (int, error) {
+	for s.left == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
+		typ, n, err := readHeader(s.br)
+		switch {
+		case err != nil:
+			s.err = fmt.Errorf("the client went away: %w", err)
+		case typ == frameStdin:
+			s.left = n
+		case typ == frameStdinEOF:
+			s.err = io.EOF
+		default:
+			s.err = fmt.Errorf("ssh keeper: frame %q in a session's stdin", typ)
+		}
+	}
+	n, err := s.br.Read(p[:min(len(p), s.left)])
+	s.left -= n
+	if err != nil {
+		s.err = fmt.Errorf("the client went away: %w", err)
+		return n, s.err
+	}
+	return n, nil
 }
 
 // Live returns the names of the targets whose connections are open, sorted.

@@ -129,6 +129,22 @@ func TestKeeperCancelKills(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "cancelled, command killed") {
 		t.Errorf("cancelled run: %v; want context.Canceled, command killed", err)
 	}
+	// A cancel is heard even while the session's stream is full of stdin the command
+	// does not read.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	go func() {
+		for {
+			if _, err := os.Stat(started + "2"); err == nil {
+				cancel2()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	_, err = c.Run(ctx2, Script("touch "+Quote(started+"2")+"; sleep 30"), bytes.NewReader(make([]byte, 64<<20)))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled run with unread stdin: %v; want context.Canceled", err)
+	}
 	// The command would have touched marker 2 s after it started: wait past that.
 	time.Sleep(2500 * time.Millisecond)
 	if _, err := os.Stat(marker); err == nil {

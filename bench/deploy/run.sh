@@ -2,6 +2,7 @@
 # Interleaved rounds of instactl deploy (S3 staging through moto, then SSH staging), the raw
 # `ssh cat` limit (e1) and Fabric (b, when python3-fabric is installed) on the peers' N local
 # sshd hosts, with the load average beside every round. Usage: bench/deploy/run.sh N [ROUNDS].
+# PERSIST=false runs instactl without the ssh keeper (deploy.ssh_persist: 0s).
 # Root only; loopback only. PEERS: the peers' deploy directory (default ../shared/peers/deploy
 # beside the checkout, else /work/shared/peers/deploy).
 #
@@ -50,9 +51,9 @@ instactl() {
     local args=() out
     [[ $1 == s3 ]] && args=(-s3 "http://127.0.0.1:$MOTO_PORT")
     "$P/hosts.sh" clean "$N" >/dev/null
-    out=$("$BIN" -n "$N" -net "$NET" -bench "$BENCH" "${args[@]}")
-    dep=$(grep '^deploy' <<<"$out") red=$(grep '^redeploy' <<<"$out") cold=$(grep '^cold-redeploy' <<<"$out")
-    if [[ $(field "$dep" 9) != "result ok" || $(field "$dep" "$([[ $1 == s3 ]] && echo 6 || echo 7)") != "via-$1 $N" || $(field "$red" 9) != "result ok" || $(field "$cold" 9) != "result ok" ]]; then
+    out=$("$BIN" -n "$N" -net "$NET" -bench "$BENCH" -persist="${PERSIST:-true}" "${args[@]}")
+    dep=$(grep '^deploy' <<<"$out") red=$(grep '^redeploy' <<<"$out") cold=$(grep '^cold-redeploy' <<<"$out" || true)
+    if [[ $(field "$dep" 9) != "result ok" || $(field "$dep" "$([[ $1 == s3 ]] && echo 6 || echo 7)") != "via-$1 $N" || $(field "$red" 9) != "result ok" || ( ${PERSIST:-true} == true && $(field "$cold" 9) != "result ok" ) ]]; then
         echo "instactl ($1) round $r did not deploy to every host via $1: $out" >&2
         exit 1
     fi
@@ -72,7 +73,7 @@ I=() S=() E=() F=() R=() C=()
 for ((r = 1; r <= ROUNDS; r++)); do
     before=$(load)
     instactl s3
-    inst=$(secs "$dep") redt=$(secs "$red") coldt=$(secs "$cold") sent3=$(field "$dep" 8 | sed 's/^sent //') sentr=$(field "$red" 8 | sed 's/^sent //')
+    inst=$(secs "$dep") redt=$(secs "$red") coldt=$([[ -n $cold ]] && secs "$cold" || echo -) sent3=$(field "$dep" 8 | sed 's/^sent //') sentr=$(field "$red" 8 | sed 's/^sent //')
     detail="s3 $(field "$dep" 4), $(field "$dep" 5)"
     "$P/hosts.sh" clean "$N" >/dev/null
     e1=$(t "$P/tool_e1_xargs_1session.sh" "$N")

@@ -6,10 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/instactl/instactl/remote"
@@ -86,12 +84,7 @@ func (r *run) stageHost(ctx context.Context, c *remote.Client, h Host) error {
 // and writes the seal.
 func (r *run) uploadAndSeal(ctx context.Context, c *remote.Client, h Host) error {
 	a := r.plan.Artifact
-	f, err := os.Open(a.Path)
-	if err != nil {
-		return fmt.Errorf("artifact: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
+	st, err := os.Stat(a.Path)
 	if err != nil {
 		return fmt.Errorf("artifact: %w", err)
 	}
@@ -99,12 +92,12 @@ func (r *run) uploadAndSeal(ctx context.Context, c *remote.Client, h Host) error
 		return fmt.Errorf("artifact %s changed since it was hashed (%d bytes, planned %d)", a.Path, st.Size(), a.Size)
 	}
 	r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusStart, Total: a.Size})
-	pr := &progressReader{r: f, remaining: a.Size, total: a.Size, every: 4 << 20, report: func(n int64) {
+	progress := func(n int64) {
 		r.ev.emit(Event{Host: h.Name, Stage: StageUpload, Status: StatusProgress, Bytes: n, Total: a.Size})
-	}}
+	}
 	// The content, the command line and the sha256 line that follows the content.
 	countSent(ctx, a.Size+cmdBytes(uploadSealCommand(r.cfg, a))+int64(len(a.SHA256))+1)
-	if _, err := c.UploadSum(ctx, pr, BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary), 0o755, a.SHA256, sealLines(r.cfg.Path, a.ID, a.SHA256)); err != nil {
+	if _, err := c.UploadFileSum(ctx, a.Path, a.Size, BinaryPath(r.cfg.Path, a.ID, r.cfg.Binary), 0o755, a.SHA256, sealLines(r.cfg.Path, a.ID, a.SHA256), progress); err != nil {
 		var ee *remote.ExitError
 		if errors.As(err, &ee) && ee.ExitCode == 3 {
 			return fmt.Errorf("%w (the artifact %s changed during the deploy?)", err, a.Path)
@@ -118,31 +111,6 @@ func (r *run) uploadAndSeal(ctx context.Context, c *remote.Client, h Host) error
 // the release's seal.
 func uploadSealCommand(c Config, a Artifact) remote.Command {
 	return remote.UploadThenCommand(BinaryPath(c.Path, a.ID, c.Binary), a.Size, 0o755, sealLines(c.Path, a.ID, a.SHA256))
-}
-
-// progressReader counts bytes read and reports every `every` bytes. Its Len lets
-// remote.Upload know the size without spooling.
-type progressReader struct {
-	r         io.Reader
-	remaining int64
-	total     int64
-	every     int64
-	next      int64
-	read      atomic.Int64
-	report    func(n int64)
-}
-
-func (p *progressReader) Len() int { return int(p.remaining) }
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.remaining -= int64(n)
-	done := p.read.Add(int64(n))
-	if p.report != nil && done >= p.next && done < p.total {
-		p.next = done + p.every
-		p.report(done)
-	}
-	return n, err
 }
 
 // parseLines maps the first word of every output line to the rest of the line.

@@ -200,7 +200,7 @@ func (c *Client) RunStream(ctx context.Context, cmd Command, stdin io.Reader, st
 		return res, fmt.Errorf("run on %s: empty command", c.target)
 	}
 	if c.keeper != nil {
-		return c.runKept(ctx, cmd, stdin, stdout, stderr)
+		return c.runKept(ctx, cmd, stdin, nil, nil, stdout, stderr)
 	}
 	start := time.Now()
 	sess, err := c.ssh.NewSession()

@@ -50,6 +50,7 @@ const (
 	frameStdin    byte = 'i'
 	frameStdinEOF byte = 'I'
 	frameStdout   byte = 'o'
+	frameProgress byte = 'p' // 8 bytes: how much of a kept file the keeper has read
 	frameStderr   byte = 'e'
 	frameResult   byte = 'r'
 )
@@ -78,6 +79,18 @@ type keeperRequest struct {
 	Stdin  bool    `json:"stdin,omitempty"`
 	// Session names a run, so that a cancel (on a connection of its own) can find it.
 	Session string `json:"session,omitempty"`
+	// File, when set, is the run's stdin, read by the keeper itself.
+	File *keptFile `json:"file,omitempty"`
+}
+
+// keptFile is a run's stdin that the keeper reads from a local file (same machine, same
+// uid): Size bytes of Path, then the line Sum, as UploadSum sends them.
+type keptFile struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	Sum  string `json:"sum"`
+
+	readErr string // from the result: reading the file failed
 }
 
 // keeperResult is a session's last frame. Err is the full text of a dial or transport
@@ -89,6 +102,8 @@ type keeperResult struct {
 	Signal   string        `json:"signal,omitempty"`
 	Duration time.Duration `json:"duration"`
 	Status   *KeeperStatus `json:"status,omitempty"`
+	// StdinErr says reading a kept file failed (the command saw its stdin end early).
+	StdinErr string `json:"stdin_err,omitempty"`
 }
 
 // KeeperStatus is what a running keeper reports about itself.
@@ -373,7 +388,9 @@ func newSessionID() string {
 
 // runKept is RunStream for a client whose connection the keeper holds: the same
 // results, errors and cancellation (the keeper kills the command) as a direct session.
-func (c *Client) runKept(ctx context.Context, cmd Command, stdin io.Reader, stdout, stderr io.Writer) (Result, error) {
+// With file, the keeper reads the command's stdin from that local file, reporting how much
+// it has read to progress.
+func (c *Client) runKept(ctx context.Context, cmd Command, stdin io.Reader, file *keptFile, progress func(int64), stdout, stderr io.Writer) (Result, error) {
 	res := Result{Target: c.target, Cmd: cmd}
 	conn, err := c.keeper.connect(ctx)
 	if err != nil {
@@ -382,7 +399,7 @@ func (c *Client) runKept(ctx context.Context, cmd Command, stdin io.Reader, stdo
 	defer conn.Close()
 	fc := &frameConn{Conn: conn}
 	session := newSessionID()
-	if err := fc.sendJSON(frameRequest, keeperRequest{Op: opRun, Target: c.target, Cmd: cmd, Stdin: stdin != nil, Session: session}); err != nil {
+	if err := fc.sendJSON(frameRequest, keeperRequest{Op: opRun, Target: c.target, Cmd: cmd, Stdin: stdin != nil, Session: session, File: file}); err != nil {
 		return res, fmt.Errorf("open session for %s on %s: ssh keeper: %w", shorten(cmd.String(), 80), c.target, err)
 	}
 	if stdin != nil {
@@ -417,12 +434,19 @@ func (c *Client) runKept(ctx context.Context, cmd Command, stdin io.Reader, stdo
 			ow.Write(p) //nolint:errcheck // as a direct session, a failing writer does not stop the command
 		case frameStderr:
 			ew.Write(p) //nolint:errcheck // as above
+		case frameProgress:
+			if progress != nil && len(p) == 8 {
+				progress(int64(binary.BigEndian.Uint64(p)))
+			}
 		case frameResult:
 			var kr keeperResult
 			if err := json.Unmarshal(p, &kr); err != nil {
 				return res, fmt.Errorf("run %s on %s (outcome unknown): ssh keeper result: %w", shorten(cmd.String(), 80), c.target, err)
 			}
 			res.Duration, res.ExitCode, res.Signal = kr.Duration, kr.ExitCode, kr.Signal
+			if file != nil {
+				file.readErr = kr.StdinErr
+			}
 			res.Stdout, res.StdoutTruncated = outBuf.result()
 			res.Stderr, res.StderrTruncated = errBuf.result()
 			switch {

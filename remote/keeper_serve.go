@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -294,7 +295,23 @@ func (k *keeper) run(ctx context.Context, fc *frameConn, br *bufio.Reader, req k
 		}()
 	}
 	var stdin io.Reader
-	if req.Stdin {
+	var upload *uploadStream
+	switch {
+	case req.File != nil:
+		f, err := os.Open(req.File.Path)
+		if err != nil {
+			return keeperResult{Err: err.Error()}
+		}
+		defer f.Close()
+		sum := req.File.Sum
+		body := newProgressReader(f, req.File.Size, func(n int64) {
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(n))
+			fc.send(frameProgress, b[:]) //nolint:errcheck // the result tells what mattered
+		})
+		upload = &uploadStream{body: body, size: req.File.Size, sum: func() string { return sum }}
+		stdin = upload
+	case req.Stdin:
 		stdin = &stdinFrames{br: br}
 	}
 	ow, ew := frameWriter{c: fc, typ: frameStdout}, frameWriter{c: fc, typ: frameStderr}
@@ -310,10 +327,16 @@ func (k *keeper) run(ctx context.Context, fc *frameConn, br *bufio.Reader, req k
 			c.fail(fmt.Errorf("connection to %s: %w", req.Target, err))
 			continue
 		}
+		kr := keeperResult{ExitCode: res.ExitCode, Signal: res.Signal, Duration: res.Duration}
 		if err != nil {
-			return keeperResult{Err: err.Error(), ExitCode: res.ExitCode, Signal: res.Signal, Duration: res.Duration}
+			kr.Err = err.Error()
 		}
-		return keeperResult{ExitCode: res.ExitCode, Signal: res.Signal, Duration: res.Duration}
+		if upload != nil {
+			if err := upload.readErr(); err != nil {
+				kr.StdinErr = err.Error()
+			}
+		}
+		return kr
 	}
 }
 

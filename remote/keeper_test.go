@@ -277,3 +277,56 @@ func TestKeeperDirIsPrivate(t *testing.T) {
 		t.Errorf("a keeper directory others can enter: %v; want a refusal naming the way out", err)
 	}
 }
+
+func TestUploadFileSumDirectAndKept(t *testing.T) {
+	env := newSSHDEnv(t)
+	h := env.start(t, "app-1", true, "")
+	ctx := context.Background()
+	d := env.dialer(t, nil)
+	sock, _ := startKeeper(t, d, time.Minute)
+	direct, err := d.Dial(ctx, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	kept, err := (&KeeperDialer{Socket: sock}).Dial(ctx, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 9<<20+5)
+	rand.Read(data)
+	src := filepath.Join(t.TempDir(), "artifact")
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(data)
+	sum := hex.EncodeToString(s[:])
+	for name, c := range map[string]*Client{"direct": direct, "kept": kept} {
+		t.Run(name, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "dir", "app")
+			var seen []int64
+			out, err := c.UploadFileSum(ctx, src, int64(len(data)), dst, 0o755, sum, "echo sealed", func(n int64) { seen = append(seen, n) })
+			if err != nil || string(out) != "sealed\n" {
+				t.Fatalf("upload: %q, %v", out, err)
+			}
+			if got, _ := os.ReadFile(dst); !bytes.Equal(got, data) {
+				t.Errorf("%s holds %d bytes, not the file's %d", dst, len(got), len(data))
+			}
+			if len(seen) != 2 || seen[0] < 4<<20 || seen[1] < 8<<20 {
+				t.Errorf("progress %v; want two reports, past 4 and 8 MiB", seen)
+			}
+			// Content that is not what the sum says is refused by the host, nothing put in place.
+			bad := filepath.Join(t.TempDir(), "bad")
+			if _, err := c.UploadFileSum(ctx, src, int64(len(data)), bad, 0o755, strings.Repeat("0", 64), "", nil); err == nil || !strings.Contains(err.Error(), "exited 3") {
+				t.Errorf("wrong sum: %v; want the host's refusal (exit 3)", err)
+			}
+			if _, err := os.Stat(bad); err == nil {
+				t.Errorf("wrong sum: %s was put in place", bad)
+			}
+			// A file shorter than the size given is a local read error, named as such.
+			if _, err := c.UploadFileSum(ctx, src, int64(len(data))+10, bad, 0o755, sum, "", nil); err == nil || !strings.Contains(err.Error(), "reading local content") {
+				t.Errorf("short file: %v; want a local read error", err)
+			}
+		})
+	}
+}

@@ -71,11 +71,8 @@ func (c *Client) Upload(ctx context.Context, r io.Reader, remotePath string, mod
 // (a release's seal, say), which saves a round trip and a shell; its output follows the
 // sha256 line and is returned.
 func (c *Client) UploadSum(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode, sum, then string) ([]byte, error) {
-	if remotePath == "" || strings.HasSuffix(remotePath, "/") {
-		return nil, fmt.Errorf("upload to %s: bad remote path %q", c.target, remotePath)
-	}
-	if len(sum) != sha256.Size*2 || strings.Trim(sum, "0123456789abcdef") != "" {
-		return nil, fmt.Errorf("upload %s to %s: %q is not a sha256 in lower-case hex", remotePath, c.target, sum)
+	if err := c.checkUploadSum(remotePath, sum); err != nil {
+		return nil, err
 	}
 	size, r, cleanup, err := sizedReader(r)
 	if err != nil {
@@ -87,11 +84,56 @@ func (c *Client) UploadSum(ctx context.Context, r io.Reader, remotePath string, 
 	}
 	stdin := &uploadStream{body: io.LimitReader(r, size), size: size, sum: func() string { return sum }}
 	res, err := c.Run(ctx, UploadThenCommand(remotePath, size, mode, then), stdin)
+	return c.uploadSumResult(remotePath, sum, res, err, stdin.readErr())
+}
+
+// UploadFileSum is UploadSum of size bytes of the local file at path, calling progress
+// (when not nil) with the bytes read so far every 4 MiB before the last. Through a keeper, the keeper
+// reads the file itself, so the content does not cross the local socket: a fan-out of a
+// large artifact costs what it costs on a direct connection.
+func (c *Client) UploadFileSum(ctx context.Context, path string, size int64, remotePath string, mode os.FileMode, sum, then string, progress func(int64)) ([]byte, error) {
+	if c.keeper == nil {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("upload %s to %s: %w", remotePath, c.target, err)
+		}
+		defer f.Close()
+		return c.UploadSum(ctx, newProgressReader(f, size, progress), remotePath, mode, sum, then)
+	}
+	if err := c.checkUploadSum(remotePath, sum); err != nil {
+		return nil, err
+	}
+	if mode == 0 {
+		mode = 0o644
+	}
+	file := &keptFile{Path: path, Size: size, Sum: sum}
+	res, err := c.runKept(ctx, UploadThenCommand(remotePath, size, mode, then), nil, file, progress, nil, nil)
+	var readErr error
+	if file.readErr != "" {
+		readErr = errors.New(file.readErr)
+	}
+	return c.uploadSumResult(remotePath, sum, res, err, readErr)
+}
+
+// checkUploadSum checks UploadSum's arguments.
+func (c *Client) checkUploadSum(remotePath, sum string) error {
+	if remotePath == "" || strings.HasSuffix(remotePath, "/") {
+		return fmt.Errorf("upload to %s: bad remote path %q", c.target, remotePath)
+	}
+	if len(sum) != sha256.Size*2 || strings.Trim(sum, "0123456789abcdef") != "" {
+		return fmt.Errorf("upload %s to %s: %q is not a sha256 in lower-case hex", remotePath, c.target, sum)
+	}
+	return nil
+}
+
+// uploadSumResult turns an upload session's outcome into UploadSum's result: the output
+// of the script that followed the file, or why the upload failed.
+func (c *Client) uploadSumResult(remotePath, sum string, res Result, err, readErr error) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upload %s to %s: %w", remotePath, c.target, err)
 	}
-	if err := stdin.readErr(); err != nil {
-		return nil, fmt.Errorf("upload %s to %s: reading local content: %w", remotePath, c.target, err)
+	if readErr != nil {
+		return nil, fmt.Errorf("upload %s to %s: reading local content: %w", remotePath, c.target, readErr)
 	}
 	if res.ExitCode != 0 {
 		return nil, fmt.Errorf("upload %s to %s: %w", remotePath, c.target, res.Err())
@@ -102,6 +144,37 @@ func (c *Client) UploadSum(ctx context.Context, r io.Reader, remotePath string, 
 	}
 	return []byte(rest), nil
 }
+
+// progressReader reads size bytes of r, calling fn with the bytes read so far every
+// 4 MiB until the last (the caller reports the end). Its Len lets sizedReader know the
+// size without spooling.
+type progressReader struct {
+	r         io.Reader
+	remaining int64
+	read      int64
+	next      int64
+	fn        func(int64)
+}
+
+const progressEvery = 4 << 20
+
+func newProgressReader(r io.Reader, size int64, fn func(int64)) *progressReader {
+	return &progressReader{r: io.LimitReader(r, size), remaining: size, next: progressEvery, fn: fn}
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.read += int64(n)
+	p.remaining -= int64(n)
+	if p.fn != nil && p.read >= p.next && p.remaining > 0 {
+		p.fn(p.read)
+		p.next = p.read + progressEvery
+	}
+	return n, err
+}
+
+// Len is the number of bytes left to read.
+func (p *progressReader) Len() int { return int(p.remaining) }
 
 // UploadCommand is the script Upload runs on the host: receive exactly size
 // bytes into a temporary file beside dst, then read the expected sha256 line,

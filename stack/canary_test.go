@@ -70,8 +70,8 @@ func TestSSHPersist(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct{ yaml, want string }{
-		{"deploy:\n  ssh_persist: -1s\n", "s.yaml:6:16: deploy.ssh_persist: must be 0s (off) to 1h, such as 60s (got -1s)"},
-		{"deploy:\n  ssh_persist: 2h\n", "s.yaml:6:16: deploy.ssh_persist: must be 0s (off) to 1h, such as 60s (got 2h0m0s)"},
+		{"deploy:\n  ssh_persist: -1s\n", "s.yaml:6:16: deploy.ssh_persist: must be 0s (off) to 1h, such as 5m (got -1s)"},
+		{"deploy:\n  ssh_persist: 2h\n", "s.yaml:6:16: deploy.ssh_persist: must be 0s (off) to 1h, such as 5m (got 2h0m0s)"},
 		{"deploy:\n  ssh_persist: forever\n", "s.yaml:6:16: deploy.ssh_persist:"},
 	} {
 		_, err := Parse("s.yaml", []byte(base+tc.yaml))

@@ -109,13 +109,14 @@ type Deploy struct {
 	Staging string `json:"staging,omitempty"`
 	// SSHPersist is how long deploy's SSH connections stay open after a run, held by a
 	// keeper process (like OpenSSH's ControlPersist), so the next deploy, rollback or
-	// lock status within it opens sessions instead of handshakes. Unset means 60s; 0s
-	// turns the keeper off (every run connects afresh).
+	// lock status within it opens sessions instead of handshakes. Unset means 5m (a
+	// deploy, a look, a redeploy or rollback); 0s turns the keeper off (every run connects
+	// afresh).
 	SSHPersist *time.Duration `json:"ssh_persist,omitempty"`
 }
 
 // DefaultSSHPersist is deploy.ssh_persist when the stack file does not set it.
-const DefaultSSHPersist = 60 * time.Second
+const DefaultSSHPersist = 5 * time.Minute
 
 // Persist returns deploy.ssh_persist, or DefaultSSHPersist when unset.
 func (d Deploy) Persist() time.Duration {

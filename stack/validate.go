@@ -224,7 +224,7 @@ func (v *validator) deploy() {
 		v.errorf("deploy.staging", "must be s3 or ssh (got %q)", dp.Staging)
 	}
 	if p := dp.Persist(); p < 0 || p > time.Hour {
-		v.errorf("deploy.ssh_persist", "must be 0s (off) to 1h, such as 60s (got %s)", p)
+		v.errorf("deploy.ssh_persist", "must be 0s (off) to 1h, such as 5m (got %s)", p)
 	}
 	v.canary()
 }

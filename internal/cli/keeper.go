@@ -37,7 +37,7 @@ func addKeeperCommands(root *cobra.Command, f *Factory, out func() Output) {
 		Short: "See or stop the process that keeps deploy's SSH connections open between runs",
 		Long: `deploy, rollback and lock status connect to the hosts through a keeper: a background
 instactl process (like OpenSSH's ControlPersist) that holds one SSH connection per host
-and stays deploy.ssh_persist (default 60s) after its last session, then exits. A run
+and stays deploy.ssh_persist (default 5m) after its last session, then exits. A run
 within that time opens a session on a kept connection instead of a new handshake, so an
 unchanged redeploy of 50 hosts costs 50 sessions.
 

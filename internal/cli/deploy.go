@@ -86,6 +86,10 @@ commands that finish or break it. Every run has a
 run id and a local journal; an interrupted deploy keeps the lock and finishes with
 --resume RUN. Every deploy appends one JSON line to the local audit log and to each host's.
 
+The hosts are reached through an ssh keeper (instactl ssh-keeper): the first run starts it
+and it keeps the connections open deploy.ssh_persist (5m) after the last run, so a deploy,
+rollback or lock status within that time opens sessions instead of handshakes.
+
 Progress goes to stderr: one line per host event, and a line per batch as it completes.
 The result (stdout) is a per-batch summary and, for failed hosts, their whole error;
 -o json prints the whole report.

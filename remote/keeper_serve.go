@@ -141,7 +141,6 @@ func ServeKeeper(ctx context.Context, ln net.Listener, d *SSHDialer, idle time.D
 		}
 		k.begin()
 		wg.Go(func() {
-			defer k.end()
 			defer conn.Close()
 			k.serve(ctx, conn)
 		})
@@ -230,8 +229,12 @@ func (k *keeper) status() *KeeperStatus {
 		User: k.cfg.User, KnownHosts: k.cfg.KnownHostsFile}
 }
 
-// serve answers one session.
+// serve answers one session and counts it over (k.end) before it sends the result, so a
+// client holding its result never sees its session still running in a status.
 func (k *keeper) serve(ctx context.Context, conn net.Conn) {
+	var once sync.Once
+	end := func() { once.Do(k.end) }
+	defer end()
 	fc := &frameConn{Conn: conn}
 	br := bufio.NewReader(conn)
 	typ, p, err := readFrame(br)
@@ -269,6 +272,7 @@ func (k *keeper) serve(ctx context.Context, conn net.Conn) {
 	default:
 		res.Err = fmt.Sprintf("ssh keeper: unknown operation %q", req.Op)
 	}
+	end()
 	fc.sendJSON(frameResult, res) //nolint:errcheck // the peer is gone: nothing to tell
 }
 

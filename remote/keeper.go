@@ -296,15 +296,34 @@ func (k *KeeperDialer) Status(ctx context.Context) (KeeperStatus, error) {
 	return *res.Status, nil
 }
 
-// Stop asks the running keeper to close every connection and exit; sessions running
-// through it end with a transport error. It never starts one; a keeper not running is
-// not an error.
+// Stop asks the running keeper to close every connection and exit, and returns once its
+// socket no longer answers (at most 10 s); sessions running through it end with a
+// transport error. It never starts one; a keeper not running is not an error.
 func (k *KeeperDialer) Stop(ctx context.Context) error {
 	_, err := k.callNoStart(ctx, keeperRequest{Op: opStop})
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", k.Socket)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("ssh keeper at %s still answers after it was asked to stop", k.Socket)
+			}
+			return nil
+		}
+		c.Close()
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func (k *KeeperDialer) call(ctx context.Context, req keeperRequest) (keeperResult, error) {

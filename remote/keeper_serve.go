@@ -134,6 +134,10 @@ func ServeKeeper(ctx context.Context, ln net.Listener, d *SSHDialer, idle time.D
 			}
 			return fmt.Errorf("ssh keeper accept: %w", err)
 		}
+		if ctx.Err() != nil { // stopping: serve no one new
+			conn.Close()
+			return nil
+		}
 		if err := checkPeer(conn); err != nil {
 			fmt.Fprintf(os.Stderr, "ssh keeper: refused a peer: %v\n", err)
 			conn.Close()

@@ -239,6 +239,10 @@ func TestKeeperStop(t *testing.T) {
 	if err := k.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// Stop returns once the keeper no longer answers: a status right after finds none.
+	if _, err := k.Status(context.Background()); err == nil {
+		t.Error("the keeper still answers after Stop returned")
+	}
 	select {
 	case <-done.done:
 		if done.err != nil {

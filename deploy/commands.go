@@ -75,11 +75,11 @@ func SealCommand(root, id, sha string) remote.Command {
 }
 
 // sealLines write the seal file of release id: FetchCommand ends with them too, so both
-// staging paths seal a release the same way.
+// staging paths seal a release the same way. The seal is written in place, not renamed
+// into place (a process fewer on every host): a seal cut short reads as a different sha256,
+// so ProbeCommand calls the release absent and it is staged again.
 func sealLines(root, id, sha string) string {
-	sum := path.Join(ReleaseDir(root, id), shaFile)
-	return fmt.Sprintf(`printf '%%s\n' %s > %s
-mv -f -- %s %s`, remote.Quote(sha), remote.Quote(sum+".tmp"), remote.Quote(sum+".tmp"), remote.Quote(sum))
+	return fmt.Sprintf(`printf '%%s\n' %s > %s`, remote.Quote(sha), remote.Quote(path.Join(ReleaseDir(root, id), shaFile)))
 }
 
 // flipLines points current at release $target atomically: a new symlink under a temporary
@@ -95,11 +95,12 @@ func ActivateCommand(root, id, binary string) remote.Command {
 	script := fmt.Sprintf(`set -e
 root=%s target=%s bin=%s
 [ -x "$root/releases/$target/$bin" ] || { echo "release $target is not staged on this host ($root/releases/$target/$bin missing)" >&2; exit 3; }
-mkdir -p -- "$root/.instactl"
+[ -d "$root/.instactl" ] || mkdir -p -- "$root/.instactl"
 h="$root/.instactl/history"
 prev=$(readlink -- "$root/current" 2>/dev/null) || prev=
 prev=${prev##*/}
-top=$(tail -n 1 -- "$h" 2>/dev/null) || top=
+top=
+if [ -r "$h" ]; then while IFS= read -r l || [ -n "$l" ]; do top=$l; done < "$h"; fi
 if [ -n "$prev" ] && [ "$prev" != "$top" ] && [ "$prev" != "$target" ]; then echo "$prev" >> "$h"; top=$prev; fi
 %s
 if [ "$top" != "$target" ]; then echo "$target" >> "$h"; fi
@@ -207,9 +208,9 @@ func MarkerPath(root, runID string) string { return path.Join(root, stateDir, "r
 func MarkCommand(root, runID, id string) remote.Command {
 	p := MarkerPath(root, runID)
 	return remote.Script(fmt.Sprintf(`set -e
-mkdir -p -- %s
+[ -d %s ] || mkdir -p -- %s
 printf 'activated %%s\n' %s > %s
-mv -f -- %s %s`, remote.Quote(path.Dir(p)), remote.Quote(id), remote.Quote(p+".tmp"),
+mv -f -- %s %s`, remote.Quote(path.Dir(p)), remote.Quote(path.Dir(p)), remote.Quote(id), remote.Quote(p+".tmp"),
 		remote.Quote(p+".tmp"), remote.Quote(p)))
 }
 
@@ -224,8 +225,8 @@ echo "current ${cur##*/}"`, remote.Quote(MarkerPath(root, runID)), remote.Quote(
 // AppendCommand appends its stdin to file, creating the directory: the host's audit log.
 func AppendCommand(file string) remote.Command {
 	return remote.Script(fmt.Sprintf(`set -e
-mkdir -p -- %s
-cat >> %s`, remote.Quote(path.Dir(file)), remote.Quote(file)))
+[ -d %s ] || mkdir -p -- %s
+cat >> %s`, remote.Quote(path.Dir(file)), remote.Quote(path.Dir(file)), remote.Quote(file)))
 }
 
 // LockDir is the lock directory under root.

@@ -83,7 +83,7 @@ func TestCommandStringsAreQuoted(t *testing.T) {
 	// A deploy root with a quote and a space must reach sh as one word.
 	cmd := MarkCommand("/opt/it's here", "run-1", "abc")
 	want := `sh -c 'set -e
-mkdir -p -- '\''/opt/it'\''\'\'''\''s here/.instactl/runs'\''
+[ -d '\''/opt/it'\''\'\'''\''s here/.instactl/runs'\'' ] || mkdir -p -- '\''/opt/it'\''\'\'''\''s here/.instactl/runs'\''
 printf '\''activated %s\n'\'' abc > '\''/opt/it'\''\'\'''\''s here/.instactl/runs/run-1.tmp'\''
 mv -f -- '\''/opt/it'\''\'\'''\''s here/.instactl/runs/run-1.tmp'\'' '\''/opt/it'\''\'\'''\''s here/.instactl/runs/run-1'\'''`
 	if got := cmd.String(); got != want {

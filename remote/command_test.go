@@ -64,12 +64,11 @@ func TestUploadCommand(t *testing.T) {
 	got := UploadCommand("/srv/app/releases/v2/app", 25779081, 0o755).String()
 	want := `sh -c 'set -e
 dir=/srv/app/releases/v2 dst=/srv/app/releases/v2/app base=app
-mkdir -p -- "$dir"
+[ -d "$dir" ] || mkdir -p -- "$dir"
 tmp=$(mktemp -- "$dir/.$base.instactl.XXXXXX")
 trap '\''rm -f -- "$tmp"'\'' EXIT
-if dd --version >/dev/null 2>&1; then
-  dd of="$tmp" bs=256K count=25779081 iflag=count_bytes,fullblock status=none
-else
+if ! dd of="$tmp" bs=256K count=25779081 iflag=count_bytes,fullblock status=none; then
+  [ ! -s "$tmp" ] || exit 1
   head -c 25779081 > "$tmp"
 fi
 IFS= read -r want
@@ -79,8 +78,8 @@ else
   got=$(sha256sum < "$tmp")
 fi
 got=${got%% *}
-size=$(wc -c < "$tmp")
-if [ "$size" -ne 25779081 ] || [ "$got" != "$want" ]; then
+if [ "$got" != "$want" ]; then
+  size=$(wc -c < "$tmp")
   echo "upload of $dst: received $size bytes with sha256 $got, expected 25779081 bytes with sha256 $want" >&2
   exit 3
 fi

@@ -108,8 +108,8 @@ type Deploy struct {
 	// stack's bucket, fetched by every host) or "ssh" (streamed to every host from here).
 	Staging string `json:"staging,omitempty"`
 	// SSHPersist is how long deploy's SSH connections stay open after a run, held by a
-	// keeper process (like OpenSSH's ControlPersist), so the next deploy, rollback or
-	// lock status within it opens sessions instead of handshakes. Unset means 5m (a
+	// keeper process (like OpenSSH's ControlPersist), so the next deploy, rollback,
+	// releases or lock within it opens sessions instead of handshakes. Unset means 5m (a
 	// deploy, a look, a redeploy or rollback); 0s turns the keeper off (every run connects
 	// afresh).
 	SSHPersist *time.Duration `json:"ssh_persist,omitempty"`

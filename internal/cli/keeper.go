@@ -35,7 +35,7 @@ func addKeeperCommands(root *cobra.Command, f *Factory, out func() Output) {
 	cmd := &cobra.Command{
 		Use:   "ssh-keeper",
 		Short: "See or stop the process that keeps deploy's SSH connections open between runs",
-		Long: `deploy, rollback and lock status connect to the hosts through a keeper: a background
+		Long: `deploy, rollback, releases and lock connect to the hosts through a keeper: a background
 instactl process (like OpenSSH's ControlPersist) that holds one SSH connection per host
 and stays deploy.ssh_persist (default 5m) after its last session, then exits. A run
 within that time opens a session on a kept connection instead of a new handshake, so an
@@ -55,12 +55,12 @@ sandbox's keepers.`,
   instactl ssh-keeper stop --all    # every keeper of this user`,
 		Args: noArgs,
 	}
-	cmd.AddCommand(newCmdKeeperServe(), newCmdKeeperStatus(f, out), newCmdKeeperStop(f))
+	cmd.AddCommand(newCmdKeeperServe(f), newCmdKeeperStatus(f, out), newCmdKeeperStop(f))
 	root.AddCommand(cmd)
 }
 
 // newCmdKeeperServe is the keeper process itself; StartKeeper runs it.
-func newCmdKeeperServe() *cobra.Command {
+func newCmdKeeperServe(f *Factory) *cobra.Command {
 	var socket string
 	var idle time.Duration
 	cmd := &cobra.Command{
@@ -73,7 +73,7 @@ func newCmdKeeperServe() *cobra.Command {
 				return usageErrorf("ssh-keeper serve needs --socket and a positive --idle")
 			}
 			var cfg remote.Config
-			if err := json.NewDecoder(io.LimitReader(os.Stdin, 1<<20)).Decode(&cfg); err != nil {
+			if err := json.NewDecoder(io.LimitReader(f.IO.In, 1<<20)).Decode(&cfg); err != nil {
 				return fmt.Errorf("ssh keeper: read its SSH settings from stdin: %w", err)
 			}
 			d, err := remote.NewDialer(cfg)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,7 +54,7 @@ func BenchmarkSandboxPITR(b *testing.B) {
 		s.sh(b, "pg-0", psqlOn("instagram", "INSERT INTO load SELECT g, md5(g::text) || repeat('x', 200) FROM generate_series(1, 200000) g")+" && "+
 			psqlOn("instagram", "TRUNCATE load"))
 	}
-	b.Logf("wrote about %d MB of WAL in %s", mb, time.Since(t0).Round(time.Millisecond))
+	b.Logf("wrote about %d MB of WAL in %s; load average %s", mb, time.Since(t0).Round(time.Millisecond), loadAverage(b))
 	target := time.Now()
 	for _, prefetch := range []int{walarchive.DefaultPrefetch, 1} {
 		b.Run("replay-prefetch-"+strconv.Itoa(prefetch), func(b *testing.B) {
@@ -67,6 +68,7 @@ func BenchmarkSandboxPITR(b *testing.B) {
 				b.ReportMetric(float64(r.ReplayedBytes)/(1<<20), "MB-replayed")
 				b.ReportMetric(r.Replay.Seconds(), "replay-s")
 				b.ReportMetric(r.Duration.Seconds(), "rto-s")
+				b.Logf("replay %s of %d MB with prefetch %d; load average after it %s", r.Replay.Round(time.Millisecond), r.ReplayedBytes>>20, prefetch, loadAverage(b))
 				if err := Teardown(ctx, s.env, &r.Restored); err != nil {
 					b.Fatal(err)
 				}
@@ -115,11 +117,25 @@ func BenchmarkSandboxPITR(b *testing.B) {
 			if lost > 0 {
 				rpo = killed.Sub(firstLost)
 			}
-			b.Logf("killed both members after %d acknowledged writes; %d not in the archive (end %s); RPO %s", total, lost, walarchive.LSN(end), rpo.Round(time.Millisecond))
+			b.Logf("killed both members after %d acknowledged writes; %d not in the archive (end %s); RPO %s; load average %s", total, lost, walarchive.LSN(end), rpo.Round(time.Millisecond), loadAverage(b))
 			b.ReportMetric(float64(lost), "writes-lost")
 			b.ReportMetric(rpo.Seconds(), "rpo-s")
 		}
 	})
+}
+
+// loadAverage is the machine's 1, 5 and 15 minute load average, printed beside every figure
+// so a reader can tell a quiet run from a loaded one.
+func loadAverage(b *testing.B) string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		b.Fatalf("read the load average: %v", err)
+	}
+	f := strings.Fields(string(raw))
+	if len(f) < 3 {
+		b.Fatalf("/proc/loadavg: unexpected %q", raw)
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // sysID reads pg-1's system identifier from its control file (the members share it).

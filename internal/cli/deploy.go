@@ -88,7 +88,7 @@ run id and a local journal; an interrupted deploy keeps the lock and finishes wi
 
 The hosts are reached through an ssh keeper (instactl ssh-keeper): the first run starts it
 and it keeps the connections open deploy.ssh_persist (5m) after the last run, so a deploy,
-rollback or lock status within that time opens sessions instead of handshakes.
+rollback, releases or lock command within that time opens sessions instead of handshakes.
 
 Progress goes to stderr: one line per host event, and a line per batch as it completes.
 The result (stdout) is a per-batch summary and, for failed hosts, their whole error;
